@@ -1,0 +1,260 @@
+"""`ovi-attn capture`: prompt file -> one HDF5 file with the clip and its attention maps.
+
+Order of work, so that mistakes surface before anything expensive:
+1. validate the run (prompt file, output path, sizes, selections) and build the plan;
+2. load components; tokenize and resolve the token groups;
+3. estimate file size and extra memory, refuse above the budget;
+4. generate with the probe attached, the background writer flushing after every step;
+5. decode, store frames and audio, close the file as `complete`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ovi_attn_render.errors import UserError
+from ovi_attn_render.format import CaptureLayout, TokenRow, estimate_bytes
+
+from . import __version__, attention
+from .components import Components, load_components
+from .generate import SamplerSettings, Texts, sample
+from .probe import CapturePlan, CaptureProbe, key_groups
+from .prompt_file import RunSpec, parse_layers, parse_steps
+from .token_groups import group_for_other_text, group_words, resolve_groups, words_of
+
+MAP_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass
+class CaptureSummary:
+    path: Path
+    bytes: int
+    seconds: float
+    steps: int
+    layers: int
+    groups: list[str]
+    kinds: list[str]
+    maps_written: int
+    video_frames: int
+    audio_seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' was asked for but CUDA is not available here; use `device: cpu` or `auto`.")
+    return dev
+
+
+def check_output(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists; pass --force to overwrite it or choose another path with -o.")
+    if not path.parent.exists():
+        raise UserError(f"the output folder {path.parent} does not exist; create it or choose another path with -o.")
+
+
+def _token_rows(text: str, tokens) -> list[TokenRow]:
+    words = words_of(text, tokens)
+    word_of = {}
+    for w in words:
+        for j in w.token_indices:
+            word_of[j] = w
+    rows = []
+    for t in tokens:
+        w = word_of.get(t.index)
+        rows.append(TokenRow(t.index, t.id, t.piece, t.start, t.end, w.text if w else "", w.index if w else -1))
+    return rows
+
+
+def _group_members(groups, n_tokens: int) -> np.ndarray:
+    m = np.zeros((len(groups), n_tokens), np.uint8)
+    for g, grp in enumerate(groups):
+        if grp.kind != "pad":  # padding keys are not text tokens of the table
+            m[g, list(grp.token_indices)] = 1
+    return m
+
+
+def _negative_members(groups, pos_words, text: str, tokens) -> list[list[int] | None]:
+    """Token indices of each positive-prompt group inside a negative prompt (None if absent)."""
+    out = []
+    for grp, words in zip(groups, pos_words):
+        found = group_for_other_text(grp, words, text, tokens)
+        out.append(None if found is None else list(found.token_indices))
+    return out
+
+
+def build_plan(run: RunSpec, comp: Components, device) -> tuple[CapturePlan, CaptureLayout, dict]:
+    """Resolve every selection of the prompt file against the loaded components."""
+    cap = run.capture
+    enc = comp.text
+    texts = {
+        "positive": comp.prompt_text,
+        "video_negative": comp.clean(run.video_negative_prompt),
+        "audio_negative": comp.clean(run.audio_negative_prompt),
+    }
+    tokens = {k: enc.tokenize(v) for k, v in texts.items()}
+    groups = resolve_groups(cap.tokens, texts["positive"], tokens["positive"], text_len=enc.text_len)
+    pos_words = [group_words(g, words_of(texts["positive"], tokens["positive"])) for g in groups]
+    pad = next((i for i, g in enumerate(groups) if g.kind == "pad"), None)
+
+    branches = ["cond", "uncond"] if cap.branch == "both" else [cap.branch]
+    grid = comp.video_grid
+    steps = parse_steps(cap.steps, run.steps)
+    layers = parse_layers(cap.layers, comp.model.num_layers)
+    kg = {}
+    for branch in branches:
+        for tower, neg_key in (("video", "video_negative"), ("audio", "audio_negative")):
+            key = "positive" if branch == "cond" else neg_key
+            if branch == "cond":
+                members = [list(g.token_indices) for g in groups]
+            else:
+                members = _negative_members(groups, pos_words, texts[key], tokens[key])
+            if pad is not None:
+                members[pad] = []
+            kg[(branch, tower)] = key_groups(members, pad, len(tokens[key]), enc.text_len, device)
+
+    plan = CapturePlan(
+        steps=steps, layers=layers, kinds=list(cap.kinds), branches=branches,
+        keep_heads=cap.heads == "all", map_dtype=MAP_DTYPES[cap.dtype], video_grid=grid, groups=kg)
+    layout = CaptureLayout(
+        grid=grid, audio_tokens=comp.audio_tokens, steps=steps, layers=layers,
+        groups=[g.label for g in groups], group_kinds=[g.kind for g in groups],
+        group_members=_group_members(groups, len(tokens["positive"])),
+        tokens=_token_rows(texts["positive"], tokens["positive"]), kinds=list(cap.kinds), branches=branches,
+        heads=1 if cap.heads == "mean" else comp.model.video_model.num_heads if comp.model.video_model else 1,
+        map_dtype=cap.dtype, num_steps=run.steps, num_layers=comp.model.num_layers,
+        video_frames=comp.pixel_frames, video_size=comp.pixel_size,
+        audio_samples=comp.audio_tokens * comp.audio.samples_per_latent,
+        audio_sample_rate=comp.audio.sample_rate, audio_samples_per_token=comp.audio.samples_per_latent,
+    )
+    return plan, layout, texts
+
+
+def _versions(device) -> dict:
+    v = {"ovi_attn": __version__, "torch": torch.__version__, "python": platform.python_version(),
+         "cuda": torch.version.cuda or "", "attention_backend": attention.backend_for(device)}
+    if device.type == "cuda":
+        v["gpu"] = torch.cuda.get_device_name(device)
+    return v
+
+
+def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None, progress: bool = True,
+                comp: Components | None = None) -> CaptureSummary:
+    output = Path(output)
+    check_output(output, force)
+    device = resolve_device(run.device)
+    say = console.print if console is not None else (lambda *a, **k: None)
+
+    t_load = time.time()
+    if comp is None:
+        comp = load_components(run, device, say)
+    plan, layout, texts = build_plan(run, comp, device)
+    size = estimate_bytes(layout)
+    budget = float(run.max_file_gb) * 1e9
+    say(f"capture: {len(plan.steps)} steps x {len(plan.layers)} layers x {len(layout.groups)} groups "
+        f"({', '.join(plan.kinds)}; {', '.join(plan.branches)}) -> estimated file {size / 1e6:,.1f} MB, "
+        f"extra memory for maps <= {_extra_memory_mb(layout):,.0f} MB")
+    if size > budget:
+        raise UserError(
+            f"the capture would take about {size / 1e9:.1f} GB, over the {run.max_file_gb} GB budget; "
+            f"capture fewer steps/layers/tokens or raise `max_file_gb`.")
+    if output.exists():  # --force: remove only now that the run is known to be valid
+        output.unlink()
+
+    started = _dt.datetime.now(_dt.timezone.utc)
+    layout.attrs = _run_attrs(run, comp, texts, started, device)
+    from .writer import AsyncCaptureWriter
+
+    writer = AsyncCaptureWriter(output, layout)
+    probe = CaptureProbe(plan, writer)
+    comp.model.attach_probe(probe)
+    settings = SamplerSettings(steps=run.steps, solver=run.solver, shift=run.shift,
+                               video_guidance_scale=run.video_guidance_scale,
+                               audio_guidance_scale=run.audio_guidance_scale,
+                               slg_layer=comp.slg_layer, seed=run.seed)
+    step_pos = {s: i for i, s in enumerate(plan.steps)}
+    t0 = time.time()
+    status = "failed"
+    try:
+        with _progress(progress, console, run.steps) as advance:
+            def on_step(i, timestep, sigma):
+                if i in step_pos:
+                    writer.step_done(step_pos[i] + 1, step_pos[i], timestep, sigma)
+                advance(i, probe.maps_written)
+
+            embeddings = comp.encode_texts(texts)
+            video_lat, audio_lat = sample(comp.model, embeddings, comp.video_latent_shape, comp.audio_latent_shape,
+                                          settings, device, probe=probe, first_frame=comp.first_frame,
+                                          on_step=on_step)
+        comp.model.attach_probe(None)
+        frames, waveform = comp.decode(video_lat, audio_lat)
+        gen_seconds = time.time() - t0
+        writer.write_clip(frames, waveform)
+        writer.set_attrs(finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                         generation_seconds=round(gen_seconds, 3), load_seconds=round(t0 - t_load, 3))
+        status = "complete"
+    finally:
+        comp.model.attach_probe(None)
+        writer.close(status)
+    return CaptureSummary(output, output.stat().st_size, time.time() - t0, len(plan.steps), len(plan.layers),
+                          list(layout.groups), list(plan.kinds), probe.maps_written, len(frames),
+                          len(waveform) / comp.audio.sample_rate)
+
+
+def _extra_memory_mb(layout: CaptureLayout) -> float:
+    from .maps import CHUNK_BYTES
+
+    itemsize = np.dtype(layout.map_dtype).itemsize
+    F, h, w = layout.grid
+    one_layer = len(layout.groups) * layout.heads * (F * h * w + layout.audio_tokens) * itemsize
+    return (CHUNK_BYTES + 4 * one_layer) / 1e6
+
+
+def _run_attrs(run: RunSpec, comp: Components, texts: dict, started, device) -> dict:
+    settings = {k: v for k, v in vars(run).items() if k not in ("capture", "source_text")}
+    settings["capture"] = vars(run.capture)
+    settings["source_text"] = run.source_text
+    settings["checkpoint_files"] = comp.files
+    settings["height"], settings["width"] = comp.pixel_size
+    settings["slg_layer"] = comp.slg_layer
+    return {
+        "prompt": texts["positive"], "video_negative_prompt": texts["video_negative"],
+        "audio_negative_prompt": texts["audio_negative"], "seed": run.seed, "model": run.model,
+        "solver": run.solver, "shift": run.shift, "video_guidance_scale": run.video_guidance_scale,
+        "audio_guidance_scale": run.audio_guidance_scale, "slg_layer": comp.slg_layer, "mode": run.mode,
+        "settings": settings, "versions": _versions(device),
+        "started_at": started.isoformat(timespec="seconds"), "finished_at": "",
+    }
+
+
+class _progress:
+    """A rich progress bar over denoising steps (ETA, maps written); silent when off."""
+
+    def __init__(self, enabled: bool, console, total: int):
+        self.enabled, self.console, self.total = enabled, console, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda i, n: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("[bold]denoising"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[maps]} maps"), TimeRemainingColumn(), console=self.console,
+                            transient=False)
+        self.bar.__enter__()
+        task = self.bar.add_task("steps", total=self.total, maps=0)
+        return lambda i, n: self.bar.update(task, completed=i + 1, maps=n)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.__exit__(*exc)
+        return False

@@ -1,0 +1,139 @@
+"""CLI commands of the GPU side: `capture` and `tokens`.
+
+Declared without importing torch (the options are plain Typer), so `ovi-attn --help`
+works on a render-only install; torch is imported when a command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from ovi_attn_render.errors import UserError
+
+console = Console(stderr=True)
+
+
+def _overrides(**flags) -> dict:
+    """CLI flags -> prompt-file keys (dotted for the capture section); None means not given."""
+    keys = {
+        "seed": "seed", "prompt": "prompt", "model": "model", "ckpt_dir": "ckpt_dir", "num_steps": "steps",
+        "solver": "solver", "shift": "shift", "height": "height", "width": "width", "device": "device",
+        "dtype": "dtype", "slg_layer": "slg_layer", "max_file_gb": "max_file_gb",
+        "video_guidance_scale": "video_guidance_scale", "audio_guidance_scale": "audio_guidance_scale",
+        "tokens": "capture.tokens", "layers": "capture.layers", "capture_steps": "capture.steps",
+        "kinds": "capture.kinds", "branch": "capture.branch", "heads": "capture.heads",
+        "map_dtype": "capture.dtype", "mode": "mode", "image": "image",
+    }
+    out = {}
+    for name, value in flags.items():
+        if value is None:
+            continue
+        if name in ("tokens", "kinds") and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        out[keys[name]] = value
+    return out
+
+
+def capture(
+    prompt_file: Path = typer.Argument(..., help="The prompt YAML (see docs/PROMPT.md)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .h5 (default: <prompt-file>.h5 here)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    prompt: Optional[str] = typer.Option(None, help="Replace the prompt text."),
+    tokens: Optional[str] = typer.Option(None, help="Token selections, comma separated: man,park,man#2,all."),
+    layers: Optional[str] = typer.Option(None, help="Layers to capture: all, 10-19,25 or 0:30:2."),
+    capture_steps: Optional[str] = typer.Option(None, "--capture-steps", help="Steps to capture: all, 0:50:5, ..."),
+    kinds: Optional[str] = typer.Option(None, help="text_video,text_audio,video_audio,audio_video."),
+    branch: Optional[str] = typer.Option(None, help="cond, uncond or both."),
+    heads: Optional[str] = typer.Option(None, help="mean or all."),
+    map_dtype: Optional[str] = typer.Option(None, "--map-dtype", help="float16 or float32."),
+    model: Optional[str] = typer.Option(None, help="tiny, 720x720_5s, 960x960_5s or 960x960_10s."),
+    ckpt_dir: Optional[str] = typer.Option(None, "--ckpt-dir", help="Official checkpoint folder."),
+    num_steps: Optional[int] = typer.Option(None, "--num-steps", help="Denoising steps."),
+    solver: Optional[str] = typer.Option(None, help="unipc, euler or dpm++."),
+    shift: Optional[float] = typer.Option(None, help="Sigma shift."),
+    height: Optional[int] = typer.Option(None, help="Video height (rescaled to the model's area)."),
+    width: Optional[int] = typer.Option(None, help="Video width."),
+    video_guidance_scale: Optional[float] = typer.Option(None, "--video-guidance-scale"),
+    audio_guidance_scale: Optional[float] = typer.Option(None, "--audio-guidance-scale"),
+    slg_layer: Optional[int] = typer.Option(None, "--slg-layer", help="Block skipped in the negative pass."),
+    mode: Optional[str] = typer.Option(None, help="t2v or i2v."),
+    image: Optional[str] = typer.Option(None, help="First frame for i2v."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    dtype: Optional[str] = typer.Option(None, help="bfloat16 or float32."),
+    max_file_gb: Optional[float] = typer.Option(None, "--max-file-gb", help="Refuse larger captures."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+) -> None:
+    """Generate a clip and capture its cross-attention maps into one HDF5 file."""
+    from .prompt_file import load_prompt_file
+
+    run = load_prompt_file(prompt_file, _overrides(
+        seed=seed, prompt=prompt, tokens=tokens, layers=layers, capture_steps=capture_steps, kinds=kinds,
+        branch=branch, heads=heads, map_dtype=map_dtype, model=model, ckpt_dir=ckpt_dir, num_steps=num_steps,
+        solver=solver, shift=shift, height=height, width=width, video_guidance_scale=video_guidance_scale,
+        audio_guidance_scale=audio_guidance_scale, slg_layer=slg_layer, mode=mode, image=image, device=device,
+        dtype=dtype, max_file_gb=max_file_gb))
+    out = output or (Path(run.output) if run.output else Path(prompt_file).with_suffix(".h5").name)
+    from .capture import run_capture
+
+    summary = run_capture(run, Path(out), force=force, console=console, progress=not no_progress)
+    _print_summary(summary)
+
+
+def _print_summary(s) -> None:
+    from rich.panel import Panel
+
+    body = (f"[bold]{s.path}[/]  {s.bytes / 1e6:,.1f} MB\n"
+            f"{s.steps} steps x {s.layers} layers, groups: {', '.join(s.groups)}\n"
+            f"kinds: {', '.join(s.kinds)}; {s.maps_written} map sets written\n"
+            f"clip: {s.video_frames} frames, {s.audio_seconds:.2f} s of audio; took {s.seconds:.1f} s")
+    console.print(Panel(body, title="capture complete", expand=False))
+    console.print(f"next: [cyan]ovi-attn info {s.path}[/] or [cyan]ovi-attn render {s.path} --token "
+                  f"{s.groups[0]!s}[/]", highlight=False)
+
+
+def tokens(
+    prompt_file: Path = typer.Argument(..., help="The prompt YAML."),
+    model: Optional[str] = typer.Option(None, help="Override the model (its tokenizer is used)."),
+    ckpt_dir: Optional[str] = typer.Option(None, "--ckpt-dir"),
+    select: Optional[str] = typer.Option(None, "--tokens", help="Selections to show instead of the file's."),
+) -> None:
+    """Print the prompt's tokens: index, piece, word, character span, and which selections hit them."""
+    from .prompt_file import load_prompt_file
+    from .token_groups import render_token_table, resolve_groups, token_table_rows
+
+    run = load_prompt_file(prompt_file, _overrides(model=model, ckpt_dir=ckpt_dir, tokens=select))
+    encoder = _tokenizer_for(run)
+    from .text_encoder import clean_text
+
+    text = clean_text(_formatted_prompt(run))
+    toks = encoder.tokenize(text)
+    groups = resolve_groups(run.capture.tokens, text, toks, text_len=encoder.text_len)
+    render_token_table(token_table_rows(text, toks, groups), Console())
+
+
+def _formatted_prompt(run) -> str:
+    if run.model == "tiny":
+        return run.prompt
+    from .checkpoints import MODELS
+
+    return MODELS[run.model].format_prompt(run.prompt)
+
+
+def _tokenizer_for(run):
+    from .text_encoder import TextEncoder
+
+    if run.model == "tiny":
+        return TextEncoder.tiny()
+    if not run.ckpt_dir:
+        raise UserError(f"model {run.model} needs `ckpt_dir:` to find its tokenizer; set it or pass --ckpt-dir.")
+    return TextEncoder.tokenizer_only(run.ckpt_dir)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("capture")(capture)
+    app.command("tokens")(tokens)

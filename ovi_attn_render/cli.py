@@ -1,0 +1,95 @@
+"""The `ovi-attn` command: a thin Typer layer over the two packages' library APIs.
+
+Render-side commands (render, info, compare) live in `ovi_attn_render.commands`; the
+GPU-side ones (capture, tokens, eval) in `ovi_attn_capture.commands`, which declares its
+options without importing torch, so `ovi-attn --help` and rendering work where torch is
+not installed.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from . import __version__
+from .errors import UserError
+
+app = typer.Typer(
+    name="ovi-attn",
+    help="See what Ovi attends to: capture cross-attention maps, then render them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ovi-attn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of errors."),
+) -> None:
+    _state["debug"] = debug
+
+
+def _register_commands() -> None:
+    from . import commands as render_commands
+
+    render_commands.register(app)
+    try:
+        from ovi_attn_capture import commands as capture_commands
+    except ImportError:  # a render-only install without the capture package
+        return
+    capture_commands.register(app)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user mistakes print one sentence and exit 2; --debug adds the traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="ovi-attn", standalone_mode=False)
+    except UserError as e:
+        if debug:
+            err_console.print_exception()
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        return 130
+    except SystemExit as e:  # typer.Exit inside commands
+        return int(e.code or 0)
+    except Exception as e:  # click usage errors and unexpected failures
+        import click
+
+        if isinstance(e, click.exceptions.Exit):
+            return e.exit_code
+        if isinstance(e, click.ClickException):
+            if debug:
+                err_console.print_exception()
+            err_console.print(f"[bold red]error:[/] {e.format_message()}", highlight=False)
+            return 2
+        if isinstance(e, click.exceptions.Abort):
+            return 1
+        if debug:
+            raise
+        err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {e} (run with --debug for the traceback)",
+                          highlight=False)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""`ovi-attn render | compare | info`: the Typer layer over reader.py and views.py.
+
+Kept light to import: typer and rich here; numpy, h5py and OpenCV load when a command
+runs, matplotlib only in the views that plot.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import UserError
+
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+VIEW_HELP = ("steps (default: GIF over steps at one frame), frames, grid, layers, audio, sync, mask, diff")
+_SUFFIXES = (".gif", ".mp4", ".png", ".svg")
+
+
+# ---------------------------------------------------------------------- output names
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9-]+", "-", str(text)).strip("-") or "x"
+
+
+def output_name(stems: list[str], o, frame: int | None) -> str:
+    """`<run>_<view>_<token>_f<frame>[_s<steps>][_l<layers>]...` without the suffix."""
+    parts = ["_vs_".join(_slug(s) for s in stems), o.view]
+    if o.tokens:
+        parts.append("+".join(_slug(t) for t in o.tokens))
+    if o.view in ("steps", "diff", "grid", "mask", "layers") and frame is not None and o.frames is None:
+        parts.append(f"f{frame}")
+    if o.frames is not None:
+        parts.append(f"fr{_slug(o.frames)}")
+    for flag, value in (("s", o.steps), ("l", o.layers), ("h", o.heads)):
+        if value is not None:
+            parts.append(flag + _slug(value))
+    if o.branch != "cond" and o.view != "diff":
+        parts.append(_slug(o.branch))
+    if o.view == "audio" and o.by != "step":
+        parts.append(f"by-{o.by}")
+    if o.norm != "global":
+        parts.append(f"norm-{o.norm}")
+    if o.renorm:
+        parts.append("renorm")
+    if o.reduce != "mean":
+        parts.append(o.reduce)
+    if len(o.tokens) > 1 and o.layout != "overlay":
+        parts.append(o.layout)
+    return "_".join(parts)
+
+
+def output_path(inputs: list[str], o, out: Optional[Path], fmt: Optional[str], frame: int | None,
+                force: bool, allowed: tuple[str, ...]) -> str:
+    """Where to write: `-o file.ext` exactly, else `-o DIR` or the input's folder plus a name
+    made from the run and the selection. Refuses to overwrite without --force."""
+    if fmt is not None:
+        fmt = fmt.lower().lstrip(".")
+    if out is not None and out.suffix.lower() in _SUFFIXES:
+        path, ext = out, out.suffix.lower().lstrip(".")
+        if fmt is not None and fmt != ext:
+            raise UserError(f"--format {fmt} contradicts the output file {out.name}; drop one of them.")
+    else:
+        folder = Path(out) if out is not None else Path(inputs[0]).resolve().parent
+        if out is not None and not folder.exists():
+            folder.mkdir(parents=True)
+        if out is not None and not folder.is_dir():
+            raise UserError(f"-o {out} is neither a folder nor a file ending in {', '.join(_SUFFIXES)}.")
+        ext = fmt or allowed[0]
+        path = folder / (output_name([Path(i).stem for i in inputs], o, frame) + "." + ext)
+    if ext not in allowed:
+        raise UserError(f"--view {o.view} writes {', '.join(allowed)}, not {ext}; pick one of those.")
+    from . import draw
+
+    draw.check_output(str(path), force)
+    return str(path)
+
+
+# ---------------------------------------------------------------------- render / compare
+def _print_result(drawn, notes_done: set) -> None:
+    for note in drawn.notes:
+        if note not in notes_done:
+            err.print(f"[yellow]note:[/] {note}")
+            notes_done.add(note)
+
+
+def _compare_pictures(paths: list[str], titles: list[str], out: str, fps: float) -> None:
+    """Side by side, frame by frame, two pictures already written (PNG or GIF)."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from . import draw
+
+    def load(p: str) -> np.ndarray:  # [N, H, W, 3]
+        a = iio.imread(p, index=None) if p.endswith(".gif") else iio.imread(p)[None]
+        return a[..., :3] if a.shape[-1] in (3, 4) else np.repeat(a[..., None], 3, -1)
+
+    a, b = (load(p) for p in paths)
+    count = max(len(a), len(b))
+
+    def frame_at(i: int) -> np.ndarray:
+        sides = []
+        for arr, title in zip((a, b), titles):
+            img = arr[min(i, len(arr) - 1)]
+            sides.append(draw.vstack([draw.caption_bar([title], img.shape[1]), img]))
+        return draw.hstack(sides, gap=6)
+
+    if out.endswith(".gif"):
+        draw.write_gif(out, frame_at, count, fps)
+    else:
+        draw.write_png(out, frame_at(count - 1))
+
+
+def run_render(paths: list[Path], opts, out: Optional[Path], fmt: Optional[str], force: bool) -> list[str]:
+    """Render one capture, or two side by side (compare). Returns the paths written."""
+    from . import views
+    from .reader import open_capture
+
+    views.check_options(opts)
+    allowed = views.VIEW_FORMATS[opts.view]
+    if len(paths) == 2:
+        allowed = tuple(x for x in allowed if x in ("gif", "png"))
+        if not allowed:
+            raise UserError(f"compare cannot draw --view {opts.view}; compare writes GIF or PNG views.")
+    caps = [open_capture(p) for p in paths]
+    try:
+        frame = opts.frame if opts.frame is not None else caps[0].num_pixel_frames // 2
+        target = output_path([str(p) for p in paths], opts, out, fmt, frame, force, allowed)
+        notes: set = set()
+        if len(caps) == 1:
+            drawn = views.render(caps[0], opts, target)
+            _print_result(drawn, notes)
+            for p in drawn.paths:
+                console.print(f"[green]wrote[/] {p}")
+            console.print(f"  drew {drawn.summary}")
+            return drawn.paths
+        ext = os.path.splitext(target)[1]
+        with tempfile.TemporaryDirectory(prefix="ovi-attn-compare-") as tmp:
+            sides = []
+            for k, cap in enumerate(caps):
+                drawn = views.render(cap, opts, os.path.join(tmp, f"side{k}{ext}"))
+                _print_result(drawn, notes)
+                console.print(f"  {Path(cap.path).name}: drew {drawn.summary}")
+                sides.append(drawn.paths[0])
+            _compare_pictures(sides, [Path(c.path).name for c in caps], target, opts.fps or 8.0)
+        console.print(f"[green]wrote[/] {target}")
+        return [target]
+    finally:
+        for c in caps:
+            c.close()
+
+
+def _make_render_command(compare: bool):
+    """The same options for `render` (one capture) and `compare` (two)."""
+
+    def command(
+        paths: List[Path] = typer.Argument(..., metavar="A.h5 B.h5" if compare else "CAPTURE.h5",
+                                           help="Two capture files." if compare else "The capture file."),
+        view: str = typer.Option("steps", "--view", "-v", help=VIEW_HELP),
+        token: Optional[List[str]] = typer.Option(None, "--token", "-t",
+                                                  help="Token group: a word, 'man#2', '#5' or a label; repeat for several."),
+        frame: Optional[int] = typer.Option(None, "--frame", "-f",
+                                            help="Pixel frame of the decoded video (default: the middle one)."),
+        frames: Optional[str] = typer.Option(None, "--frames", help="Pixel frames, e.g. 0,60,120 or 0:121:4."),
+        steps: Optional[str] = typer.Option(None, "--steps", help="Sampler steps, e.g. 0:50:5, 10-19, -1."),
+        layers: Optional[str] = typer.Option(None, "--layers", help="Blocks, e.g. 10-19,25."),
+        heads: Optional[str] = typer.Option(None, "--heads", help="Heads (captures with heads: all)."),
+        branch: str = typer.Option("cond", "--branch", help="cond or uncond."),
+        reduce: str = typer.Option("mean", "--reduce", help="mean or max over layers and heads."),
+        norm: str = typer.Option("global", "--norm", help="global, step, frame or absolute colour scaling."),
+        renorm: bool = typer.Option(False, "--renorm", help="Divide by the mass on real tokens (1 - <eos> - <pad>)."),
+        cmap: Optional[str] = typer.Option(None, "--cmap", help="Colormap (default inferno)."),
+        alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity, 0..1."),
+        upsample: str = typer.Option("nearest", "--upsample", help="nearest or bilinear."),
+        layout: str = typer.Option("overlay", "--layout", help="Several tokens: overlay or side."),
+        threshold: Optional[str] = typer.Option(None, "--threshold", help="Mask view: 0..1 or otsu (default)."),
+        size: int = typer.Option(512, "--size", help="Longest side of the drawn frame, pixels."),
+        fps: Optional[float] = typer.Option(None, "--fps", help="Animation rate (default 8 over steps, clip fps over frames)."),
+        by: str = typer.Option("step", "--by", help="Audio view: one strip per step or per layer."),
+        background: str = typer.Option("waveform", "--background", help="Audio view: waveform or spectrogram."),
+        out: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder, or exact file (.gif/.mp4/.png/.svg)."),
+        fmt: Optional[str] = typer.Option(None, "--format", help="gif, mp4, png or svg (default depends on the view)."),
+        force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    ) -> None:
+        from .views import Options
+
+        want = 2 if compare else 1
+        if len(paths) != want:
+            raise UserError(f"{'compare' if compare else 'render'} takes {want} capture file"
+                            f"{'s' if want > 1 else ''}, got {len(paths)}.")
+        opts = Options(view=view, tokens=list(token or []), frame=frame, frames=frames, steps=steps, layers=layers,
+                       heads=heads, branch=branch, reduce=reduce, norm=norm, renorm=renorm, cmap=cmap, alpha=alpha,
+                       upsample=upsample, layout=layout, threshold=threshold, size=size, fps=fps, by=by,
+                       background=background)
+        run_render(paths, opts, out, fmt, force)
+
+    command.__doc__ = ("Draw the same view of two runs side by side (different prompts, seeds or models)."
+                       if compare else
+                       "Draw attention maps of a capture: GIF over steps by default, or another --view.")
+    return command
+
+
+# ---------------------------------------------------------------------- info
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def info(path: Path = typer.Argument(..., help="The capture file (.h5)."),
+         tokens: bool = typer.Option(True, "--tokens/--no-tokens", help="Print the token table.")) -> None:
+    """Print what a capture holds: prompt, model, sizes, status, captured maps, tokens."""
+    from rich.table import Table
+
+    from .reader import open_capture
+    from .selection import describe_values
+
+    with open_capture(path) as cap:
+        a = cap.attrs
+        F, h, w = cap.grid
+        status = cap.status + (f" ({cap.steps_done} of {len(cap.steps)} captured steps written)" if cap.partial
+                               else f" ({cap.steps_done} steps)")
+        colour = "green" if not cap.partial else "yellow"
+        t = Table(show_header=False, box=None, pad_edge=False)
+        t.add_column(style="bold")
+        t.add_column()
+        rows = [
+            ("file", f"{cap.path} ({_human_bytes(os.path.getsize(cap.path))})"),
+            ("status", f"[{colour}]{status}[/]"),
+            ("prompt", str(a.get("prompt", ""))),
+            ("model", f"{a.get('model', '?')}  mode {a.get('mode', '?')}  solver {a.get('solver', '?')}  "
+                      f"shift {a.get('shift', '?')}"),
+            ("seed", str(a.get("seed", "?"))),
+            ("guidance", f"video {a.get('video_guidance_scale', '?')}  audio {a.get('audio_guidance_scale', '?')}  "
+                         f"slg layer {a.get('slg_layer', '?')}"),
+            ("video", f"{cap.num_pixel_frames} frames {cap.frame_size[0]}x{cap.frame_size[1]} at {cap.fps:g} fps; "
+                      f"token grid {F}x{h}x{w} (latent frames x rows x cols)"),
+            ("audio", f"{cap.audio_tokens} tokens x {1000 * cap.samples_per_token / cap.sample_rate:g} ms at "
+                      f"{cap.sample_rate} Hz"),
+            ("captured", f"{', '.join(cap.variables()) or 'nothing'}; {a.get('map_dtype', '?')}; heads "
+                         f"{cap.heads_mode}; branches {', '.join(cap.branches)}"),
+            ("steps", f"{describe_values(cap.steps)} of {a.get('num_steps', '?')} (readable "
+                      f"{describe_values(cap.readable_steps)})"),
+            ("layers", f"{describe_values(cap.layers)} of {a.get('num_layers', '?')}"),
+            ("groups", ", ".join(f"{g}" for g in cap.groups)),
+            ("generation", f"{float(a['generation_seconds']):.1f} s" if a.get("generation_seconds") not in (None, "")
+             else "not finished"),
+            ("started", f"{a.get('started_at', '?')}  finished {a.get('finished_at', '') or '-'}"),
+        ]
+        if cap.partial:
+            rows.append(("note", "[yellow]partial capture: render draws the steps written; the decoded clip "
+                                 "is missing until the capture finishes.[/]"))
+        for k, v in rows:
+            t.add_row(k, v)
+        console.print(t)
+        if tokens:
+            tt = Table(title="token table (positive prompt)", title_justify="left")
+            for col in ("#", "piece", "word", "span", "groups"):
+                tt.add_column(col)
+            for r in cap.token_table():
+                tt.add_row(str(r["index"]), r["piece"], r["word"], f"{r['start']}:{r['end']}", ", ".join(r["groups"]))
+            console.print(tt)
+
+
+def register(app: typer.Typer) -> None:
+    """Add render, compare and info to the `ovi-attn` app."""
+    app.command("render")(_make_render_command(compare=False))
+    app.command("compare")(_make_render_command(compare=True))
+    app.command("info")(info)
