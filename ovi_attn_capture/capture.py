@@ -23,10 +23,10 @@ from ovi_attn_render.errors import UserError
 from ovi_attn_render.format import CaptureLayout, TokenRow, estimate_bytes
 
 from . import __version__, attention
-from .components import Components, load_components
+from .components import Components, load_components, model_facts
 from .generate import SamplerSettings, Texts, sample
 from .probe import CapturePlan, CaptureProbe, key_groups
-from .prompt_file import RunSpec, parse_layers, parse_steps
+from .prompt_file import RunSpec, resolve_model_defaults
 from .token_groups import group_for_other_text, group_words, resolve_groups, words_of
 
 MAP_DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -44,6 +44,7 @@ class CaptureSummary:
     maps_written: int
     video_frames: int
     audio_seconds: float
+    clip_path: Path | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,8 +109,7 @@ def build_plan(run: RunSpec, comp: Components, device) -> tuple[CapturePlan, Cap
 
     branches = ["cond", "uncond"] if cap.branch == "both" else [cap.branch]
     grid = comp.video_grid
-    steps = parse_steps(cap.steps, run.steps)
-    layers = parse_layers(cap.layers, comp.model.num_layers)
+    steps, layers = list(cap.steps), list(cap.layers)  # resolved by resolve_model_defaults
     kg = {}
     for branch in branches:
         for tower, neg_key in (("video", "video_negative"), ("audio", "audio_negative")):
@@ -147,10 +147,27 @@ def _versions(device) -> dict:
     return v
 
 
+def clip_name(prompt: str, seed: int, when: _dt.datetime) -> str:
+    """`<first words of the prompt>_seed<seed>_<UTC time>.mp4`, as upstream names its outputs."""
+    import re
+
+    words = re.sub(r"<[^>]*>", " ", prompt)
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", words).strip("_")[:48].rstrip("_") or "clip"
+    return f"{slug}_seed{seed}_{when.strftime('%Y%m%d-%H%M%S')}.mp4"
+
+
+def write_clip_mp4(path: Path, frames: np.ndarray, waveform: np.ndarray, sample_rate: int, fps: float = 24.0):
+    """H.264 at 24 fps with an AAC track, like upstream's output."""
+    from ovi_attn_render.draw import write_mp4
+
+    write_mp4(str(path), lambda i: frames[i], len(frames), fps, waveform, sample_rate)
+
+
 def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None, progress: bool = True,
-                comp: Components | None = None) -> CaptureSummary:
+                comp: Components | None = None, mp4: bool = True) -> CaptureSummary:
     output = Path(output)
     check_output(output, force)
+    run = resolve_model_defaults(run, **model_facts(run.model))  # bad layers/steps fail here, with their line
     device = resolve_device(run.device)
     say = console.print if console is not None else (lambda *a, **k: None)
 
@@ -205,9 +222,13 @@ def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None
     finally:
         comp.model.attach_probe(None)
         writer.close(status)
+    clip = None
+    if mp4:
+        clip = output.parent / clip_name(run.prompt, run.seed, started)
+        write_clip_mp4(clip, frames, waveform, comp.audio.sample_rate)
     return CaptureSummary(output, output.stat().st_size, time.time() - t0, len(plan.steps), len(plan.layers),
                           list(layout.groups), list(plan.kinds), probe.maps_written, len(frames),
-                          len(waveform) / comp.audio.sample_rate)
+                          len(waveform) / comp.audio.sample_rate, clip)
 
 
 def _extra_memory_mb(layout: CaptureLayout) -> float:
@@ -220,9 +241,7 @@ def _extra_memory_mb(layout: CaptureLayout) -> float:
 
 
 def _run_attrs(run: RunSpec, comp: Components, texts: dict, started, device) -> dict:
-    settings = {k: v for k, v in vars(run).items() if k not in ("capture", "source_text")}
-    settings["capture"] = vars(run.capture)
-    settings["source_text"] = run.source_text
+    settings = run.settings()
     settings["checkpoint_files"] = comp.files
     settings["height"], settings["width"] = comp.pixel_size
     settings["slg_layer"] = comp.slg_layer

@@ -18,32 +18,26 @@ console = Console(stderr=True)
 
 
 def _overrides(**flags) -> dict:
-    """CLI flags -> prompt-file keys (dotted for the capture section); None means not given."""
-    keys = {
-        "seed": "seed", "prompt": "prompt", "model": "model", "ckpt_dir": "ckpt_dir", "num_steps": "steps",
-        "solver": "solver", "shift": "shift", "height": "height", "width": "width", "device": "device",
-        "dtype": "dtype", "slg_layer": "slg_layer", "max_file_gb": "max_file_gb",
-        "video_guidance_scale": "video_guidance_scale", "audio_guidance_scale": "audio_guidance_scale",
-        "tokens": "capture.tokens", "layers": "capture.layers", "capture_steps": "capture.steps",
-        "kinds": "capture.kinds", "branch": "capture.branch", "heads": "capture.heads",
-        "map_dtype": "capture.dtype", "mode": "mode", "image": "image",
-    }
+    """CLI values -> prompt-file overrides keyed by flag (prompt_file.OVERRIDABLE maps each
+    flag to its key and names the flag in errors); None means not given."""
     out = {}
     for name, value in flags.items():
-        if value is None:
+        if value is None or value is False:
             continue
         if name in ("tokens", "kinds") and isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
-        out[keys[name]] = value
+        out["--" + name.replace("_", "-")] = value
     return out
 
 
 def capture(
     prompt_file: Path = typer.Argument(..., help="The prompt YAML (see docs/PROMPT.md)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .h5 (default: <prompt-file>.h5 here)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .h5 (default: the file's `output:` or <prompt-file>.h5 here)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     prompt: Optional[str] = typer.Option(None, help="Replace the prompt text."),
+    video_negative_prompt: Optional[str] = typer.Option(None, "--video-negative-prompt"),
+    audio_negative_prompt: Optional[str] = typer.Option(None, "--audio-negative-prompt"),
     tokens: Optional[str] = typer.Option(None, help="Token selections, comma separated: man,park,man#2,all."),
     layers: Optional[str] = typer.Option(None, help="Layers to capture: all, 10-19,25 or 0:30:2."),
     capture_steps: Optional[str] = typer.Option(None, "--capture-steps", help="Steps to capture: all, 0:50:5, ..."),
@@ -60,27 +54,32 @@ def capture(
     width: Optional[int] = typer.Option(None, help="Video width."),
     video_guidance_scale: Optional[float] = typer.Option(None, "--video-guidance-scale"),
     audio_guidance_scale: Optional[float] = typer.Option(None, "--audio-guidance-scale"),
-    slg_layer: Optional[int] = typer.Option(None, "--slg-layer", help="Block skipped in the negative pass."),
+    slg_layer: Optional[int] = typer.Option(None, "--slg-layer", help="Block skipped in the negative pass (-1: none)."),
     mode: Optional[str] = typer.Option(None, help="t2v or i2v."),
     image: Optional[str] = typer.Option(None, help="First frame for i2v."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
     dtype: Optional[str] = typer.Option(None, help="bfloat16 or float32."),
+    cpu_offload: bool = typer.Option(False, "--cpu-offload", help="Keep each component on the GPU only while used."),
+    fp8: bool = typer.Option(False, "--fp8", help="Use the float8 checkpoint (720x720_5s)."),
     max_file_gb: Optional[float] = typer.Option(None, "--max-file-gb", help="Refuse larger captures."),
+    no_mp4: bool = typer.Option(False, "--no-mp4", help="Do not write the clip as MP4 beside the .h5."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
     """Generate a clip and capture its cross-attention maps into one HDF5 file."""
     from .prompt_file import load_prompt_file
 
     run = load_prompt_file(prompt_file, _overrides(
-        seed=seed, prompt=prompt, tokens=tokens, layers=layers, capture_steps=capture_steps, kinds=kinds,
-        branch=branch, heads=heads, map_dtype=map_dtype, model=model, ckpt_dir=ckpt_dir, num_steps=num_steps,
-        solver=solver, shift=shift, height=height, width=width, video_guidance_scale=video_guidance_scale,
-        audio_guidance_scale=audio_guidance_scale, slg_layer=slg_layer, mode=mode, image=image, device=device,
-        dtype=dtype, max_file_gb=max_file_gb))
-    out = output or (Path(run.output) if run.output else Path(prompt_file).with_suffix(".h5").name)
+        seed=seed, prompt=prompt, video_negative_prompt=video_negative_prompt,
+        audio_negative_prompt=audio_negative_prompt, tokens=tokens, layers=layers, capture_steps=capture_steps,
+        kinds=kinds, branch=branch, heads=heads, map_dtype=map_dtype, model=model, ckpt_dir=ckpt_dir,
+        num_steps=num_steps, solver=solver, shift=shift, height=height, width=width,
+        video_guidance_scale=video_guidance_scale, audio_guidance_scale=audio_guidance_scale, slg_layer=slg_layer,
+        mode=mode, image=image, device=device, dtype=dtype, cpu_offload=cpu_offload, fp8=fp8,
+        max_file_gb=max_file_gb))
+    out = output or (Path(run.output) if run.output else Path(Path(prompt_file).with_suffix(".h5").name))
     from .capture import run_capture
 
-    summary = run_capture(run, Path(out), force=force, console=console, progress=not no_progress)
+    summary = run_capture(run, Path(out), force=force, console=console, progress=not no_progress, mp4=not no_mp4)
     _print_summary(summary)
 
 
@@ -90,7 +89,8 @@ def _print_summary(s) -> None:
     body = (f"[bold]{s.path}[/]  {s.bytes / 1e6:,.1f} MB\n"
             f"{s.steps} steps x {s.layers} layers, groups: {', '.join(s.groups)}\n"
             f"kinds: {', '.join(s.kinds)}; {s.maps_written} map sets written\n"
-            f"clip: {s.video_frames} frames, {s.audio_seconds:.2f} s of audio; took {s.seconds:.1f} s")
+            f"clip: {s.video_frames} frames, {s.audio_seconds:.2f} s of audio; took {s.seconds:.1f} s"
+            + (f"\nmp4: {s.clip_path}" if s.clip_path else ""))
     console.print(Panel(body, title="capture complete", expand=False))
     console.print(f"next: [cyan]ovi-attn info {s.path}[/] or [cyan]ovi-attn render {s.path} --token "
                   f"{s.groups[0]!s}[/]", highlight=False)

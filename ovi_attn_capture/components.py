@@ -15,7 +15,7 @@ import torch
 from ovi_attn_render.errors import UserError
 
 from .generate import Texts
-from .model import FusionModel, build_random, load_checkpoint, released_configs, tiny_configs
+from .model import FusionModel, build_random, load_checkpoint, tiny_configs
 
 
 @dataclass(frozen=True)
@@ -107,18 +107,47 @@ def _empty_cache(device) -> None:
         torch.cuda.empty_cache()
 
 
-def _image_latent(video_vae, image_path: Path, pixel_size, device) -> torch.Tensor:
-    """Read, resize (area-preserving, snapped as upstream) and encode the i2v first frame."""
+def image_size_for_area(h: int, w: int, area: int, multiple: int = 32) -> tuple[int, int]:
+    """Upstream's choice of the i2v frame size: multiples of 32 whose area is closest to the
+    model's, ties broken by the closest aspect ratio, among a few candidates around the
+    image's own ratio."""
+    ratio = w / float(h)
+    units = max(1, area // (multiple * multiple))
+    p0 = max(1, int(round((units / max(ratio, 1e-8)) ** 0.5)))
+    candidates = []
+    for dp in range(-3, 4):
+        p = max(1, p0 + dp)
+        q = max(1, int(round(p * ratio)))
+        candidates.append((p * multiple, q * multiple))
+    scale = (area / (h * float(w))) ** 0.5
+    candidates.append((max(multiple, int(round(h * scale / multiple)) * multiple),
+                       max(multiple, int(round(w * scale / multiple)) * multiple)))
+    best = min(candidates, key=lambda hw: (abs(hw[0] * hw[1] - area), abs(hw[1] / max(hw[0], 1e-8) - ratio)))
+    return max(multiple, best[0]), max(multiple, best[1])
+
+
+def load_first_frame(image_path: Path, area: int, device, dtype=torch.bfloat16) -> torch.Tensor:
+    """The i2v image as upstream prepares it: RGB in [-1, 1], resized bicubically (in the
+    model dtype) to the size `image_size_for_area` picks. Returns [3, H, W]."""
     import cv2
 
     img = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
     if img is None:
         raise UserError(f"could not read the image {image_path}; give a PNG or JPEG path in `image:`.")
     img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    H, W = pixel_size
-    img = cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA)
-    x = torch.from_numpy(img).permute(2, 0, 1).float().div(127.5).sub(1).to(device)
-    return video_vae.encode(x)
+    x = torch.from_numpy(img).permute(2, 0, 1).float().div(255.0).to(device, dtype).unsqueeze(0) * 2.0 - 1.0
+    h, w = x.shape[-2:]
+    H, W = image_size_for_area(h, w, area)
+    if (H, W) != (h, w):
+        x = torch.nn.functional.interpolate(x, size=(H, W), mode="bicubic", align_corners=False)
+    return x[0]
+
+
+def _use_first_frame(comp: "Components", run, area: int) -> None:
+    """i2v: the image decides the frame size; its latent replaces latent frame 0."""
+    image = load_first_frame(Path(run.image), area, comp.device, comp.model.compute_dtype)
+    comp.pixel_size = tuple(image.shape[-2:])
+    comp.first_frame = comp.video_vae.encode(image.float()).to(comp.model.compute_dtype)
 
 
 def _pixel_size(run, area: int) -> tuple[int, int]:
@@ -128,11 +157,19 @@ def _pixel_size(run, area: int) -> tuple[int, int]:
     h = run.height or side
     w = run.width or side
     H, W, moved = snap_size(h, w, area)
-    if moved and (run.height or run.width):
+    if moved and ("height" in run.origins or "width" in run.origins):  # asked for by the user
         import warnings
 
         warnings.warn(f"height x width {h}x{w} was rescaled to the model's area and snapped to {H}x{W}")
     return H, W
+
+
+def model_facts(model: str) -> dict:
+    """What prompt_file.resolve_model_defaults needs for models it does not know itself."""
+    if model == "tiny":
+        return {"num_layers": tiny_configs()[0]["num_layers"], "native_size": (256, 256),
+                "default_slg_layer": TINY.default_slg_layer}
+    return {}
 
 
 def load_components(run, device: torch.device, say=print) -> Components:
@@ -156,7 +193,7 @@ def _load_tiny(run, device, say) -> Components:
                       TINY.audio_latents, _slg(run, TINY.default_slg_layer, model.num_layers),
                       files={"fusion": f"tiny (seed {TINY_SEED})"})
     if run.mode == "i2v":
-        comp.first_frame = _image_latent(vae, Path(run.image), (H, W), device)
+        _use_first_frame(comp, run, TINY.area)
     say(f"model: tiny ({model.num_layers} layers, random weights, seed {TINY_SEED}) on {device}")
     return comp
 
@@ -183,7 +220,7 @@ def _load_released(run, device, say) -> Components:
     offload = bool(run.cpu_offload)
     home = torch.device("cpu") if offload else device
     say(f"loading {paths.fusion.name} ...")
-    model = load_checkpoint(paths.fusion, *released_configs(), device=home)
+    model = load_checkpoint(paths.fusion, device=home)  # configs from the file's shapes
     say("loading umT5-XXL text encoder ...")
     text = TextEncoder.from_checkpoint_dir(run.ckpt_dir, device=home)
     say("loading Wan2.2 VAE and MMAudio decoder (MMAudio weights are CC-BY-NC 4.0) ...")
@@ -197,7 +234,7 @@ def _load_released(run, device, say) -> Components:
     if run.mode == "i2v":
         if offload:
             vae.to(device)
-        comp.first_frame = _image_latent(vae, Path(run.image), (H, W), device)
+        _use_first_frame(comp, run, spec.area)
         if offload:
             vae.to("cpu")
     if offload:

@@ -503,13 +503,44 @@ def load_state_dict_into(model: FusionModel, state: dict, source: str = "checkpo
     return model
 
 
-def load_checkpoint(path, video_config, audio_config, device="cpu", compute_dtype=torch.bfloat16) -> FusionModel:
+def configs_from_shapes(shapes: dict[str, tuple[int, ...]]) -> tuple[dict | None, dict | None]:
+    """Tower configs implied by a checkpoint's tensor shapes (heads of 128, as in Ovi).
+
+    The released files give back the released configs; a smaller file written in the same
+    layout (tests, toy models) gives its own, so one loader serves both."""
+    video, audio = released_configs()
+
+    def tower(prefix: str, base: dict) -> dict | None:
+        if f"{prefix}.patch_embedding.weight" not in shapes and f"{prefix}.patch_embedding.0.weight" not in shapes:
+            return None
+        audio_like = f"{prefix}.patch_embedding.0.weight" in shapes
+        pe = shapes[f"{prefix}.patch_embedding.0.weight" if audio_like else f"{prefix}.patch_embedding.weight"]
+        dim = pe[0]
+        patch = [1] if audio_like else list(pe[2:])
+        layers = 1 + max(int(k.split(".")[2]) for k in shapes if k.startswith(f"{prefix}.blocks."))
+        return dict(base, dim=dim, in_dim=pe[1], patch_size=patch, num_heads=dim // 128, num_layers=layers,
+                    ffn_dim=shapes[f"{prefix}.blocks.0.ffn.0.weight"][0],
+                    text_dim=shapes[f"{prefix}.text_embedding.0.weight"][1],
+                    freq_dim=shapes[f"{prefix}.time_embedding.0.weight"][1],
+                    out_dim=shapes[f"{prefix}.head.head.weight"][0] // math.prod(patch))
+
+    return tower("video_model", video), tower("audio_model", audio)
+
+
+def load_checkpoint(path, video_config=None, audio_config=None, device="cpu",
+                    compute_dtype=torch.bfloat16) -> FusionModel:
     """Build on meta and load a .safetensors checkpoint (bf16, fp32 or float8_e4m3fn).
 
-    Float checkpoints are cast to the compute dtype; float8 weights stay float8 and are
-    upcast per layer at run time. Tensors are memory-mapped and assigned, never copied twice."""
+    Configs default to what the file's shapes imply. Float checkpoints are cast to the
+    compute dtype; float8 weights stay float8 and are upcast per layer at run time.
+    Tensors are assigned into the meta-built model, never copied twice."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
+    if video_config is None and audio_config is None:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        video_config, audio_config = configs_from_shapes(shapes)
     model = build_on_meta(video_config, audio_config, compute_dtype)
     state = load_file(str(path), device=str(device))
     for k, v in state.items():

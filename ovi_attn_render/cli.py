@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if debug:
             err_console.print_exception()
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, click.ClickException):
             if debug:
                 err_console.print_exception()
-            err_console.print(f"[bold red]error:[/] {e.format_message()}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {e.format_message()}", highlight=False, soft_wrap=True)
             return 2
         if isinstance(e, click.exceptions.Abort):
             return 1

@@ -201,3 +201,36 @@ def test_captures_over_the_size_budget_are_refused_before_generating(tmp_path, c
     out = tmp_path / "big.h5"
     assert main(["capture", str(prompt), "-o", str(out), "--max-file-gb", "0.0000001", "--no-progress"]) == 2
     assert "budget" in capsys.readouterr().err and not out.exists()
+
+
+def test_image_to_video_keeps_the_clean_first_latent_frame(tmp_path):
+    import cv2
+
+    from ovi_attn_capture.components import image_size_for_area
+
+    img = np.zeros((200, 300, 3), np.uint8)
+    img[50:150, 100:200] = (0, 0, 255)  # BGR red square
+    cv2.imwrite(str(tmp_path / "first.png"), img)
+    prompt = tmp_path / "i2v.yaml"
+    prompt.write_text('prompt: "A red square."\nmodel: tiny\nsteps: 3\nmode: i2v\nimage: first.png\n'
+                      'capture:\n  tokens: [square]\n  kinds: [text_video]\n')
+    out = tmp_path / "i2v.h5"
+    assert main(["capture", str(prompt), "-o", str(out), "--no-progress", "--no-mp4"]) == 0
+    H, W = image_size_for_area(200, 300, 256 * 256)
+    assert (H % 32, W % 32) == (0, 0) and W > H
+    with h5py.File(out, "r") as f:
+        assert f["video"].shape[1:3] == (H, W) and f.attrs["mode"] == "i2v"
+        assert list(f.attrs["video_grid"]) == [5, H // 32, W // 32]
+
+
+def test_sampling_with_a_first_frame_returns_it_untouched():
+    from ovi_attn_capture.generate import SamplerSettings, Texts, sample
+    from ovi_attn_capture.model import build_random, tiny_configs
+
+    model = build_random(*tiny_configs(), seed=0)
+    g = torch.Generator().manual_seed(1)
+    texts = Texts(*(torch.randn(n, 64, generator=g).bfloat16() for n in (5, 4, 4)))
+    first = torch.randn(48, 1, 8, 8, generator=g).bfloat16()
+    video, _ = sample(model, texts, (48, 3, 8, 8), (9, 20), SamplerSettings(steps=3, slg_layer=1), "cpu",
+                      first_frame=first)
+    assert torch.equal(video[:, :1], first) and not torch.equal(video[:, 1:2], first)

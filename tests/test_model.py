@@ -215,3 +215,19 @@ def test_sinusoidal_embedding_is_float64_cos_then_sin():
     assert e.dtype == torch.float64
     assert torch.equal(e[0], torch.tensor([1.0, 1, 1, 1, 0, 0, 0, 0], dtype=torch.float64))
     assert abs(e[1, 0].item() - torch.cos(torch.tensor(999.0, dtype=torch.float64)).item()) < 1e-12
+
+
+def test_configs_are_read_back_from_checkpoint_shapes(tmp_path, tiny):
+    from safetensors.torch import save_file
+
+    from ovi_attn_capture.model import configs_from_shapes
+
+    video, audio = configs_from_shapes({k: tuple(v.shape) for k, v in
+                                        build_on_meta(*released_configs()).state_dict().items()})
+    assert (video, audio) == tuple(dict(c, text_dim=4096) for c in released_configs())
+    path = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(path))
+    loaded = load_checkpoint(path)  # no configs given: inferred
+    v, a = tiny_configs()
+    assert loaded.video_model.dim == v["dim"] and loaded.num_layers == v["num_layers"]
+    assert loaded.audio_model.text_dim == a["text_dim"] and loaded.video_model.num_heads == v["num_heads"]
