@@ -234,3 +234,40 @@ def test_sampling_with_a_first_frame_returns_it_untouched():
     video, _ = sample(model, texts, (48, 3, 8, 8), (9, 20), SamplerSettings(steps=3, slg_layer=1), "cpu",
                       first_frame=first)
     assert torch.equal(video[:, :1], first) and not torch.equal(video[:, 1:2], first)
+
+
+@pytest.mark.parametrize("args", [
+    ["--token", "circle", "--frame", "8"],
+    ["--token", "circle", "--view", "frames", "--format", "mp4"],
+    ["--token", "circle", "--view", "frames"],
+    ["--token", "circle", "--view", "grid"],
+    ["--token", "circle", "--view", "layers", "--format", "svg"],
+    ["--token", "circle", "--token", "red", "--frame", "3"],
+    ["--token", "circle", "--token", "red", "--layout", "side"],
+    ["--token", "beep", "--view", "audio"],
+    ["--view", "sync"],
+    ["--token", "circle", "--view", "mask"],
+    ["--token", "<eos>", "--view", "diff"],
+    ["--token", "circle", "--renorm", "--norm", "step"],
+])
+def test_every_view_renders_a_real_tiny_capture(captured, tmp_path, args):
+    outdir = tmp_path / "views"
+    assert main(["render", str(captured), *args, "-o", str(outdir)]) == 0
+    files = list(outdir.iterdir())
+    assert files and all(f.stat().st_size > 1000 for f in files)
+
+
+def test_info_and_compare_on_real_captures(captured, tmp_path, capsys):
+    assert main(["info", str(captured)]) == 0
+    out = capsys.readouterr().out
+    assert "complete" in out and "circle" in out and "tiny" in out
+    assert main(["compare", str(captured), str(captured), "--token", "circle", "--frame", "4",
+                 "-o", str(tmp_path / "cmp.gif")]) == 0
+    assert (tmp_path / "cmp.gif").stat().st_size > 1000
+
+
+def test_tokens_command_prints_the_table(tmp_path, capsys):
+    prompt = write_prompt(tmp_path, tokens="[circle, all]")
+    assert main(["tokens", str(prompt)]) == 0
+    out = capsys.readouterr().out
+    assert "circle" in out and "square" in out and "<eos>" in out or "</s>" in out
