@@ -23,7 +23,7 @@ from ovi_attn_render.errors import UserError
 from ovi_attn_render.format import CaptureLayout, TokenRow, estimate_bytes
 
 from . import __version__, attention
-from .components import Components, load_components, model_facts
+from .components import Components, describe, load_components, memory_plan, model_facts
 from .generate import SamplerSettings, Texts, sample
 from .probe import CapturePlan, CaptureProbe, key_groups
 from .prompt_file import RunSpec, resolve_model_defaults
@@ -175,6 +175,8 @@ def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None
     if comp is None:
         comp = load_components(run, device, say)
     plan, layout, texts = build_plan(run, comp, device)
+    say(f"clip: {describe(comp)}")
+    say(memory_plan(comp))
     size = estimate_bytes(layout)
     budget = float(run.max_file_gb) * 1e9
     say(f"capture: {len(plan.steps)} steps x {len(plan.layers)} layers x {len(layout.groups)} groups "

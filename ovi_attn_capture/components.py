@@ -81,7 +81,7 @@ class Components:
         if self.offload:
             self.text.to(self.device)
         pos, vneg, aneg = self.text.encode([texts["positive"], texts["video_negative"], texts["audio_negative"]])
-        if self.offload:
+        if self.device.type == "cuda":  # not needed again during sampling: free its GPU memory
             self.text.to("cpu")
             _empty_cache(self.device)
         dt = self.model.compute_dtype
@@ -100,6 +100,32 @@ class Components:
         frames = frames.permute(1, 2, 3, 0).cpu().numpy()
         waveform = self.audio.decode(audio_latent).float().clamp(-1, 1).cpu().numpy()
         return frames, waveform
+
+
+def _module_bytes(*modules) -> int:
+    return sum(p.numel() * p.element_size() for m in modules if m is not None for p in m.parameters())
+
+
+def memory_plan(comp: "Components") -> str:
+    """Where each component's weights live while sampling, and the activations to expect."""
+    F, h, w = comp.video_grid
+    gb = 1e9
+    parts = [
+        ("fusion model", _module_bytes(comp.model), str(comp.device)),
+        ("text encoder", _module_bytes(getattr(comp.text, "model", None)),
+         "cpu after encoding" if comp.device.type == "cuda" else "cpu"),
+        ("video VAE", _module_bytes(getattr(comp.video_vae, "vae", None)),
+         "cpu until decoding" if comp.offload else str(comp.device)),
+        ("audio decoder", _module_bytes(getattr(comp.audio, "vae", None), getattr(comp.audio, "vocoder", None)),
+         "cpu until decoding" if comp.offload else str(comp.device)),
+    ]
+    # Largest live activations: the per-token FFN of the video tower (bf16), a few copies.
+    dim = comp.model.video_model.dim if comp.model.video_model is not None else 0
+    ffn = comp.model.video_model.blocks[0].ffn[0].out_features if comp.model.video_model is not None else 0
+    act = F * h * w * (ffn + 8 * dim) * 2
+    lines = [f"  {name:<14} {size / gb:7.2f} GB  on {where}" for name, size, where in parts]
+    lines.append(f"  {'activations':<14} {act / gb:7.2f} GB  (~{F * h * w:,} video tokens)")
+    return "memory plan:\n" + "\n".join(lines)
 
 
 def _empty_cache(device) -> None:

@@ -1,0 +1,80 @@
+"""The bundled toy world model as `Components` (run.model == "toy"), and its files in data/toy/.
+
+data/toy/ holds:
+    toy.safetensors           FusionModel weights (float16); metadata: both tower configs as JSON
+    text_encoder.safetensors  the frozen umT5 encoder (Wan key names, float32)
+    tokenizer.json            the word-level tokenizer
+The codecs are fixed (codec.py), so they have no weights. The model runs in float32
+(it is small; float32 is faster than bfloat16 on CPUs), whatever `dtype:` says.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ovi_attn_render.errors import UserError
+
+from . import TOY_DIR
+from .codec import AudioCodec, VideoCodec
+
+NATIVE_SIZE = (128, 128)  # pixels; token grid 4 x 4 per latent frame
+LATENT_FRAMES = 5  # 17 pixel frames
+AUDIO_LATENTS = 22  # 0.704 s
+DEFAULT_SLG_LAYER = -1  # trained without layer skipping: skip-layer guidance would only hurt
+VIDEO_NEGATIVE_PROMPT = ""  # what text dropout trained as "no caption" (the upstream negatives work too)
+AUDIO_NEGATIVE_PROMPT = ""
+
+
+def toy_files(folder: Path = TOY_DIR) -> dict[str, Path]:
+    return {"fusion": folder / "toy.safetensors", "text_encoder": folder / "text_encoder.safetensors",
+            "tokenizer": folder / "tokenizer.json"}
+
+
+def load_toy_model(path: Path, device="cpu", compute_dtype=torch.float32):
+    """FusionModel at the configs stored in the file's metadata, weights cast to the compute dtype."""
+    from safetensors import safe_open
+
+    from ovi_attn_capture.model import load_checkpoint
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "video_config" not in meta or "audio_config" not in meta:
+        raise UserError(f"{path} has no tower configs in its metadata; retrain it with "
+                        f"`python -m ovi_attn_capture.toy.train`.")
+    video_config, audio_config = json.loads(meta["video_config"]), json.loads(meta["audio_config"])
+    return load_checkpoint(path, video_config, audio_config, device=device, compute_dtype=compute_dtype)
+
+
+def load_toy_text_encoder(folder: Path = TOY_DIR, device="cpu"):
+    from safetensors.torch import load_file
+
+    from .text import load_text_encoder
+
+    files = toy_files(folder)
+    return load_text_encoder(files["tokenizer"], load_file(str(files["text_encoder"])), device)
+
+
+def load_toy_components(run, device: torch.device, say=print, folder: Path = TOY_DIR):
+    """The toy model, its text encoder and fixed codecs as the capture pipeline's Components."""
+    from ovi_attn_capture.components import Components, _image_latent, _pixel_size, _slg
+    from ovi_attn_capture.text_encoder import clean_text
+
+    files = toy_files(folder)
+    missing = [p for p in files.values() if not p.is_file()]
+    if missing:
+        raise UserError(f"the toy model's file {missing[0]} is missing; train it with "
+                        f"`python -m ovi_attn_capture.toy.train` or restore data/toy/ from the repository.")
+    model = load_toy_model(files["fusion"], device)
+    text = load_toy_text_encoder(folder, device)
+    video, audio = VideoCodec(device), AudioCodec(device)
+    H, W = _pixel_size(run, NATIVE_SIZE[0] * NATIVE_SIZE[1])
+    comp = Components(model, text, video, audio, device, clean_text(run.prompt), (H, W), LATENT_FRAMES,
+                      AUDIO_LATENTS, _slg(run, DEFAULT_SLG_LAYER, model.num_layers),
+                      files={k: p.name for k, p in files.items()})
+    if run.mode == "i2v":
+        comp.first_frame = _image_latent(video, Path(run.image), (H, W), device)
+    say(f"model: toy ({model.num_layers} layers, trained on the shapes world, data/toy/) on {device}")
+    return comp

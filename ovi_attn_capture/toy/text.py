@@ -1,0 +1,76 @@
+"""The toy world's tokenizer and text encoder, on the same code paths as umT5-XXL.
+
+The tokenizer is a umT5-style Unigram model over the world's words (whole words as
+'▁word' pieces, Ovi's <AUDCAP> tags, single characters as a fallback so any text
+tokenizes), lower-cased, with <pad> = 0 and </s> appended. The encoder is a small umT5
+(2 layers, width 64) with seeded random weights in Wan's key names, loaded through
+`text_encoder.umt5_from_wan_state` exactly as the real file is; it stays frozen, and the
+fusion model's `text_embedding` learns to read it. Its relative position bias and random
+mixing keep every position's output distinct, so repeated words stay separable.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+from ovi_attn_capture.text_encoder import TextEncoder, umt5_from_wan_state
+from ovi_attn_capture.tiny_components import wan_t5_shapes
+
+from .world import WORDS
+
+T5_SIZE = dict(d_model=64, inner=64, num_heads=2, d_ff=128, num_layers=2, num_buckets=32)
+T5_SEED = 0
+_TAGS = ["<audcap>", "<endaudcap>", "<s>", "<e>"]  # lower case: the normalizer lower-cases first
+_CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?;:'\"-()<>/[]&%+=*#@")
+
+
+def build_tokenizer() -> Tokenizer:
+    """Words score best, then tags and punctuation, then single characters (unknown words spell out)."""
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
+    vocab += [("▁" + w, -4.0) for w in WORDS] + [(w, -4.5) for w in WORDS]
+    vocab += [("▁" + t, -4.0) for t in _TAGS] + [(t, -4.5) for t in _TAGS]
+    vocab += [(c, -10.0) for c in _CHARS] + [("▁" + c, -10.5) for c in _CHARS]
+    seen, unique = set(), []
+    for piece, score in vocab:  # "a" is a word and a character: keep its first (word) score
+        if piece not in seen:
+            seen.add(piece)
+            unique.append((piece, score))
+    tokenizer = Tokenizer(models.Unigram(unique, unk_id=2, byte_fallback=False))
+    tokenizer.normalizer = normalizers.Sequence([
+        normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace(Regex(" {2,}"), " ")])
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    tokenizer.add_special_tokens(["<pad>", "</s>", "<unk>"])
+    return tokenizer
+
+
+def t5_state_dict(vocab: int, seed: int = T5_SEED) -> dict[str, torch.Tensor]:
+    """Seeded umT5 weights in Wan's names: unit-scale embeddings, fan-in-scaled projections."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in wan_t5_shapes(vocab, **T5_SIZE).items():
+        if key.endswith("norm1.weight") or key.endswith("norm2.weight") or key == "norm.weight":
+            state[key] = torch.ones(shape)
+        elif key == "token_embedding.weight":
+            state[key] = torch.randn(shape, generator=gen)
+        elif "pos_embedding" in key:  # relative position bias: enough to tell neighbours apart
+            state[key] = torch.randn(shape, generator=gen)
+        else:
+            state[key] = torch.randn(shape, generator=gen) / shape[-1] ** 0.5
+    return state
+
+
+def load_text_encoder(tokenizer_path, state: dict[str, torch.Tensor], device="cpu") -> TextEncoder:
+    """The bundled tokenizer.json and encoder weights as the project's TextEncoder (float32)."""
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    return TextEncoder(tokenizer, umt5_from_wan_state(state, device, torch.float32))
+
+
+def fresh_text_encoder(device="cpu") -> TextEncoder:
+    """The same encoder built in memory (training writes it to data/toy/)."""
+    tokenizer = build_tokenizer()
+    return TextEncoder(tokenizer, umt5_from_wan_state(t5_state_dict(tokenizer.get_vocab_size()), device,
+                                                      torch.float32))
