@@ -7,6 +7,7 @@ the repository root on sys.path, the way `python -m` from the root would.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -160,7 +161,7 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]
         table.add_column(c, overflow="fold")
     for r in rows:
         table.add_row(*[str(x) for x in r])
-    Console(width=max(160, Console().width), highlight=False).print(table)
+    Console(width=max(200, Console().width), highlight=False).print(table)
 
 
 def verdict(value: float, target: float) -> str:
@@ -342,6 +343,32 @@ def _synthetic_frames(spec: SyntheticSpec):
     x = np.linspace(0, 1, W, dtype=np.float32)[None, :]
     rgb = np.stack([60 + 120 * x + 0 * y, 80 + 100 * y + 0 * x, 140 - 60 * x * y], -1).astype(np.uint8)
     return np.stack([np.roll(rgb, 4 * t, axis=1) for t in range(spec.video_frames)])
+
+
+ALT_DIMS_ENV = "OVI_BENCH_TEXT_VIDEO_DIMS"
+STEP_MAJOR_DIMS = ("branch", "step", "layer", "token", "head", "frame", "y", "x")  # the layout format 1 replaced
+
+
+def set_text_video_dims(dims: Sequence[str]) -> tuple[str, ...]:
+    """Write or read text_video in another dimension order (a layout experiment): patches
+    format.MAP_DIMS, which the writer and the reader both follow. Returns the old order."""
+    from ovi_attn_render import format as fmt
+
+    saved = fmt.MAP_DIMS["text_video"]
+    if sorted(dims) != sorted(saved) or tuple(dims[-2:]) != ("y", "x"):
+        raise BenchFailure(f"{dims} is not a permutation of {saved} ending in y, x")
+    fmt.MAP_DIMS["text_video"] = tuple(dims)
+    return saved
+
+
+@contextlib.contextmanager
+def text_video_dims(dims: Sequence[str]):
+    """set_text_video_dims for the duration of a with-block."""
+    saved = set_text_video_dims(dims)
+    try:
+        yield
+    finally:
+        set_text_video_dims(saved)
 
 
 def drop_from_page_cache(path: str | Path) -> bool:

@@ -29,6 +29,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import _common as C
 
@@ -104,8 +105,13 @@ class CountingFile(io.FileIO):
 
 
 def count_reads_child(h5: str, report: str, cli_args: list[str]) -> int:
-    """Run the CLI in this process with every open of `h5` routed through CountingFile."""
+    """Run the CLI in this process with every open of `h5` routed through CountingFile
+    (and text_video read in the dim order of $OVI_BENCH_TEXT_VIDEO_DIMS, if set)."""
     import h5py
+
+    alt = os.environ.get(C.ALT_DIMS_ENV)
+    if alt:
+        C.set_text_video_dims(alt.split(","))  # for the life of this process
 
     target = os.path.realpath(h5)
     real_file = h5py.File
@@ -132,6 +138,18 @@ def cli(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "ovi_attn_render.cli", *args]
 
 
+def count_reads(cmd: Command, h5: str, tmp: str, dims: Sequence[str] | None = None) -> dict:
+    """Bytes and read calls `cmd` makes on the capture, in a process that counts them."""
+    report = os.path.join(tmp, "reads.json")
+    env = {C.ALT_DIMS_ENV: ",".join(dims)} if dims else None
+    counted = C.run_child([sys.executable, __file__, "--count-reads", h5, report, "--", *cmd.args], env=env)
+    C.check_child(counted, f"{cmd.name} (counting reads)")
+    reads = json.loads(Path(report).read_text())
+    if cmd.subset_bytes and reads["bytes_read"] == 0:
+        raise C.BenchFailure(f"{cmd.name}: no read of the capture was counted; the counting hook missed it")
+    return reads | {"run": counted}
+
+
 def measure(cmd: Command, h5: str, repeat: int, cold: bool, tmp: str) -> Result:
     cached, cold_s = None, None
     if cold:
@@ -139,15 +157,10 @@ def measure(cmd: Command, h5: str, repeat: int, cold: bool, tmp: str) -> Result:
         cached = C.cached_fraction(h5)
         cold_s = C.check_child(C.run_child(cli(cmd.args)), cmd.name).seconds
     warm = [C.check_child(C.run_child(cli(cmd.args)), cmd.name) for _ in range(repeat)]
-    report = os.path.join(tmp, "reads.json")
-    counted = C.run_child([sys.executable, __file__, "--count-reads", h5, report, "--", *cmd.args])
-    C.check_child(counted, f"{cmd.name} (counting reads)")
+    reads = count_reads(cmd, h5, tmp)
     if cmd.output and not os.path.getsize(cmd.output):
         raise C.BenchFailure(f"{cmd.name} wrote an empty {cmd.output}")
-    reads = json.loads(Path(report).read_text())
-    if cmd.subset_bytes and reads["bytes_read"] == 0:
-        raise C.BenchFailure(f"{cmd.name}: no read of the capture was counted; the counting hook missed it")
-    warm = warm or [counted]  # --quick: one run, the counting one, gives every number
+    warm = warm or [reads["run"]]  # --quick: one run, the counting one, gives every number
     return Result(cmd.name, cold_s, C.median([r.seconds for r in warm]), [r.seconds for r in warm],
                   max(r.max_rss_bytes for r in warm), reads["bytes_read"], reads["reads"], cmd.subset_bytes,
                   cached, cmd.target_s)
@@ -200,6 +213,36 @@ def print_results(results: list[Result], spec: C.SyntheticSpec, stats: C.WriteSt
                            if r.subset_bytes))
 
 
+def compare_layout(spec: C.SyntheticSpec, cmds: list[Command], results: list[Result], tmp: str) -> list[tuple]:
+    """Bytes read by the map views if text_video kept `step, layer` outermost (the layout
+    format version 1 replaced): the same synthetic capture, written and read in that order."""
+    alt = os.path.join(tmp, "step_major.h5")
+    print(f"writing the same capture with text_video dims {', '.join(C.STEP_MAJOR_DIMS)} ...", flush=True)
+    with C.text_video_dims(C.STEP_MAJOR_DIMS):
+        C.write_synthetic_capture(alt, spec)
+    rows = []
+    for cmd, res in zip(cmds, results):
+        if cmd.name not in ("gif (steps)", "grid", "layers"):
+            continue
+        alt_cmd = Command(cmd.name, [alt if a == cmd.args[1] else a for a in cmd.args], None, cmd.subset_bytes, None)
+        reads = count_reads(alt_cmd, alt, tmp, C.STEP_MAJOR_DIMS)
+        rows.append((cmd.name, C.human_bytes(cmd.subset_bytes),
+                     f"{C.human_bytes(res.bytes_read)} ({res.bytes_read / cmd.subset_bytes:.2f}x, {res.reads} reads)",
+                     f"{C.human_bytes(reads['bytes_read'])} ({reads['bytes_read'] / cmd.subset_bytes:.2f}x, "
+                     f"{reads['reads']} reads)"))
+    os.remove(alt)
+    C.print_table("layout: bytes read from the .h5, format 1 (token, frame outermost) vs step, layer outermost",
+                  ["command", "subset drawn", f"format 1 ({', '.join(MAP_DIMS_TEXT_VIDEO())})",
+                   f"step-major ({', '.join(C.STEP_MAJOR_DIMS)})"], rows)
+    return rows
+
+
+def MAP_DIMS_TEXT_VIDEO() -> tuple[str, ...]:  # noqa: N802 - reads like the constant it returns
+    from ovi_attn_render.format import MAP_DIMS
+
+    return MAP_DIMS["text_video"]
+
+
 def profile(cmd: Command, top: int = 30) -> None:
     run = C.run_child([sys.executable, "-m", "cProfile", "-s", "cumulative", "-m", "ovi_attn_render.cli", *cmd.args])
     C.check_child(run, f"profile of {cmd.name}")
@@ -220,6 +263,8 @@ def main() -> None:
     ap.add_argument("--no-cold", action="store_true", help="skip the cold-cache run")
     ap.add_argument("--only", help="comma-separated command names to run (info, gif, grid, layers, frames)")
     ap.add_argument("--profile", metavar="NAME", help="cProfile one command (info, gif, grid, layers, frames) and stop")
+    ap.add_argument("--compare-layout", action="store_true",
+                    help="also count the bytes the map views would read with step, layer outermost")
     ap.add_argument("--out", metavar="JSON", help="also save the numbers as JSON")
     args = ap.parse_args()
     spec = C.QUICK if args.quick else C.REAL
@@ -248,7 +293,8 @@ def main() -> None:
             print(f"measuring {cmd.name} ...", flush=True)
             results.append(measure(cmd, h5, repeat, cold, tmp))
         print_results(results, spec, stats, startup, facts, os.path.getsize(h5))
-    C.save_json(args.out, {"spec": asdict(spec), "results": [asdict(r) for r in results],
+        layout_rows = compare_layout(spec, cmds, results, tmp) if args.compare_layout else None
+    C.save_json(args.out, {"spec": asdict(spec), "results": [asdict(r) for r in results], "layout": layout_rows,
                            "startup_s": startup, "write": asdict(stats) if stats else None, "machine": facts})
 
 

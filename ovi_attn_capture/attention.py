@@ -152,13 +152,20 @@ def _flash2(q, k, v, k_lens):  # pragma: no cover - needs CUDA and flash-attn
     return out.view(B, Lq, H, D), lse.view(H, B, Lq).transpose(0, 1)  # varlen lse: [H, total_q]
 
 
+def _fa3_call(fn, *args):
+    """flash-attn 3 returns (out, lse) with return_attn_probs=True; early betas always did."""
+    try:
+        res = fn(*args, return_attn_probs=True)
+    except TypeError:
+        res = fn(*args)
+    return res[0], res[1]
+
+
 def _flash3(q, k, v, k_lens):  # pragma: no cover - needs Hopper and flash-attn 3
     B, Lq, H, D = q.shape
     if k_lens is None:
-        res = _fa3.flash_attn_func(q, k, v, return_attn_probs=True)
-        out, lse = res[0], res[1]
+        out, lse = _fa3_call(_fa3.flash_attn_func, q, k, v)
         return out, lse.view(B, H, Lq)
     qp, kp, vp, cu_q, cu_k, mq, mk = _varlen_inputs(q, k, v, k_lens)
-    res = _fa3.flash_attn_varlen_func(qp, kp, vp, cu_q, cu_k, mq, mk, return_attn_probs=True)
-    out, lse = res[0], res[1]
+    out, lse = _fa3_call(_fa3.flash_attn_varlen_func, qp, kp, vp, cu_q, cu_k, mq, mk)
     return out.view(B, Lq, H, D), lse.view(H, B, Lq).transpose(0, 1)

@@ -104,7 +104,8 @@ def build_plan(run: RunSpec, comp: Components, device) -> tuple[CapturePlan, Cap
     }
     tokens = {k: enc.tokenize(v) for k, v in texts.items()}
     groups = resolve_groups(cap.tokens, texts["positive"], tokens["positive"], text_len=enc.text_len)
-    pos_words = [group_words(g, words_of(texts["positive"], tokens["positive"])) for g in groups]
+    words = words_of(texts["positive"], tokens["positive"])
+    pos_words = [group_words(g, words) for g in groups]
     pad = next((i for i, g in enumerate(groups) if g.kind == "pad"), None)
 
     branches = ["cond", "uncond"] if cap.branch == "both" else [cap.branch]
@@ -130,7 +131,7 @@ def build_plan(run: RunSpec, comp: Components, device) -> tuple[CapturePlan, Cap
         groups=[g.label for g in groups], group_kinds=[g.kind for g in groups],
         group_members=_group_members(groups, len(tokens["positive"])),
         tokens=_token_rows(texts["positive"], tokens["positive"]), kinds=list(cap.kinds), branches=branches,
-        heads=1 if cap.heads == "mean" else comp.model.video_model.num_heads if comp.model.video_model else 1,
+        heads=1 if cap.heads == "mean" else (comp.model.video_model or comp.model.audio_model).num_heads,
         map_dtype=cap.dtype, num_steps=run.steps, num_layers=comp.model.num_layers,
         video_frames=comp.pixel_frames, video_size=comp.pixel_size,
         audio_samples=comp.audio_tokens * comp.audio.samples_per_latent,

@@ -1,0 +1,523 @@
+"""What capturing attention maps costs: the same generation run plain, with our capture, and
+the usual way (materialised softmax), side by side in one run.
+
+Modes, all on the same model, seed, noise and text embeddings:
+  plain        no probe: what `sample` costs alone.
+  ours         the product: CaptureProbe + AsyncCaptureWriter writing a real HDF5 file in a
+               temp dir; N token groups, every layer and step, text_video and text_audio
+               (cond branch, head mean, fp16 maps: the prompt-file defaults).
+  ours+fusion  the same plus the fusion maps (video_audio, audio_video).
+  naive        what the original approach did: every text cross-attention computed as an
+               explicit softmax(q k^T / sqrt(d)) in float32 with the full [B, H, Lq, 512]
+               probability matrix materialised, output P @ V, then P reduced to the same
+               groups and written through the same writer. Implemented here, not in the
+               package (CrossAttention.forward is swapped for the run).
+
+Timing: the modes run interleaved in this process (after one warm-up round), `--repeat`
+rounds with the order rotated each round, median reported. Final latents of ours must
+equal plain bit for bit (checked; the run fails otherwise); naive's difference is reported.
+
+Memory: on CUDA, torch.cuda.max_memory_allocated per mode in this process (reset before
+each run). On the CPU, peak RSS cannot be reset inside a process (the allocator keeps what
+a previous mode freed), so each mode runs once more in a fresh child process and the
+child's own peak RSS is read from os.wait4; the model's weights are in every child, so
+the column that matters is the difference to plain.
+
+Sizes: tiny (the test model), medium (the released architecture narrowed to run on a
+laptop CPU: dim 1024 = 8 heads of 128, 4 layers, ffn 4x, token grid 8x16x16, 50 audio
+tokens) and real (the released 960x960_5s architecture, 11.7B random bf16 weights, grid
+31x30x30, 157 audio tokens; CUDA only, about 24 GB of weights).
+
+    .venv/bin/python bench/capture_overhead.py                 # CPU: tiny and medium; GPU: real
+    .venv/bin/python bench/capture_overhead.py --size medium --repeat 5
+    .venv/bin/python bench/capture_overhead.py --quick         # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import _common as C
+
+MODES = ("plain", "ours", "ours+fusion", "naive")
+TEXT_KINDS = ["text_video", "text_audio"]
+ALL_KINDS = ["text_video", "text_audio", "video_audio", "audio_video"]
+TARGETS = {("cpu", "medium"): 1.05, ("cuda", "real"): 1.02}  # ours / plain
+GPU_EXTRA_TARGET = 2**30  # extra GPU memory for capture at real size
+
+
+@dataclass
+class Size:
+    name: str
+    video_latent: tuple[int, int, int, int]  # [48, F, H/16, W/16]
+    audio_latent: tuple[int, int]  # [La, 20]
+    slg_layer: int
+    width: dict = field(default_factory=dict)  # overrides of the released configs (empty: as released)
+    tiny: bool = False
+
+    def configs(self) -> tuple[dict, dict]:
+        from ovi_attn_capture.model import released_configs, tiny_configs
+
+        video, audio = tiny_configs() if self.tiny else released_configs()
+        for c in (video, audio):
+            c.update(self.width)
+        return video, audio
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        _, F, H, W = self.video_latent
+        return F, H // 2, W // 2
+
+    def describe(self) -> str:
+        v, _ = self.configs()
+        F, h, w = self.grid
+        return (f"dim {v['dim']} ({v['num_heads']} heads of {v['dim'] // v['num_heads']}), {v['num_layers']} layers, "
+                f"ffn {v['ffn_dim']}, grid {F}x{h}x{w} = {F * h * w} video tokens, {self.audio_latent[0]} audio tokens")
+
+
+SIZES = {
+    "tiny": Size("tiny", (48, 5, 16, 16), (22, 20), slg_layer=1, tiny=True),
+    "medium": Size("medium", (48, 8, 32, 32), (50, 20), slg_layer=2,
+                   width={"dim": 1024, "ffn_dim": 4096, "num_heads": 8, "num_layers": 4}),
+    "real": Size("real", (48, 31, 60, 60), (157, 20), slg_layer=11),
+}
+
+
+# ----------------------------------------------------------------------------- the naive way
+
+
+def materialised_softmax(q, k):
+    """softmax(q k^T / sqrt(d)) in float32, the whole matrix: q [B, Lq, H, D], k [B, Lk, H, D]
+    -> P [B, H, Lq, Lk]."""
+    import torch
+
+    scores = torch.einsum("blhd,bkhd->bhlk", q.float(), k.float()) / math.sqrt(q.shape[-1])
+    return torch.softmax(scores, dim=-1)
+
+
+def materialising_forward(self, x, context, own_rope=None, target=None):
+    """CrossAttention.forward as the original approach ran it: the text attention through
+    the materialised matrix (the fusion attention unchanged). Mirrors model.CrossAttention."""
+    from ovi_attn_capture.attention import attention
+
+    q = self.heads(self.norm_q(self.q(x)))  # [B, Lq, H, D]
+    k = self.heads(self.norm_k(self.k(context)))  # [B, 512, H, D]
+    v = self.heads(self.v(context))
+    p = materialised_softmax(q, k)  # [B, H, Lq, 512] float32
+    out = (p @ v.float().transpose(1, 2)).transpose(1, 2).to(q.dtype)  # [B, Lq, H, D]
+    if self.probe is not None:
+        self.probe.on_text_probabilities(self.where, p)
+    if target is not None:
+        states, lens, target_rope = target
+        t = self.pre_attn_norm_fusion(states)
+        k_t = target_rope(self.heads(self.norm_k_fusion(self.k_fusion(t))))
+        v_t = self.heads(self.v_fusion(t))
+        fused, _ = attention(own_rope(q), k_t, v_t, k_lens=lens)
+        out = out + fused
+    return self.o(out.flatten(2))
+
+
+def materialising_probe_class():
+    """A CaptureProbe that reduces the full probability matrix (built lazily: imports torch)."""
+    import torch
+
+    from ovi_attn_capture.probe import CaptureProbe
+
+    class MaterialisingProbe(CaptureProbe):
+        @torch.no_grad()
+        def on_text_probabilities(self, where, p) -> None:  # p [B, H, Lq, 512]
+            tower, layer = where
+            kind = "text_video" if tower == "video" else "text_audio"
+            target = self._target(layer)
+            if target is None or kind not in self.plan.kinds:
+                return
+            step_pos, branch_pos, branch, layer_pos = target
+            kg = self.plan.groups[(branch, tower)]
+            heads = p if self.plan.keep_heads else p.mean(dim=1, keepdim=True)  # [B, Hd, Lq, 512]
+            m = (heads[0].index_select(-1, kg.key_index) @ kg.key_weight).permute(2, 0, 1)  # [G, Hd, Lq]
+            m[~kg.present] = float("nan")
+            if tower == "video":
+                m = m.unflatten(2, self.plan.video_grid)
+            self._emit(kind, branch_pos, step_pos, layer_pos, m)
+
+    return MaterialisingProbe
+
+
+# ----------------------------------------------------------------------------- one setup
+
+
+class Bench:
+    """Model, inputs and token groups for one size; `run(mode)` generates once."""
+
+    def __init__(self, size: Size, steps: int, groups: int, device: str, seed: int = 0):
+        import torch
+
+        from ovi_attn_capture.generate import SamplerSettings, Texts
+        from ovi_attn_capture.model import build_random
+
+        torch.manual_seed(seed)
+        self.size, self.steps, self.groups, self.device = size, steps, groups, torch.device(device)
+        video_cfg, audio_cfg = size.configs()
+        t0 = time.perf_counter()
+        self.model = build_random(video_cfg, audio_cfg, seed=seed, device=device)
+        self.build_seconds = time.perf_counter() - t0
+        self.params = sum(p.numel() for p in self.model.parameters())
+        gen = torch.Generator().manual_seed(seed + 1)
+        n_pos = groups - 1  # one token per word group, then EOS
+        self.texts = Texts(*(torch.randn(n, video_cfg["text_dim"], generator=gen).bfloat16().to(device)
+                             for n in (n_pos, 10, 9)))
+        self.settings = SamplerSettings(steps=steps, slg_layer=size.slg_layer, seed=seed + 2)
+        self.tmp = tempfile.TemporaryDirectory(prefix="ovi-attn-bench-")
+        self.runs = 0
+
+    def spec(self, kinds, steps: int) -> C.SyntheticSpec:
+        """The file's sizes: what `ovi-attn capture` would preallocate for this run."""
+        return C.SyntheticSpec(grid=self.size.grid, steps=steps, layers=self.model.num_layers,
+                               groups=self.groups, audio_tokens=self.size.audio_latent[0], video_frames=0,
+                               video_size=(0, 0), audio_seconds=0.0, kinds=tuple(kinds))
+
+    def plan(self, kinds, steps: int):
+        """The probe's plan for the cond branch: word g is token g, EOS the last real token."""
+        import torch
+
+        from ovi_attn_capture.probe import CapturePlan, key_groups
+
+        n_words = self.groups - 2
+        members = [[g] for g in range(n_words)] + [[n_words], []]  # words, <eos>, <pad>
+        kg = {("cond", tower): key_groups(members, self.groups - 1, n_words + 1, 512, self.device)
+              for tower in ("video", "audio")}
+        return CapturePlan(steps=list(range(steps)), layers=list(range(self.model.num_layers)), kinds=list(kinds),
+                           branches=["cond"], keep_heads=False, map_dtype=torch.float16,
+                           video_grid=self.size.grid, groups=kg)
+
+    def sync(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def run(self, mode: str, steps: int | None = None) -> dict:
+        """Generate once in `mode`; returns seconds, final latents, the file, GPU peak."""
+        import torch
+
+        from ovi_attn_capture.generate import sample
+        from ovi_attn_capture.model import CrossAttention
+        from ovi_attn_capture.probe import CaptureProbe
+        from ovi_attn_capture.writer import AsyncCaptureWriter
+
+        settings = self.settings if steps is None else type(self.settings)(**{**asdict(self.settings), "steps": steps})
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.runs += 1
+        path = os.path.join(self.tmp.name, f"{mode.replace('+', '_')}_{self.runs}.h5")
+        original_forward = CrossAttention.forward
+        self.sync()
+        t0 = time.perf_counter()
+        writer = probe = None
+        try:
+            if mode != "plain":
+                kinds = ALL_KINDS if mode == "ours+fusion" else TEXT_KINDS
+                writer = AsyncCaptureWriter(path, C.synthetic_layout(self.spec(kinds, settings.steps)))
+                plan = self.plan(kinds, settings.steps)
+                probe = (materialising_probe_class() if mode == "naive" else CaptureProbe)(plan, writer)
+                self.model.attach_probe(probe)
+                if mode == "naive":
+                    CrossAttention.forward = materialising_forward
+            on_step = None if writer is None else (lambda i, t, s: writer.step_done(i + 1, i, t, s))
+            video, audio = sample(self.model, self.texts, self.size.video_latent, self.size.audio_latent, settings,
+                                  self.device, probe=probe, on_step=on_step)
+            self.sync()
+            if writer is not None:
+                writer.close("complete")
+                writer = None
+        finally:
+            CrossAttention.forward = original_forward
+            self.model.attach_probe(None)
+            if writer is not None:
+                writer.close("failed")
+        seconds = time.perf_counter() - t0
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+        return {"seconds": seconds, "video": video.cpu(), "audio": audio.cpu(), "path": None if mode == "plain" else path,
+                "maps": 0 if probe is None else probe.maps_written, "gpu_peak": peak}
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def max_abs_diff(a, b) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def check_identity(plain: dict, other: dict, mode: str) -> None:
+    import torch
+
+    if not (torch.equal(plain["video"], other["video"]) and torch.equal(plain["audio"], other["audio"])):
+        raise C.BenchFailure(f"{mode} changed the generation: max |video - plain| = "
+                             f"{max_abs_diff(plain['video'], other['video'])}, audio "
+                             f"{max_abs_diff(plain['audio'], other['audio'])}; capture must not change a bit")
+
+
+def first_map_difference(ours_path: str, naive_path: str) -> float:
+    """text_video at step 0, layer 0 (identical inputs in both runs): naive's maps against
+    ours, to show the naive path computes the same thing."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(ours_path, "r") as a, h5py.File(naive_path, "r") as b:
+        x = a["text_video"][0, :, :, 0, 0].astype(np.float32)  # [token, frame, head, y, x]
+        y = b["text_video"][0, :, :, 0, 0].astype(np.float32)
+    return float(np.nanmax(np.abs(x - y)))
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    seconds: list[float]
+    memory: int | None = None  # CUDA peak bytes, or child peak RSS bytes
+    diff_vs_plain: float = 0.0
+    maps: int = 0
+    file_bytes: int = 0
+
+    @property
+    def median(self) -> float:
+        return C.median(self.seconds)
+
+
+@dataclass
+class SizeResult:
+    size: str
+    device: str
+    config: str
+    params: int
+    steps: int
+    groups: int
+    repeat: int
+    build_seconds: float
+    modes: dict
+    memory_kind: str
+    naive_map_diff: float = float("nan")
+
+
+def time_modes(bench: Bench, modes: list[str], repeat: int, warmup: bool) -> tuple[dict[str, ModeResult], float]:
+    """Interleaved rounds, order rotated each round; checks on every run.
+
+    Returns the results per mode and the largest difference of naive's maps to ours at
+    step 0, layer 0 (NaN when either did not run)."""
+    results = {m: ModeResult(m, []) for m in modes}
+    if warmup:
+        for m in modes:
+            bench.run(m, steps=1)
+    reference, map_diff = None, float("nan")
+    for r in range(repeat):
+        order = modes[r % len(modes):] + modes[: r % len(modes)]
+        runs = {}
+        for m in order:
+            print(f"  round {r + 1}/{repeat}: {m} ...", end="", flush=True)
+            runs[m] = bench.run(m)
+            print(f" {runs[m]['seconds']:.2f} s", flush=True)
+            res = results[m]
+            res.seconds.append(runs[m]["seconds"])
+            res.maps = runs[m]["maps"]
+            if runs[m]["path"]:
+                res.file_bytes = os.path.getsize(runs[m]["path"])
+            if runs[m]["gpu_peak"] is not None:
+                res.memory = max(res.memory or 0, runs[m]["gpu_peak"])
+        plain = runs.get("plain")
+        if plain is not None:
+            if reference is None:
+                reference = plain
+            check_identity(reference, plain, "plain (run to run)")
+            for m in ("ours", "ours+fusion"):
+                if m in runs:
+                    check_identity(plain, runs[m], m)
+            if "naive" in runs:
+                d = max(max_abs_diff(plain["video"], runs["naive"]["video"]),
+                        max_abs_diff(plain["audio"], runs["naive"]["audio"]))
+                results["naive"].diff_vs_plain = max(results["naive"].diff_vs_plain, d)
+        if "ours" in runs and "naive" in runs:
+            d = first_map_difference(runs["ours"]["path"], runs["naive"]["path"])
+            map_diff = d if map_diff != map_diff else max(map_diff, d)
+        for run in runs.values():  # keep the temp dir small
+            if run["path"] and os.path.exists(run["path"]):
+                os.remove(run["path"])
+    return results, map_diff
+
+
+def child_memory(size: str, modes: list[str], steps: int, groups: int, jobs: int,
+                 threads: int | None) -> dict[str, int]:
+    """Peak RSS of each mode in a fresh process (see the module docstring)."""
+
+    def one(mode: str) -> int:
+        run = C.run_child([sys.executable, __file__, "--child", mode, "--size", size, "--steps", str(steps),
+                           "--groups", str(groups), "--device", "cpu", *(["--threads", str(threads)] if threads else [])])
+        C.check_child(run, f"memory child for {mode}")
+        return run.max_rss_bytes
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return dict(zip(modes, pool.map(one, modes)))
+
+
+def measure_size(size: Size, device: str, steps: int, groups: int, repeat: int, warmup: bool, jobs: int,
+                 modes: list[str], memory_modes: list[str], threads: int | None) -> SizeResult:
+    print(f"{size.name}: building the model ({size.describe()}) on {device} ...", flush=True)
+    bench = Bench(size, steps, groups, device)
+    params, build_seconds = bench.params, bench.build_seconds
+    timed, naive_map_diff = time_modes(bench, modes, repeat, warmup)
+    if naive_map_diff == naive_map_diff and naive_map_diff > 1e-2:
+        raise C.BenchFailure(f"naive maps differ from ours by {naive_map_diff} at step 0, layer 0; "
+                             "the naive path does not compute the same maps")
+    del bench  # free the weights (before the memory children load theirs)
+    if device == "cpu":
+        print("  peak RSS per mode (one child process each) ...", flush=True)
+        for m, rss in child_memory(size.name, memory_modes, steps, groups, jobs, threads).items():
+            timed[m].memory = rss
+        kind = "peak RSS (child)"
+    else:
+        kind = "CUDA max allocated"
+    return SizeResult(size.name, device, size.describe(), params, steps, groups, repeat, build_seconds, timed, kind,
+                      naive_map_diff)
+
+
+def child_main(mode: str, size: str, steps: int, groups: int, device: str) -> None:
+    """--child: one run of one mode, for its peak RSS; prints the seconds as JSON."""
+    bench = Bench(SIZES[size], steps, groups, device)
+    out = bench.run(mode)
+    print(json.dumps({"mode": mode, "seconds": out["seconds"], "maps": out["maps"]}))
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def report(results: list[SizeResult], facts: dict, versions: dict) -> list[str]:
+    """Print the table and the ratio lines; returns the misses (for the exit note)."""
+    rows, lines, misses = [], [], []
+    for r in results:
+        plain = r.modes.get("plain")
+        for m in r.modes.values():
+            ratio = m.median / plain.median if plain else float("nan")
+            extra = (m.memory - plain.memory) if (plain and m.memory is not None and plain.memory is not None) else None
+            rows.append((
+                r.size, m.mode, f"{m.median:.3f}", " ".join(f"{s:.2f}" for s in m.seconds), f"{ratio:.3f}",
+                "-" if m.memory is None else C.mib(m.memory),
+                "-" if extra is None or m.mode == "plain" else f"{extra / 2**20:+,.1f} MiB",
+                "0 (bit-identical)" if m.mode in ("plain", "ours", "ours+fusion") else f"{m.diff_vs_plain:.3g}",
+                str(m.maps), C.human_bytes(m.file_bytes) if m.file_bytes else "-",
+            ))
+        if plain:
+            parts = [f"{m}/plain = {r.modes[m].median / plain.median:.3f}" for m in r.modes if m != "plain"]
+            target = TARGETS.get((r.device, r.size))
+            line = f"{r.size} ({r.device}): " + ", ".join(parts)
+            if target and "ours" in r.modes:
+                ratio = r.modes["ours"].median / plain.median
+                v = C.verdict(ratio, target)
+                line += f"; target ours/plain <= {target}: {v}"
+                if v != "ok":
+                    misses.append(f"{r.size} ours/plain {ratio:.3f} > {target}")
+            if r.device == "cuda" and r.size == "real" and "ours" in r.modes:
+                extra = max(r.modes[m].memory - plain.memory for m in ("ours", "ours+fusion") if m in r.modes)
+                v = C.verdict(extra, GPU_EXTRA_TARGET)
+                line += f"; extra GPU memory {extra / 2**20:,.0f} MiB (target <= 1 GiB: {v})"
+                if v != "ok":
+                    misses.append(f"extra GPU memory {extra / 2**20:,.0f} MiB")
+            if r.naive_map_diff == r.naive_map_diff:
+                line += f"; naive maps vs ours at step 0 layer 0: max |diff| {r.naive_map_diff:.2g}"
+            lines.append(line)
+    configs = "; ".join(f"{r.size}: {r.config}, {r.params / 1e6:,.0f}M params, {r.steps} steps x 2 passes, "
+                        f"{r.groups} groups, median of {r.repeat}" for r in results)
+    kinds = ", ".join(sorted({r.memory_kind for r in results}))
+    C.print_table(f"capture_overhead ({configs})",
+                  ["size", "mode", "median s", "runs s", "/ plain", f"memory ({kinds})", "extra vs plain",
+                   "max |latent - plain|", "maps", "file"], rows,
+                  caption=C.describe_machine(facts) + f"; {versions}")
+    print("ratios:")
+    for line in lines:
+        print("  " + line)
+    return misses
+
+
+def versions(device: str) -> str:
+    import torch
+
+    from ovi_attn_capture import attention
+
+    v = f"torch {torch.__version__}, {torch.get_num_threads()} threads, attention backend {attention.backend_for(device)}"
+    if device.startswith("cuda"):
+        v += f", {torch.cuda.get_device_name(0)}"
+    return v
+
+
+def main() -> None:
+    if "--child" in sys.argv:
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--child", choices=MODES)
+        ap.add_argument("--size", choices=list(SIZES))
+        ap.add_argument("--steps", type=int)
+        ap.add_argument("--groups", type=int)
+        ap.add_argument("--device", default="cpu")
+        ap.add_argument("--threads", type=int)
+        a = ap.parse_args()
+        if a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
+        child_main(a.child, a.size, a.steps, a.groups, a.device)
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", help="comma-separated: tiny, medium, real (default: tiny,medium on CPU; real on CUDA)")
+    ap.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--steps", type=int, help="sampler steps per run (default 2)")
+    ap.add_argument("--groups", type=int, default=16, help="token groups captured, <eos> and <pad> included")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds (median reported)")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}")
+    ap.add_argument("--jobs", type=int, default=1, help="memory children run at once (CPU)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--quick", action="store_true", help="tiny, 1 step, 1 round, no warm-up (smoke test)")
+    ap.add_argument("--out", metavar="JSON", help="also save the numbers as JSON")
+    args = ap.parse_args()
+
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise C.BenchFailure("--device cuda was asked for but CUDA is not available")
+    modes = [m.strip() for m in args.modes.split(",")]
+    if "plain" not in modes or any(m not in MODES for m in modes):
+        raise C.BenchFailure(f"--modes must include plain and name only {', '.join(MODES)}")
+    memory_modes = modes
+    if args.quick:  # every code path once, as little work as possible
+        sizes, steps, repeat, warmup, jobs = ["tiny"], 1, 1, False, 2
+        memory_modes = [m for m in modes if m in ("plain", "ours")]
+        args.threads = args.threads or 1  # OpenMP barriers crawl on a busy CI machine
+    else:
+        sizes = (args.size or ("real" if device.startswith("cuda") else "tiny,medium")).split(",")
+        steps, repeat, warmup, jobs = args.steps or 2, max(1, args.repeat), True, args.jobs
+    if "real" in sizes and not device.startswith("cuda"):
+        raise C.BenchFailure("--size real needs a CUDA GPU (11.7B parameters); use tiny or medium on the CPU")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    facts = C.machine_facts()
+    results = [measure_size(SIZES[s.strip()], device, steps, args.groups, repeat, warmup, jobs, modes, memory_modes,
+                            args.threads)
+               for s in sizes]
+    misses = report(results, facts, versions(device))
+    if misses:
+        print("missed targets: " + "; ".join(misses))
+    C.save_json(args.out, {"results": [asdict(r) for r in results], "machine": facts, "versions": versions(device),
+                           "misses": misses})
+
+
+if __name__ == "__main__":
+    raise SystemExit(C.main_guard(main))

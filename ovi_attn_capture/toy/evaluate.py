@@ -1,0 +1,343 @@
+"""Score captured attention maps against the ground truth of the toy world, end to end.
+
+For each held-out prompt the REAL capture path runs (`capture.run_capture` writes an .h5
+file), then the file is read back with `ovi_attn_render.reader.open_capture`, so the
+whole chain (probe, maps, writer, file layout, reader geometry, frame mapping) is under
+test. The truth comes from the clip the model generated: each object the caption names
+is found by its colour in the decoded frames stored in the file, and each beep by its
+tone in the decoded waveform (the audio codec's analysis).
+
+Scores, per captured step and layer (cond branch, head mean):
+    pointing  the map's peak token cell is on the object (it covers >= 10% of the cell),
+              for every pixel frame, read at the latent frame the reader maps it to;
+              `chance` is the same score for a uniformly random cell
+    iou       IoU of the map thresholded at half its peak (token cells) with the object
+    audio     the peak of the "<shape> beeps" phrase's text->audio map falls inside the
+              detected beep (chance: the beep's share of the clip)
+
+`python -m ovi_attn_capture.toy.evaluate data/toy/eval.yaml` or `ovi-attn eval ...`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from . import TOY_DIR
+from .world import BEEP_AMPLITUDE, COLOURS, TONE_CHANNEL, parse_caption
+
+HIT_COVERAGE = 0.1  # a cell "is on" an object when the object covers at least this share of it
+MIN_OBJECT_PIXELS = 40  # fewer matching pixels in a frame: the object is not there
+COLOUR_DISTANCE = 70.0  # RGB distance from the palette colour that still counts as the object
+
+
+@dataclass
+class EvalSettings:
+    prompts: list[str]
+    steps: int = 30
+    seed: int = 1000
+    video_guidance_scale: float = 4.0
+    audio_guidance_scale: float = 3.0
+    final_steps: float = 0.2
+
+
+def load_eval_file(path: str | Path) -> EvalSettings:
+    import yaml
+
+    from ovi_attn_render.errors import UserError
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"evaluation file {p} does not exist; use data/toy/eval.yaml as a template.")
+    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    prompts = [str(item["prompt"]) if isinstance(item, dict) else str(item) for item in data.get("prompts", [])]
+    if not prompts:
+        raise UserError(f"{p} lists no prompts; add a `prompts:` list of `- prompt: \"...\"` entries.")
+    keys = {k: data[k] for k in ("steps", "seed", "video_guidance_scale", "audio_guidance_scale", "final_steps")
+            if k in data}
+    return EvalSettings(prompts=prompts, **keys)
+
+
+# ----------------------------------------------------------------------------- ground truth from a file
+
+
+def colour_masks(frames: np.ndarray, colour: str) -> np.ndarray:
+    """uint8 frames [T, H, W, 3] -> bool [T, H, W]: pixels of the named palette colour."""
+    rgb = np.asarray(COLOURS[colour], np.float32)
+    return np.linalg.norm(frames.astype(np.float32) - rgb, axis=-1) < COLOUR_DISTANCE
+
+
+def cell_coverage(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """bool [H, W] -> float [h, w]: the share of each token cell the object covers."""
+    h, w = grid
+    H, W = mask.shape
+    return mask.reshape(h, H // h, w, W // w).mean(axis=(1, 3))
+
+
+def beep_latents(waveform: np.ndarray, shape: str) -> np.ndarray:
+    """bool [La]: audio latents where the shape's tone sounds (above half the beep's amplitude)."""
+    import torch
+
+    from .codec import AudioCodec
+
+    amp = AudioCodec.amplitudes(AudioCodec().encode(torch.from_numpy(waveform))).numpy()
+    return amp[:, TONE_CHANNEL[shape]] > 0.5 * BEEP_AMPLITUDE
+
+
+@dataclass
+class Geometry:
+    """How maps are laid over frames; the defaults are right. Tests flip them to prove the score notices."""
+
+    transpose: bool = False  # swap the map's y and x
+    frame_shift: int = 0  # read the latent frame this far from the one the reader names
+
+
+@dataclass
+class FileScores:
+    """Scores of one capture file: per object word, arrays over (step, layer)."""
+
+    path: str
+    prompt: str
+    video: dict = field(default_factory=dict)  # word -> {"pointing": [S, L], "iou": [S, L], "chance": float, "found": float}
+    audio: dict = field(default_factory=dict)  # phrase -> {"hit": [S, L], "chance": float}
+
+
+def score_file(path: str | Path, geometry: Geometry = Geometry()) -> FileScores:
+    """Read one capture file and score every object word and beep phrase it holds."""
+    from ovi_attn_render.reader import open_capture
+
+    with open_capture(str(path)) as cap:
+        prompt = str(cap.attrs["prompt"])
+        objects = parse_caption(prompt)
+        frames = np.stack([cap.frame(n) for n in range(cap.num_pixel_frames)])  # [T, H, W, 3]
+        F, h, w = cap.grid
+        out = FileScores(str(path), prompt)
+        for obj in objects:
+            masks = colour_masks(frames, obj.colour)  # [T, H, W]
+            for word in (obj.shape, obj.colour):
+                if word not in cap.groups:
+                    continue
+                maps = cap.text_video(cap.token_index(word))[:, :, 0]  # [S, L, F, h, w]
+                out.video[word] = _score_video(cap, maps, masks, (h, w), geometry)
+        if "text_audio" in cap.variables():
+            waveform = cap.waveform()
+            for obj in objects:
+                phrase = f"{obj.shape} beeps"
+                if "beeps" not in obj.sounds or phrase not in cap.groups:
+                    continue
+                truth = beep_latents(waveform, obj.shape)
+                maps = cap.text_audio(cap.token_index(phrase))[:, :, 0]  # [S, L, La]
+                peak = maps.argmax(-1)
+                out.audio[phrase] = {"hit": truth[peak].astype(float) if truth.any() else np.zeros(peak.shape),
+                                     "chance": float(truth.mean()), "found": float(truth.any())}
+    return out
+
+
+def _score_video(cap, maps: np.ndarray, masks: np.ndarray, grid, geometry: Geometry) -> dict:
+    """maps [S, L, F, h, w], masks [T, H, W] -> pointing and IoU [S, L] averaged over frames with the object."""
+    S, L, F = maps.shape[:3]
+    h, w = grid
+    hits, ious, chance, found = [], [], [], 0
+    for n in range(len(masks)):
+        f = min(max(cap.latent_frame(n) + geometry.frame_shift, 0), F - 1)
+        if masks[n].sum() < MIN_OBJECT_PIXELS:
+            continue
+        found += 1
+        m = maps[:, :, f]  # [S, L, h, w]
+        if geometry.transpose:
+            m = np.swapaxes(m, -1, -2)
+        cover = cell_coverage(masks[n], (h, w))  # [h, w]
+        on = cover >= HIT_COVERAGE
+        peak = m.reshape(S, L, -1).argmax(-1)  # [S, L]
+        hits.append(on.reshape(-1)[peak])
+        chosen = m >= 0.5 * m.max(axis=(-1, -2), keepdims=True)  # [S, L, h, w] cells
+        pixel_cells = np.kron(chosen, np.ones((masks.shape[1] // h, masks.shape[2] // w), bool))
+        inter = (pixel_cells & masks[n]).sum(axis=(-1, -2))
+        union = (pixel_cells | masks[n]).sum(axis=(-1, -2))
+        ious.append(inter / np.maximum(union, 1))
+        chance.append(on.mean())
+    if not hits:
+        return {"pointing": np.zeros((S, L)), "iou": np.zeros((S, L)), "chance": 0.0, "found": 0.0}
+    return {"pointing": np.mean(hits, 0), "iou": np.mean(ious, 0), "chance": float(np.mean(chance)),
+            "found": found / len(masks)}
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+@dataclass
+class EvalTable:
+    steps: list[int]  # captured sampler steps
+    layers: list[int]
+    pointing: np.ndarray  # [S, L], mean over (prompt, object word) with the object present
+    iou: np.ndarray  # [S, L]
+    audio: np.ndarray  # [S, L] text->audio hits, or empty when no beeps
+    chance: float
+    audio_chance: float
+    found: float  # share of (object word, frame) pairs whose object was found in the clip
+    final: list[int]  # the step positions averaged for the headline
+    files: list[FileScores]
+
+    def at_final(self, values: np.ndarray) -> np.ndarray:
+        """[L]: mean over the final steps."""
+        return values[self.final].mean(0) if values.size else np.zeros(len(self.layers))
+
+    @property
+    def best_layer(self) -> int:
+        return int(np.argmax(self.at_final(self.pointing)))
+
+    def headline(self) -> dict:
+        pointing = self.at_final(self.pointing)
+        b = self.best_layer
+        return {"pointing_best_layer": float(pointing[b]), "best_layer": int(self.layers[b]),
+                "pointing_layer_mean": float(pointing.mean()), "iou_best_layer": float(self.at_final(self.iou)[b]),
+                "audio_best_layer": float(self.at_final(self.audio).max()) if self.audio.size else None,
+                "chance": self.chance, "audio_chance": self.audio_chance, "objects_found": self.found,
+                "final_steps": [int(self.steps[i]) for i in self.final]}
+
+    def to_json(self) -> dict:
+        return {"headline": self.headline(), "steps": self.steps, "layers": self.layers,
+                "pointing": self.pointing.round(4).tolist(), "iou": self.iou.round(4).tolist(),
+                "audio": self.audio.round(4).tolist(),
+                "files": [{"path": f.path, "prompt": f.prompt,
+                           "video": {w: {"pointing_final": float(np.mean(v["pointing"][self.final])),
+                                         "chance": v["chance"], "found": v["found"]} for w, v in f.video.items()},
+                           "audio": {p: {"hit_final": float(np.mean(v["hit"][self.final])), "chance": v["chance"]}
+                                     for p, v in f.audio.items()}} for f in self.files]}
+
+
+def build_table(files: list[FileScores], steps: list[int], layers: list[int], final_steps: float) -> EvalTable:
+    video = [v for f in files for v in f.video.values() if v["found"] > 0]
+    audio = [a for f in files for a in f.audio.values() if a["found"] > 0]
+    S, L = len(steps), len(layers)
+    n_final = max(1, math.ceil(final_steps * S))
+    all_video = [v for f in files for v in f.video.values()]
+    return EvalTable(
+        steps=list(steps), layers=list(layers),
+        pointing=np.mean([v["pointing"] for v in video], 0) if video else np.zeros((S, L)),
+        iou=np.mean([v["iou"] for v in video], 0) if video else np.zeros((S, L)),
+        audio=np.mean([a["hit"] for a in audio], 0) if audio else np.zeros((0, L)),
+        chance=float(np.mean([v["chance"] for v in video])) if video else 0.0,
+        audio_chance=float(np.mean([a["chance"] for a in audio])) if audio else 0.0,
+        found=float(np.mean([v["found"] for v in all_video])) if all_video else 0.0,
+        final=list(range(S - n_final, S)), files=files)
+
+
+def print_table(table: EvalTable, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    head = table.headline()
+    t = Table(title=f"toy model: maps vs ground truth, final steps {head['final_steps']}")
+    t.add_column("layer", justify="right")
+    for name in ("pointing", "IoU", "audio"):
+        t.add_column(name, justify="right")
+    pointing, iou, audio = table.at_final(table.pointing), table.at_final(table.iou), table.at_final(table.audio)
+    for i, layer in enumerate(table.layers):
+        t.add_row(str(layer), f"{pointing[i]:.3f}", f"{iou[i]:.3f}", f"{audio[i]:.3f}" if table.audio.size else "-")
+    t.add_row("chance", f"{table.chance:.3f}", "", f"{table.audio_chance:.3f}" if table.audio.size else "-")
+    console.print(t)
+    per_step = Table(title="pointing per step (mean over layers | best layer)")
+    per_step.add_column("step", justify="right")
+    per_step.add_column("mean", justify="right")
+    per_step.add_column("best", justify="right")
+    for i, s in enumerate(table.steps):
+        per_step.add_row(str(s), f"{table.pointing[i].mean():.3f}", f"{table.pointing[i].max():.3f}")
+    console.print(per_step)
+    console.print(f"best layer {head['best_layer']}: pointing {head['pointing_best_layer']:.3f} "
+                  f"(chance {head['chance']:.3f}, target 0.9), IoU {head['iou_best_layer']:.3f}; "
+                  f"objects found in {head['objects_found']:.0%} of frames", highlight=False)
+
+
+# ----------------------------------------------------------------------------- running it
+
+
+def capture_tokens(prompt: str) -> list[str]:
+    """Selections to capture for a prompt: each object's shape and colour, and each beep phrase."""
+    tokens = []
+    for obj in parse_caption(prompt):
+        tokens += [obj.shape, obj.colour]
+        if "beeps" in obj.sounds:
+            tokens.append(f"{obj.shape} beeps")
+    return tokens
+
+
+def run_spec(prompt: str, seed: int, steps: int, layers, settings: EvalSettings, device: str = "cpu"):
+    """A validated-by-construction RunSpec for the toy model (the prompt file's keys, no file)."""
+    from ovi_attn_capture.prompt_file import CaptureSpec, RunSpec
+
+    from .components import AUDIO_NEGATIVE_PROMPT, VIDEO_NEGATIVE_PROMPT
+
+    capture = CaptureSpec(tokens=capture_tokens(prompt), layers=layers, steps="all",
+                          kinds=["text_video", "text_audio"], branch="cond", heads="mean", dtype="float32")
+    return RunSpec(prompt=prompt, video_negative_prompt=VIDEO_NEGATIVE_PROMPT,
+                   audio_negative_prompt=AUDIO_NEGATIVE_PROMPT, seed=seed, model="toy", steps=steps,
+                   video_guidance_scale=settings.video_guidance_scale,
+                   audio_guidance_scale=settings.audio_guidance_scale, dtype="float32", device=device,
+                   capture=capture)
+
+
+def evaluate(prompts: list[str], weights: str | Path = TOY_DIR, steps: int = 30, layers="all",
+             out_dir: str | Path = "toy_eval", settings: EvalSettings | None = None, device: str = "cpu",
+             console=None, geometry: Geometry = Geometry()) -> EvalTable:
+    """Capture every prompt with the toy model into out_dir/prompt_NN.h5, score, print, and store
+    the scores (out_dir/eval.json, and a `toy_eval` JSON attribute on each file)."""
+    import h5py
+    import torch
+
+    from ovi_attn_capture.capture import resolve_device, run_capture
+    from ovi_attn_capture.prompt_file import parse_layers, parse_steps
+    from ovi_attn_capture.text_encoder import clean_text
+
+    from .components import load_toy_components
+
+    settings = settings or EvalSettings(prompts=list(prompts), steps=steps)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    first = run_spec(prompts[0], settings.seed, steps, layers, settings, device)
+    comp = load_toy_components(first, dev, say=lambda *a, **k: None, folder=Path(weights))
+    files = []
+    with torch.inference_mode():
+        for i, prompt in enumerate(prompts):
+            run = run_spec(prompt, settings.seed + i, steps, layers, settings, device)
+            path = out / f"prompt_{i:02d}.h5"
+            run_capture(run, path, force=True, console=None, progress=False,
+                        comp=replace(comp, prompt_text=clean_text(prompt)))
+            files.append(score_file(path, geometry))
+    table = build_table(files, parse_steps("all", steps), parse_layers(layers, comp.model.num_layers),
+                        settings.final_steps)
+    summary = table.to_json()
+    (out / "eval.json").write_text(json.dumps(summary, indent=1) + "\n")
+    for f, entry in zip(files, summary["files"]):
+        with h5py.File(f.path, "a", locking=False) as h5:
+            h5.attrs["toy_eval"] = json.dumps(entry)
+    if console is not False:
+        print_table(table, console)
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Score the toy model's attention maps against ground truth.")
+    parser.add_argument("eval_file", nargs="?", default=str(TOY_DIR / "eval.yaml"))
+    parser.add_argument("-o", "--out", default="toy_eval")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--prompts", type=int, default=None, help="Only the first N prompts.")
+    parser.add_argument("--weights", default=str(TOY_DIR))
+    args = parser.parse_args(argv)
+    settings = load_eval_file(args.eval_file)
+    if args.steps:
+        settings.steps = args.steps
+    prompts = settings.prompts[: args.prompts] if args.prompts else settings.prompts
+    evaluate(prompts, args.weights, settings.steps, "all", args.out, settings)
+
+
+if __name__ == "__main__":
+    main()

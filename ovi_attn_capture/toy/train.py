@@ -1,0 +1,342 @@
+"""Train the toy world model: `python -m ovi_attn_capture.toy.train [--steps N] [--out data/toy]`.
+
+The real `FusionModel` at a small config learns the shapes world with flow matching:
+x_s = (1 - s) x0 + s noise, target velocity noise - x0, timestep s * 1000; s is drawn
+half from the sampler's shift-5 distribution and half uniformly. 10% of captions are
+dropped (empty text, or Ovi's default negative prompts) so classifier-free guidance has
+an unconditional model to push against. A curriculum starts with one object per clip.
+Everything is seeded; on a CPU it runs in float32.
+
+The training forward is `forward_batch`: the model's own modules over a batch, with one
+shortcut that changes no value: the zero-padded text rows up to 512 are identical, so
+one padded key with weight (512 - n) stands for all of them (softmax over n + 1 keys
+with log(512 - n) added to the padded key's logit). tests/test_toy.py checks it against
+`FusionModel.forward` sample by sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ovi_attn_capture.model import FusionModel, build_random, sinusoidal_embedding
+
+from . import TOY_DIR
+from .codec import AudioCodec, VideoCodec
+from .world import AUDIO_LATENTS, Scene, audio_amplitudes, render_frames, sample_scene
+
+UPSTREAM_VIDEO_NEGATIVE = "jitter, bad hands, blur, distortion"
+UPSTREAM_AUDIO_NEGATIVE = "robotic, muffled, echo, distorted"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 800
+    batch: int = 32  # on a CPU a step costs little more at 32 than at 8
+    lr: float = 1e-3
+    warmup: int = 50
+    weight_decay: float = 0.01
+    ema: float = 0.995
+    text_dropout: float = 0.1
+    one_object_until: float = 0.2  # fraction of steps with single-object clips only
+    seed: int = 0
+    dim: int = 128
+    num_heads: int = 1  # one head of 128, Ovi's head width
+    ffn_dim: int = 512
+    num_layers: int = 3
+    text_dim: int = 64
+    render_size: int = 64  # clips are drawn at 64 px and pooled to the codec's 32 x 32 sub-cells
+    threads: int = 2
+    save_every: int = 100  # steps between checkpoints (the EMA weights), so a long run can be inspected
+    max_minutes: float = 0.0  # > 0: stop and save when the wall time runs out (the card says where it stopped)
+    held_out: str = str(TOY_DIR / "eval.yaml")  # captions never trained on
+
+
+def tower_configs(cfg: TrainConfig) -> tuple[dict, dict]:
+    common = dict(dim=cfg.dim, ffn_dim=cfg.ffn_dim, freq_dim=256, num_heads=cfg.num_heads,
+                  num_layers=cfg.num_layers, text_len=512, text_dim=cfg.text_dim, window_size=[-1, -1],
+                  qk_norm=True, cross_attn_norm=True, eps=1e-6)
+    video = dict(patch_size=[1, 2, 2], model_type="ti2v", in_dim=48, out_dim=48, **common)
+    audio = dict(patch_size=[1], model_type="t2a", in_dim=20, out_dim=20, temporal_rope_scaling_factor=0.19676,
+                 **common)
+    return video, audio
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def scene_latents(scenes: list[Scene], render_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scenes -> (video latents [B, 48, 5, 8, 8], audio latents [B, 22, 20]) through the fixed codecs."""
+    frames = torch.from_numpy(np.stack([render_frames(s, render_size) for s in scenes]))  # [B, 3, 17, S, S]
+    grouped = VideoCodec.group_time(frames)  # [B, 3, 5, S, S]
+    B, C, Fr, S, _ = grouped.shape
+    pooled = F.avg_pool2d(grouped.reshape(B, C * Fr, S, S), S // 32).reshape(B, C, Fr, 32, 32)
+    video = VideoCodec().encode_pooled(pooled)
+    audio = AudioCodec.normalise(torch.from_numpy(np.stack([audio_amplitudes(s) for s in scenes])))
+    return video, audio
+
+
+class TextCache:
+    """Encoder outputs per caption ([n, text_dim]); the encoder is frozen, so each caption is encoded once."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, texts: list[str]) -> list[torch.Tensor]:
+        new = sorted({t for t in texts if t not in self.cache})
+        if new:
+            # TextEncoder.encode pads to 512; the padded keys are masked out, so stopping the
+            # padding at the longest caption gives the same outputs much faster.
+            ids, mask = self.encoder._ids_and_mask(new)
+            n = int(mask.sum(1).max())
+            with torch.no_grad():
+                hidden = self.encoder.model(input_ids=ids[:, :n], attention_mask=mask[:, :n]).last_hidden_state
+            for t, h, m in zip(new, hidden, mask.sum(1).tolist()):
+                self.cache[t] = h[:m].float()
+        return [self.cache[t] for t in texts]
+
+
+# ----------------------------------------------------------------------------- batched forward
+
+
+@dataclass
+class TextKeys:
+    """A batch of prompts for one tower: embedded real rows, the one padded row, and masks."""
+
+    states: torch.Tensor  # [B, n_max, C] text_embedding of the real rows (zeros past each length)
+    pad_state: torch.Tensor  # [1, 1, C] text_embedding of a zero row
+    bias: torch.Tensor  # [B, n_max + 1] additive logits: 0 real, -inf absent, log(512 - n) for the pad key
+
+
+def embed_texts(tower, texts: list[torch.Tensor]) -> TextKeys:
+    B, n_max = len(texts), max(t.shape[0] for t in texts)
+    dev, cd = tower.text_embedding[0].weight.device, tower.compute_dtype
+    rows = torch.zeros(B, n_max, texts[0].shape[1], device=dev, dtype=cd)
+    bias = torch.full((B, n_max + 1), float("-inf"), device=dev)
+    for b, t in enumerate(texts):
+        rows[b, : t.shape[0]] = t.to(dev, cd)
+        bias[b, : t.shape[0]] = 0.0
+        if t.shape[0] < tower.text_len:
+            bias[b, n_max] = math.log(tower.text_len - t.shape[0])
+    states = tower.text_embedding(rows)
+    pad_state = tower.text_embedding(torch.zeros(1, 1, rows.shape[2], device=dev, dtype=cd))
+    return TextKeys(states, pad_state, bias)
+
+
+def cross_attention(ca, x, text: TextKeys, own_rope, target):
+    """CrossAttention.forward for a batch, with the padded text keys folded into one."""
+    B = x.shape[0]
+    q = ca.heads(ca.norm_q(ca.q(x)))  # [B, L, H, D]
+    ctx = torch.cat([text.states, text.pad_state.expand(B, 1, -1)], dim=1)  # [B, n_max + 1, C]
+    k, v = ca.heads(ca.norm_k(ca.k(ctx))), ca.heads(ca.v(ctx))
+    mask = text.bias[:, None, None, :].to(q.dtype)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=mask).transpose(1, 2)
+    states, target_rope = target
+    t = ca.pre_attn_norm_fusion(states)
+    k_t = target_rope(ca.heads(ca.norm_k_fusion(ca.k_fusion(t))))
+    v_t = ca.heads(ca.v_fusion(t))
+    fused = F.scaled_dot_product_attention(own_rope(q).transpose(1, 2), k_t.transpose(1, 2),
+                                           v_t.transpose(1, 2)).transpose(1, 2)
+    return ca.o((out + fused).flatten(2))
+
+
+def cross_ffn(block, x, mod, text: TextKeys, rope, target):
+    """Block.cross_ffn_part with the batched cross-attention above."""
+    x = x + cross_attention(block.cross_attn, block.norm3(x), text, rope, target)
+    shift, scale, gate = mod[3], mod[4], mod[5]
+    y = block.ffn(block.norm2(x).to(block.compute_dtype) * (1 + scale) + shift)
+    return x + y * gate
+
+
+def time_embeddings(tower, t: torch.Tensor):
+    """t [B] -> e [B, 1, C], e0 [B, 1, 6, C] (one timestep per sample, broadcast over tokens)."""
+    sin = sinusoidal_embedding(tower.freq_dim, t).to(tower.compute_dtype)
+    e = tower.time_embedding(sin).unsqueeze(1)
+    return e, tower.time_projection(e).unflatten(2, (6, tower.dim))
+
+
+def forward_batch(model: FusionModel, video, audio, t, video_texts: list[torch.Tensor],
+                  audio_texts: list[torch.Tensor]):
+    """FusionModel.forward over a batch: video [B, 48, F, h, w], audio [B, La, 20], t [B] ->
+    velocities of the same shapes. Text lists hold each sample's [n, text_dim] embedding."""
+    vm, am = model.video_model, model.audio_model
+    cd = model.compute_dtype
+    y = vm.patch_embedding(video.to(cd))  # [B, C, F, h, w]
+    grid_v = tuple(y.shape[2:])
+    xv = y.flatten(2).transpose(1, 2)  # [B, Lv, C], raster order f, y, x
+    xa = am.patch_embedding(audio.to(cd))  # [B, La, C]
+    grid_a = (xa.shape[1],)
+    B = xv.shape[0]
+    ev, e0v = time_embeddings(vm, t)
+    ea, e0a = time_embeddings(am, t)
+    text_v, text_a = embed_texts(vm, video_texts), embed_texts(am, audio_texts)
+    lens_v = torch.full((B,), xv.shape[1], device=xv.device)
+    lens_a = torch.full((B,), xa.shape[1], device=xa.device)
+    rope_v, rope_a = vm.rope_fn(grid_v, xv.device), am.rope_fn(grid_a, xa.device)
+    for bv, ba in zip(vm.blocks, am.blocks):
+        mod_a, mod_v = ba.modulation(e0a), bv.modulation(e0v)
+        xa = ba.self_attention_part(xa, mod_a, lens_a, rope_a)
+        xv = bv.self_attention_part(xv, mod_v, lens_v, rope_v)
+        audio_after_self = xa
+        xa = cross_ffn(ba, xa, mod_a, text_a, rope_a, (xv, rope_v))
+        xv = cross_ffn(bv, xv, mod_v, text_v, rope_v, (audio_after_self, rope_a))
+    f, h, w = grid_v
+    p, q, r = vm.patch_size
+    out_v = vm.head(xv, ev).view(B, f, h, w, p, q, r, vm.out_dim)
+    out_v = torch.einsum("bfhwpqrc->bcfphqwr", out_v).reshape(B, vm.out_dim, f * p, h * q, w * r)
+    return out_v, am.head(xa, ea)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def sample_sigmas(gen: torch.Generator, n: int, shift: float = 5.0) -> torch.Tensor:
+    """Half from the sampler's shifted schedule (mostly high noise), half uniform (the final steps)."""
+    u = torch.rand(n, generator=gen)
+    shifted = shift * u / (1 + (shift - 1) * u)
+    pick = torch.rand(n, generator=gen) < 0.5
+    return torch.where(pick, shifted, u).clamp(1e-3, 0.999)
+
+
+def held_out_captions(path: str) -> set[str]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        return set()
+    data = yaml.safe_load(p.read_text()) or {}
+    return {str(item["prompt"]).lower() for item in data.get("prompts", [])}
+
+
+def drop_captions(rng: random.Random, captions: list[str], rate: float) -> tuple[list[str], list[str]]:
+    """Per sample: the caption for both towers, or (rate) an unconditional text per tower."""
+    video, audio = [], []
+    for c in captions:
+        if rng.random() < rate:
+            video.append("" if rng.random() < 0.7 else UPSTREAM_VIDEO_NEGATIVE)
+            audio.append("" if rng.random() < 0.7 else UPSTREAM_AUDIO_NEGATIVE)
+        else:
+            video.append(c)
+            audio.append(c)
+    return video, audio
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def build_model(cfg: TrainConfig) -> FusionModel:
+    model = build_random(*tower_configs(cfg), seed=cfg.seed, compute_dtype=torch.float32)
+    for tower in (model.video_model, model.audio_model):  # start from a zero velocity
+        torch.nn.init.zeros_(tower.head.head.weight)
+    return model.train().requires_grad_(True)
+
+
+def train(cfg: TrainConfig, out_dir: Path, log=print) -> dict:
+    """Train, saving the EMA weights to out_dir every `save_every` steps and at the end; returns the facts."""
+    from .text import build_tokenizer, fresh_text_encoder
+
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    rng_np, rng_py = np.random.default_rng(cfg.seed), random.Random(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    exclude = held_out_captions(cfg.held_out)
+    encoder = fresh_text_encoder()
+    texts = TextCache(encoder)
+    model = build_model(cfg)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.dim() < 2 or "modulation" in name else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
+    started, losses = time.time(), []
+    for step in range(cfg.steps):
+        n_objects = 1 if step < cfg.one_object_until * cfg.steps else None
+        scenes = [sample_scene(rng_np, n_objects, exclude) for _ in range(cfg.batch)]
+        x0_v, x0_a = scene_latents(scenes, cfg.render_size)
+        video_caps, audio_caps = drop_captions(rng_py, [s.caption for s in scenes], cfg.text_dropout)
+        sigma = sample_sigmas(gen, cfg.batch)
+        noise_v, noise_a = torch.randn(x0_v.shape, generator=gen), torch.randn(x0_a.shape, generator=gen)
+        sv, sa = sigma.view(-1, 1, 1, 1, 1), sigma.view(-1, 1, 1)
+        xt_v, xt_a = (1 - sv) * x0_v + sv * noise_v, (1 - sa) * x0_a + sa * noise_a
+        pred_v, pred_a = forward_batch(model, xt_v, xt_a, sigma * 1000, texts(video_caps), texts(audio_caps))
+        loss_v = F.mse_loss(pred_v, noise_v - x0_v)
+        loss_a = F.mse_loss(pred_a, noise_a - x0_a)
+        loss = loss_v + loss_a
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(cfg.ema, (1 + step) / (10 + step))
+            for k, v in model.state_dict().items():
+                ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
+        losses.append((loss_v.item(), loss_a.item()))
+        if step % 50 == 0 or step == cfg.steps - 1:
+            recent = np.mean(losses[-50:], axis=0)
+            log(f"step {step:5d}  loss video {recent[0]:.4f} audio {recent[1]:.4f}  "
+                f"lr {lr_at(step, cfg):.2e}  {time.time() - started:6.0f} s")
+        out_of_time = cfg.max_minutes > 0 and time.time() - started > 60 * cfg.max_minutes
+        if (step + 1) % cfg.save_every == 0 or step == cfg.steps - 1 or out_of_time:
+            facts = _facts(cfg, step + 1, time.time() - started, losses, len(exclude))
+            save(out_dir, cfg, ema, build_tokenizer(), facts)
+        if out_of_time:
+            log(f"stopped at step {step + 1}: out of time")
+            break
+    log(f"saved to {out_dir} after {time.time() - started:.0f} s")
+    return facts
+
+
+def _facts(cfg: TrainConfig, steps_done: int, wall: float, losses: list, held_out: int) -> dict:
+    final = np.mean(losses[-200:], axis=0)
+    return {"config": asdict(cfg), "steps_done": steps_done, "wall_seconds": round(wall, 1),
+            "final_loss_video": round(float(final[0]), 4), "final_loss_audio": round(float(final[1]), 4),
+            "torch": torch.__version__, "held_out_captions": held_out}
+
+
+def save(out_dir: Path, cfg: TrainConfig, state: dict, tokenizer, facts: dict) -> None:
+    from safetensors.torch import save_file
+
+    from .text import t5_state_dict
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    video_config, audio_config = tower_configs(cfg)
+    meta = {"video_config": json.dumps(video_config), "audio_config": json.dumps(audio_config),
+            "training": json.dumps(facts)}
+    save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, str(out_dir / "toy.safetensors"),
+              metadata=meta)
+    save_file(t5_state_dict(tokenizer.get_vocab_size()), str(out_dir / "text_encoder.safetensors"))
+    tokenizer.save(str(out_dir / "tokenizer.json"))
+    (out_dir / "training.json").write_text(json.dumps(facts, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    defaults = TrainConfig()
+    for name, value in asdict(defaults).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    parser.add_argument("--out", type=Path, default=TOY_DIR)
+    args = vars(parser.parse_args(argv))
+    out = args.pop("out")
+    train(TrainConfig(**args), out)
+
+
+if __name__ == "__main__":
+    main()
