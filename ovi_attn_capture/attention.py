@@ -39,10 +39,11 @@ def set_backend(name: str | None) -> None:
     _forced = name
 
 
-def available_backends(device: torch.device | str) -> list[str]:
+def available_backends(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> list[str]:
+    """Backends that can run on this device and dtype, best first (flash-attn: half only)."""
     device = torch.device(device)
     names = []
-    if device.type == "cuda":
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
         if _fa3 is not None:
             names.append("flash3")
         if _fa2 is not None:
@@ -51,10 +52,10 @@ def available_backends(device: torch.device | str) -> list[str]:
     return names
 
 
-def backend_for(device: torch.device | str) -> str:
+def backend_for(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> str:
     if _forced is not None:
         return _forced
-    return available_backends(device)[0]
+    return available_backends(device, dtype)[0]
 
 
 def attention(q, k, v, k_lens=None, *, backend: str | None = None):
@@ -66,9 +67,9 @@ def attention(q, k, v, k_lens=None, *, backend: str | None = None):
     """
     B, Lq, H, D = q.shape
     Lk = k.shape[1]
-    if k_lens is not None and bool((k_lens >= Lk).all()):
+    if k_lens is not None and bool((k_lens >= Lk).all()):  # k_lens lives on the CPU: no device sync
         k_lens = None  # every key valid: the unmasked kernel computes the same thing
-    name = backend or backend_for(q.device)
+    name = backend or backend_for(q.device, q.dtype)
     fn = {"flash3": _flash3, "flash2": _flash2, "sdpa": _sdpa, "math": _math}[name]
     out, lse = fn(q, k, v, k_lens)
     return out.to(q.dtype), lse.float()
@@ -121,7 +122,14 @@ def _sdpa(q, k, v, k_lens):
         res = torch.ops.aten._scaled_dot_product_flash_attention(qh, kh, vh)
         out, lse = res[0], res[1]
     else:
-        bias = None if k_lens is None else _additive_mask(k_lens, Lk, q.dtype, q.device).expand(B, H, Lq, Lk)
+        bias = None
+        if k_lens is not None:
+            # The efficient kernel wants the bias rows 16-element aligned: pad the keys with
+            # masked-out zeros up to a multiple of 16 (they get exactly zero weight).
+            pad = (-Lk) % 16
+            kh = torch.nn.functional.pad(kh, (0, 0, 0, pad))
+            vh = torch.nn.functional.pad(vh, (0, 0, 0, pad))
+            bias = _additive_mask(k_lens, Lk + pad, q.dtype, q.device).expand(B, H, Lq, Lk + pad)
         res = torch.ops.aten._scaled_dot_product_efficient_attention(qh, kh, vh, bias, True)
         out, lse = res[0], res[1]
     return out.transpose(1, 2), lse.reshape(B, H, -1)[..., :Lq]
@@ -132,13 +140,11 @@ def _varlen_inputs(q, k, v, k_lens):
     """Pack keys of different lengths the way flash-attn's varlen API wants them."""
     B, Lq, H, D = q.shape
     Lk = k.shape[1]
-    lens_k = k_lens.to(device=q.device, dtype=torch.int32) if k_lens is not None else \
-        torch.full((B,), Lk, dtype=torch.int32, device=q.device)
-    lens_q = torch.full((B,), Lq, dtype=torch.int32, device=q.device)
-    cu_q = torch.nn.functional.pad(lens_q.cumsum(0, dtype=torch.int32), (1, 0))
-    cu_k = torch.nn.functional.pad(lens_k.cumsum(0, dtype=torch.int32), (1, 0))
-    kp = torch.cat([k[b, : int(lens_k[b])] for b in range(B)])
-    vp = torch.cat([v[b, : int(lens_k[b])] for b in range(B)])
+    lens = [int(n) for n in k_lens.cpu()] if k_lens is not None else [Lk] * B
+    cu_q = torch.arange(0, (B + 1) * Lq, Lq, dtype=torch.int32, device=q.device)
+    cu_k = torch.tensor([0] + lens, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(q.device)
+    kp = torch.cat([k[b, :n] for b, n in enumerate(lens)])
+    vp = torch.cat([v[b, :n] for b, n in enumerate(lens)])
     return q.reshape(B * Lq, H, D), kp, vp, cu_q, cu_k, Lq, Lk
 
 

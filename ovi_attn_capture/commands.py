@@ -17,12 +17,21 @@ from ovi_attn_render.errors import UserError
 console = Console(stderr=True)
 
 
+def _need_torch(command: str) -> None:
+    """capture and tokens run the model side; a render-only install lacks it."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError(f"`ovi-attn {command}` needs the capture extra (torch and the model libraries); "
+                        f"install it with `pip install 'ovi-attn[capture]'`.") from None
+
+
 def _overrides(**flags) -> dict:
     """CLI values -> prompt-file overrides keyed by flag (prompt_file.OVERRIDABLE maps each
     flag to its key and names the flag in errors); None means not given."""
     out = {}
     for name, value in flags.items():
-        if value is None or value is False:
+        if value is None:
             continue
         if name in ("tokens", "kinds") and isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -59,13 +68,15 @@ def capture(
     image: Optional[str] = typer.Option(None, help="First frame for i2v."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
     dtype: Optional[str] = typer.Option(None, help="bfloat16 or float32."),
-    cpu_offload: bool = typer.Option(False, "--cpu-offload", help="Keep each component on the GPU only while used."),
-    fp8: bool = typer.Option(False, "--fp8", help="Use the float8 checkpoint (720x720_5s)."),
+    cpu_offload: Optional[bool] = typer.Option(None, "--cpu-offload/--no-cpu-offload",
+                                               help="Keep each component on the GPU only while used."),
+    fp8: Optional[bool] = typer.Option(None, "--fp8/--no-fp8", help="Use the float8 checkpoint (720x720_5s)."),
     max_file_gb: Optional[float] = typer.Option(None, "--max-file-gb", help="Refuse larger captures."),
     no_mp4: bool = typer.Option(False, "--no-mp4", help="Do not write the clip as MP4 beside the .h5."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
     """Generate a clip and capture its cross-attention maps into one HDF5 file."""
+    _need_torch("capture")
     from .prompt_file import load_prompt_file
 
     run = load_prompt_file(prompt_file, _overrides(
@@ -103,6 +114,7 @@ def tokens(
     select: Optional[str] = typer.Option(None, "--tokens", help="Selections to show instead of the file's."),
 ) -> None:
     """Print the prompt's tokens: index, piece, word, character span, and which selections hit them."""
+    _need_torch("tokens")
     from .prompt_file import load_prompt_file
     from .token_groups import render_token_table, resolve_groups, token_table_rows
 

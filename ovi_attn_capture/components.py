@@ -81,9 +81,11 @@ class Components:
         if self.offload:
             self.text.to(self.device)
         pos, vneg, aneg = self.text.encode([texts["positive"], texts["video_negative"], texts["audio_negative"]])
-        if self.device.type == "cuda":  # not needed again during sampling: free its GPU memory
+        if self.device.type == "cuda":  # not needed again during sampling: off the GPU
             self.text.to("cpu")
             _empty_cache(self.device)
+        if self.offload:  # only now does the fusion model come onto the GPU
+            self.model.to(self.device)
         dt = self.model.compute_dtype
         return Texts(pos.to(self.device, dt), vneg.to(self.device, dt), aneg.to(self.device, dt))
 
@@ -263,9 +265,7 @@ def _load_released(run, device, say) -> Components:
         _use_first_frame(comp, run, spec.area)
         if offload:
             vae.to("cpu")
-    if offload:
-        model.to(device)  # the model lives on the GPU during sampling; the rest waits on the CPU
-    return comp
+    return comp  # with offload the model waits on the CPU until the texts are encoded
 
 
 def describe(comp: Components) -> str:

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ovi_attn_render.errors import UserError
+
 from .attention import attention
 
 # ----------------------------------------------------------------------------- configs
@@ -368,14 +370,12 @@ class Tower(nn.Module):
         u = torch.einsum("fhwpqrc->cfphqwr", u).reshape(self.out_dim, f * p, h * q, w * r)
         return u.to(self.compute_dtype)
 
-    def forward(self, x, t, context, first_frame_is_clean: bool = False, skip_layer: int | None = None):
+    def forward(self, x, t, context, first_frame_is_clean: bool = False):
         """Single-tower generation step (only video or only audio)."""
         tokens, e, e0, grid, ctx = self.embed(x, t, context, first_frame_is_clean)
-        lens = torch.tensor([tokens.shape[1]], device=tokens.device)
+        lens = torch.tensor([tokens.shape[1]])  # on the CPU: checking it never syncs the GPU
         rope = self.rope_fn(grid, tokens.device)
-        for i, block in enumerate(self.blocks):
-            if skip_layer is not None and skip_layer > 0 and i == skip_layer:
-                continue
+        for block in self.blocks:
             tokens = block(tokens, e0, lens, rope, ctx)
         return self.unembed(tokens, e, grid)
 
@@ -419,16 +419,17 @@ class FusionModel(nn.Module):
         contexts: text embeddings [n, text_dim]. Returns (video velocity, audio velocity)
         with the inputs' shapes (None for an absent tower). slg_layer > 0 skips that block
         in both towers (skip-layer guidance for the negative pass)."""
+        # Single tower: upstream's path runs every block (no skip-layer guidance there).
         if video is None:
-            return None, self.audio_model(audio, t, audio_context, skip_layer=slg_layer)
+            return None, self.audio_model(audio, t, audio_context)
         if audio is None:
-            return self.video_model(video, t, video_context, first_frame_is_clean, skip_layer=slg_layer), None
+            return self.video_model(video, t, video_context, first_frame_is_clean), None
 
         vm, am = self.video_model, self.audio_model
         xv, ev, e0v, grid_v, ctx_v = vm.embed(video, t, video_context, first_frame_is_clean)
         xa, ea, e0a, grid_a, ctx_a = am.embed(audio, t, audio_context)
-        lens_v = torch.tensor([xv.shape[1]], device=xv.device)
-        lens_a = torch.tensor([xa.shape[1]], device=xa.device)
+        lens_v = torch.tensor([xv.shape[1]])  # key lengths stay on the CPU: no GPU sync to read them
+        lens_a = torch.tensor([xa.shape[1]])
         rope_v, rope_a = vm.rope_fn(grid_v, xv.device), am.rope_fn(grid_a, xa.device)
 
         for i, (bv, ba) in enumerate(zip(vm.blocks, am.blocks)):
@@ -475,8 +476,8 @@ def build_random(video_config, audio_config, seed: int = 0, compute_dtype=torch.
     return model.eval().requires_grad_(False)
 
 
-class CheckpointMismatch(ValueError):
-    pass
+class CheckpointMismatch(UserError):
+    """A checkpoint whose keys or shapes do not fit the model (a user's file problem)."""
 
 
 def _describe_mismatch(missing, unexpected, shape_errors) -> str:
@@ -498,7 +499,8 @@ def load_state_dict_into(model: FusionModel, state: dict, source: str = "checkpo
                     for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k]]
     if missing or unexpected or shape_errors:
         raise CheckpointMismatch(
-            f"{source} does not fit this model: {_describe_mismatch(missing, unexpected, shape_errors)}")
+            f"{source} does not fit this model: {_describe_mismatch(missing, unexpected, shape_errors)}; "
+            f"check that it is the right Ovi checkpoint for the chosen model, complete and unmodified")
     model.load_state_dict(state, strict=True, assign=True)
     return model
 
@@ -537,12 +539,17 @@ def load_checkpoint(path, video_config=None, audio_config=None, device="cpu",
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    if video_config is None and audio_config is None:
-        with safe_open(str(path), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        video_config, audio_config = configs_from_shapes(shapes)
+    try:
+        if video_config is None and audio_config is None:
+            with safe_open(str(path), framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            video_config, audio_config = configs_from_shapes(shapes)
+        state = load_file(str(path), device=str(device))
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type included: a damaged user file
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(f"{path} cannot be read as a safetensors checkpoint ({reason}); "
+                        f"the file is damaged or incomplete: download it again") from e
     model = build_on_meta(video_config, audio_config, compute_dtype)
-    state = load_file(str(path), device=str(device))
     for k, v in state.items():
         if v.dtype != torch.float8_e4m3fn and v.dtype != compute_dtype:
             state[k] = v.to(compute_dtype)

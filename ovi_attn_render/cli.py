@@ -55,6 +55,13 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _command_of(args: list[str]) -> str:
+    for a in args:
+        if not a.startswith("-"):
+            return a + " " if a in ("capture", "render", "info", "compare", "tokens", "eval") else ""
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes print one sentence and exit 2; --debug adds the traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -71,22 +78,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit as e:  # typer.Exit inside commands
         return int(e.code or 0)
-    except Exception as e:  # click usage errors and unexpected failures
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
-            return e.exit_code
-        if isinstance(e, click.ClickException):
+    except Exception as e:  # usage errors (typer's click or click itself) and unexpected failures
+        name = type(e).__name__
+        if name in ("Exit",):  # --version, --help
+            return int(getattr(e, "exit_code", 0) or 0)
+        if name == "Abort":
+            return 1
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # a ClickException of either click
+            if name == "NoArgsIsHelpError":
+                return 0
             if debug:
                 err_console.print_exception()
-            err_console.print(f"[bold red]error:[/] {e.format_message()}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {e.format_message()} (see `ovi-attn "
+                              f"{_command_of(args)}--help`)", highlight=False, soft_wrap=True)
             return 2
-        if isinstance(e, click.exceptions.Abort):
-            return 1
         if debug:
             raise
-        err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {e} (run with --debug for the traceback)",
-                          highlight=False)
+        err_console.print(f"[bold red]internal error:[/] {name}: {e} (run with --debug for the traceback)",
+                          highlight=False, soft_wrap=True)
         return 1
     return 0
 

@@ -194,6 +194,10 @@ def _make_render_command(compare: bool):
         if len(paths) != want:
             raise UserError(f"{'compare' if compare else 'render'} takes {want} capture file"
                             f"{'s' if want > 1 else ''}, got {len(paths)}.")
+        if fps is not None and not 0 < fps <= 120:
+            raise UserError(f"--fps {fps:g} is out of range; give a rate between 0 and 120 frames per second.")
+        if size is not None and size < 16:
+            raise UserError(f"--size {size} is too small; give the longest side in pixels, 16 or more.")
         opts = Options(view=view, tokens=list(token or []), frame=frame, frames=frames, steps=steps, layers=layers,
                        heads=heads, branch=branch, reduce=reduce, norm=norm, renorm=renorm, cmap=cmap, alpha=alpha,
                        upsample=upsample, layout=layout, threshold=threshold, size=size, fps=fps, by=by,

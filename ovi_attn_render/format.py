@@ -200,7 +200,7 @@ class CaptureFileWriter:
     def __init__(self, path, layout: CaptureLayout):
         self.path = str(path)
         self.layout = layout
-        self.f = h5py.File(self.path, "w", libver="earliest")
+        self.f = h5py.File(self.path, "w", libver="earliest", locking=False)  # readers may follow the run
         self._create(layout)
         self.f.flush()
 

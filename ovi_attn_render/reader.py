@@ -61,7 +61,7 @@ class Capture:
         self.steps = np.asarray(f["step"][...], np.int64)
         self.steps_done: int = int(min(int(self.attrs.get("steps_done", 0)), len(self.steps)))
         self.partial: bool = self.status != "complete" or self.steps_done < len(self.steps)
-        self.timesteps = np.asarray(f["timestep"][...], np.int64)
+        self.timesteps = np.asarray(f["timestep"][...], np.float64)  # NaN where not yet written
         self.sigmas = np.asarray(f["sigma"][...], np.float32)
         self.layers = np.asarray(f["layer"][...], np.int64)
         self.groups: list[str] = [_text(t) for t in f["token"][...]]

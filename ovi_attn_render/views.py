@@ -120,6 +120,8 @@ def pick(cap: Capture, o: Options, need_tokens: bool = True, default_steps: str 
     steps = resolve(o.steps if o.steps is not None else default_steps, cap.readable_steps, "steps",
                     what=f"readable steps ({cap.steps_done} of {len(cap.steps)} written)")
     layers = resolve(o.layers, cap.layers, "layers", what="captured layers")
+    if o.heads is not None and cap.heads_mode == "mean":
+        raise UserError("this capture stored the mean over heads only; capture with `heads: all` to select heads.")
     heads = None if o.heads is None else resolve(o.heads, cap.heads, "heads", what="captured heads")
     branch = cap.branch_index(o.branch)
     tokens = [cap.token_index(t) for t in o.tokens]
@@ -247,7 +249,7 @@ def view_steps(cap: Capture, o: Options, out: str, signed: bool = False) -> Draw
     if signed:
         if len(cap.branches) < 2:
             raise UserError(f"--view diff needs both branches, but this capture has only "
-                            f"{', '.join(cap.branches)}; capture with branches: both.")
+                            f"{', '.join(cap.branches)}; capture with `branch: both`.")
         cond, uncond = cap.branch_index("cond"), cap.branch_index("uncond")
         maps = [token_maps(cap, p, o, t, [p.latent], cond)[:, 0] - token_maps(cap, p, o, t, [p.latent], uncond)[:, 0]
                 for t in p.tokens]  # each [S, h, w]

@@ -26,6 +26,8 @@ def _reference(q, k, v, k_lens):
     return torch.einsum("bhlk,bkhd->blhd", p, v.double()), lse
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+CASES = [(d, b) for d in DEVICES for b in attn.available_backends(d, torch.bfloat16)]
 BACKENDS = attn.available_backends("cpu")
 
 
@@ -33,13 +35,20 @@ def test_cpu_offers_sdpa_and_math():
     assert BACKENDS[-2:] == ["sdpa", "math"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+def test_flash_attn_is_never_picked_for_float32():
+    assert attn.available_backends("cuda", torch.float32) == ["sdpa", "math"]
+
+
+@pytest.mark.parametrize("device,backend", CASES)
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("masked", [False, True])
-def test_backend_matches_float64_reference(backend, dtype, tol, masked):
-    q, k, v = _qkv(dtype=dtype)
+def test_backend_matches_float64_reference(device, backend, dtype, tol, masked):
+    if dtype == torch.float32 and backend.startswith("flash"):
+        pytest.skip("flash-attn runs half precision only")
+    q, k, v = (t.to(device) for t in _qkv(dtype=dtype))
     k_lens = torch.tensor([19, 11]) if masked else None
     out, lse = attn.attention(q, k, v, k_lens, backend=backend)
+    out, lse, q, k, v = (t.cpu() for t in (out, lse, q, k, v))
     ref_out, ref_lse = _reference(q, k, v, k_lens)
     assert out.dtype == dtype and out.shape == q.shape
     assert lse.dtype == torch.float32 and lse.shape == (2, 3, 37)

@@ -231,3 +231,15 @@ def test_configs_are_read_back_from_checkpoint_shapes(tmp_path, tiny):
     v, a = tiny_configs()
     assert loaded.video_model.dim == v["dim"] and loaded.num_layers == v["num_layers"]
     assert loaded.audio_model.text_dim == a["text_dim"] and loaded.video_model.num_heads == v["num_heads"]
+
+
+def test_a_damaged_checkpoint_is_a_user_error(tmp_path, tiny):
+    from safetensors.torch import save_file
+
+    from ovi_attn_render.errors import UserError
+
+    path = tmp_path / "cut.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(path))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a download that stopped half way
+    with pytest.raises(UserError, match="damaged or incomplete"):
+        load_checkpoint(path)
