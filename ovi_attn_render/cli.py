@@ -12,6 +12,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 from .errors import UserError
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if debug:
             err_console.print_exception()
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
@@ -89,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if debug:
                 err_console.print_exception()
-            err_console.print(f"[bold red]error:[/] {e.format_message()} (see `ovi-attn "
+            err_console.print(f"[bold red]error:[/] {escape(e.format_message())} (see `ovi-attn "
                               f"{_command_of(args)}--help`)", highlight=False, soft_wrap=True)
             return 2
         if debug:
             raise
-        err_console.print(f"[bold red]internal error:[/] {name}: {e} (run with --debug for the traceback)",
+        err_console.print(f"[bold red]internal error:[/] {name}: {escape(str(e))} (run with --debug for the traceback)",
                           highlight=False, soft_wrap=True)
         return 1
     return 0
