@@ -126,6 +126,35 @@ def run_child(args: Sequence[str], cwd: Path | None = None, env: dict | None = N
         return ChildRun(list(args), seconds, usage.ru_maxrss * 1024, proc.returncode, out.read(), err.read())
 
 
+# Runs a module as `python -m` would and writes its own peak RSS (VmHWM) to argv[1] at exit.
+# Needed because os.wait4's ru_maxrss of an exec'd child starts at the PARENT's RSS at fork
+# (Linux carries the forked mm's high-water mark into the exec'd process), so a benchmark
+# that holds a big array would inflate every child's number. VmHWM belongs to the new image.
+_PEAK_WRAPPER = (
+    "import atexit, runpy, sys\n"
+    "report, module = sys.argv[1], sys.argv[2]\n"
+    "def _hwm():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    "            open(report, 'w').write(str(int(line.split()[1]) * 1024))\n"
+    "atexit.register(_hwm)\n"
+    "sys.argv = [module] + sys.argv[3:]\n"
+    "runpy.run_module(module, run_name='__main__', alter_sys=True)\n"
+)
+
+
+def run_module_child(module: str, args: Sequence[str], report: str, **kw) -> ChildRun:
+    """run_child of `python -m module args`, with max_rss_bytes the child's own VmHWM."""
+    if os.path.exists(report):
+        os.remove(report)
+    run = run_child([sys.executable, "-c", _PEAK_WRAPPER, report, module, *args], **kw)
+    try:
+        run.max_rss_bytes = int(Path(report).read_text())
+    except (OSError, ValueError):
+        pass  # no /proc: keep wait4's figure
+    return run
+
+
 def check_child(run: ChildRun, what: str) -> ChildRun:
     if run.returncode != 0:
         tail = (run.stderr or run.stdout).strip().splitlines()[-12:]

@@ -19,9 +19,13 @@ equal plain bit for bit (checked; the run fails otherwise); naive's difference i
 
 Memory: on CUDA, torch.cuda.max_memory_allocated per mode in this process (reset before
 each run). On the CPU, peak RSS cannot be reset inside a process (the allocator keeps what
-a previous mode freed), so each mode runs once more in a fresh child process and the
-child's own peak RSS is read from os.wait4; the model's weights are in every child, so
-the column that matters is the difference to plain.
+a previous mode freed), so each mode runs once more in a fresh child process (glibc's mmap
+threshold fixed, see CHILD_MALLOC) that builds the model, resets its peak RSS
+(/proc/self/clear_refs), generates, and reports VmHWM (os.wait4's whole-process peak where
+/proc cannot reset); the weights are in every child, so the column that matters is the
+difference to plain.
+Wall time is also shown as min/min (noise only adds time) and as this process's CPU time
+(all threads, the writer's included), which a busy machine disturbs less.
 
 Sizes: tiny (the test model), medium (the released architecture narrowed to run on a
 laptop CPU: dim 1024 = 8 heads of 128, 4 layers, ffn 4x, token grid 8x16x16, 50 audio
@@ -173,7 +177,7 @@ class Bench:
         self.params = sum(p.numel() for p in self.model.parameters())
         gen = torch.Generator().manual_seed(seed + 1)
         n_pos = groups - 1  # one token per word group, then EOS
-        self.texts = Texts(*(torch.randn(n, video_cfg["text_dim"], generator=gen).bfloat16().to(device)
+        self.texts = Texts(*(torch.randn(n, video_cfg.get("text_dim", 4096), generator=gen).bfloat16().to(device)
                              for n in (n_pos, 10, 9)))
         self.settings = SamplerSettings(steps=steps, slg_layer=size.slg_layer, seed=seed + 2)
         self.tmp = tempfile.TemporaryDirectory(prefix="ovi-attn-bench-")
@@ -222,7 +226,7 @@ class Bench:
         path = os.path.join(self.tmp.name, f"{mode.replace('+', '_')}_{self.runs}.h5")
         original_forward = CrossAttention.forward
         self.sync()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         writer = probe = None
         try:
             if mode != "plain":
@@ -245,9 +249,9 @@ class Bench:
             self.model.attach_probe(None)
             if writer is not None:
                 writer.close("failed")
-        seconds = time.perf_counter() - t0
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
-        return {"seconds": seconds, "video": video.cpu(), "audio": audio.cpu(), "path": None if mode == "plain" else path,
+        return {"seconds": seconds, "cpu_seconds": cpu_seconds, "video": video.cpu(), "audio": audio.cpu(), "path": None if mode == "plain" else path,
                 "maps": 0 if probe is None else probe.maps_written, "gpu_peak": peak}
 
 
@@ -286,14 +290,26 @@ def first_map_difference(ours_path: str, naive_path: str) -> float:
 class ModeResult:
     mode: str
     seconds: list[float]
+    cpu_seconds: list[float] = field(default_factory=list)  # this process, all threads (writer included)
     memory: int | None = None  # CUDA peak bytes, or child peak RSS bytes
     diff_vs_plain: float = 0.0
     maps: int = 0
     file_bytes: int = 0
 
+    disturbed: list[bool] = field(default_factory=list)  # CPU runs that did not get their cores
+
+    def _kept(self, xs: list[float]) -> list[float]:
+        """The undisturbed runs' values (all of them if every run was disturbed)."""
+        kept = [x for x, d in zip(xs, self.disturbed) if not d]
+        return kept or xs
+
     @property
     def median(self) -> float:
-        return C.median(self.seconds)
+        return C.median(self._kept(self.seconds))
+
+    @property
+    def cpu_median(self) -> float:
+        return C.median(self._kept(self.cpu_seconds))
 
 
 @dataclass
@@ -309,6 +325,17 @@ class SizeResult:
     modes: dict
     memory_kind: str
     naive_map_diff: float = float("nan")
+
+
+def disturbed(bench: Bench, run: dict) -> bool:
+    """A CPU run during which another process took our cores: torch's threads keep every
+    core busy through a forward pass, so CPU time / wall time below 85% of the thread count
+    means the run waited for the CPU (on a shared 2-core machine: a 3-5x slower run)."""
+    import torch
+
+    if bench.device.type != "cpu":
+        return False
+    return run["cpu_seconds"] / run["seconds"] < 0.85 * torch.get_num_threads()
 
 
 def time_modes(bench: Bench, modes: list[str], repeat: int, warmup: bool) -> tuple[dict[str, ModeResult], float]:
@@ -327,9 +354,11 @@ def time_modes(bench: Bench, modes: list[str], repeat: int, warmup: bool) -> tup
         for m in order:
             print(f"  round {r + 1}/{repeat}: {m} ...", end="", flush=True)
             runs[m] = bench.run(m)
-            print(f" {runs[m]['seconds']:.2f} s", flush=True)
+            print(f" {runs[m]['seconds']:.2f} s (cpu {runs[m]['cpu_seconds']:.2f} s)", flush=True)
             res = results[m]
             res.seconds.append(runs[m]["seconds"])
+            res.cpu_seconds.append(runs[m]["cpu_seconds"])
+            res.disturbed.append(disturbed(bench, runs[m]))
             res.maps = runs[m]["maps"]
             if runs[m]["path"]:
                 res.file_bytes = os.path.getsize(runs[m]["path"])
@@ -356,15 +385,24 @@ def time_modes(bench: Bench, modes: list[str], repeat: int, warmup: bool) -> tup
     return results, map_diff
 
 
+# glibc keeps freed memory of its heaps resident and moves its mmap threshold up as big
+# blocks are freed, so the same run's peak RSS wanders by +-200 MB with allocation history
+# (measured). A fixed threshold sends every block >= 64 KiB to mmap and back to the OS when
+# freed: peak RSS then follows peak live memory, and repeats agree to the kilobyte.
+CHILD_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
 def child_memory(size: str, modes: list[str], steps: int, groups: int, jobs: int,
                  threads: int | None) -> dict[str, int]:
     """Peak RSS of each mode in a fresh process (see the module docstring)."""
 
     def one(mode: str) -> int:
         run = C.run_child([sys.executable, __file__, "--child", mode, "--size", size, "--steps", str(steps),
-                           "--groups", str(groups), "--device", "cpu", *(["--threads", str(threads)] if threads else [])])
+                           "--groups", str(groups), "--device", "cpu", *(["--threads", str(threads)] if threads else [])],
+                          env=CHILD_MALLOC)
         C.check_child(run, f"memory child for {mode}")
-        return run.max_rss_bytes
+        report = json.loads(run.stdout.strip().splitlines()[-1])
+        return report["run_peak_rss"] or run.max_rss_bytes  # whole-process peak where /proc cannot reset
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         return dict(zip(modes, pool.map(one, modes)))
@@ -391,11 +429,35 @@ def measure_size(size: Size, device: str, steps: int, groups: int, repeat: int, 
                       naive_map_diff)
 
 
+def _vm_hwm() -> int | None:
+    """This process's peak RSS in bytes (VmHWM), None where /proc says nothing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so the peak seen is the run's alone."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def child_main(mode: str, size: str, steps: int, groups: int, device: str) -> None:
-    """--child: one run of one mode, for its peak RSS; prints the seconds as JSON."""
+    """--child: one run of one mode; prints its peak RSS as JSON. The peak of building the
+    model (transient float32 weights) is wiped first where Linux allows it, so the number
+    is the generation's own peak: weights + activations + what the mode adds."""
     bench = Bench(SIZES[size], steps, groups, device)
+    reset = _reset_hwm()
     out = bench.run(mode)
-    print(json.dumps({"mode": mode, "seconds": out["seconds"], "maps": out["maps"]}))
+    print(json.dumps({"mode": mode, "seconds": out["seconds"], "maps": out["maps"],
+                      "run_peak_rss": _vm_hwm() if reset else None}))
 
 
 # ----------------------------------------------------------------------------- report
@@ -408,16 +470,21 @@ def report(results: list[SizeResult], facts: dict, versions: dict) -> list[str]:
         plain = r.modes.get("plain")
         for m in r.modes.values():
             ratio = m.median / plain.median if plain else float("nan")
+            best = min(m.seconds) / min(plain.seconds) if plain else float("nan")
+            cpu_ratio = m.cpu_median / plain.cpu_median if plain else float("nan")
             extra = (m.memory - plain.memory) if (plain and m.memory is not None and plain.memory is not None) else None
             rows.append((
-                r.size, m.mode, f"{m.median:.3f}", " ".join(f"{s:.2f}" for s in m.seconds), f"{ratio:.3f}",
+                r.size, m.mode, f"{m.median:.3f}",
+                " ".join(f"{s:.2f}" + ("*" if d else "") for s, d in zip(m.seconds, m.disturbed)), f"{ratio:.3f}",
+                f"{best:.3f}", f"{m.cpu_median:.2f}", f"{cpu_ratio:.3f}",
                 "-" if m.memory is None else C.mib(m.memory),
                 "-" if extra is None or m.mode == "plain" else f"{extra / 2**20:+,.1f} MiB",
                 "0 (bit-identical)" if m.mode in ("plain", "ours", "ours+fusion") else f"{m.diff_vs_plain:.3g}",
                 str(m.maps), C.human_bytes(m.file_bytes) if m.file_bytes else "-",
             ))
         if plain:
-            parts = [f"{m}/plain = {r.modes[m].median / plain.median:.3f}" for m in r.modes if m != "plain"]
+            parts = [f"{m}/plain = {r.modes[m].median / plain.median:.3f} (min {min(r.modes[m].seconds) / min(plain.seconds):.3f}, "
+                     f"cpu {r.modes[m].cpu_median / plain.cpu_median:.3f})" for m in r.modes if m != "plain"]
             target = TARGETS.get((r.device, r.size))
             line = f"{r.size} ({r.device}): " + ", ".join(parts)
             if target and "ours" in r.modes:
@@ -439,9 +506,13 @@ def report(results: list[SizeResult], facts: dict, versions: dict) -> list[str]:
                         f"{r.groups} groups, median of {r.repeat}" for r in results)
     kinds = ", ".join(sorted({r.memory_kind for r in results}))
     C.print_table(f"capture_overhead ({configs})",
-                  ["size", "mode", "median s", "runs s", "/ plain", f"memory ({kinds})", "extra vs plain",
+                  ["size", "mode", "median s", "runs s", "/ plain", "min / min", "cpu s", "cpu / plain",
+                   f"memory ({kinds})", "extra vs plain",
                    "max |latent - plain|", "maps", "file"], rows,
                   caption=C.describe_machine(facts) + f"; {versions}")
+    if any(any(m.disturbed) for r in results for m in r.modes.values()):
+        print("* a run that did not get its CPU cores (another process ran; CPU time / wall time < 0.85 x threads): "
+              "left out of the medians (kept when every run of a mode was disturbed); min / min uses all runs")
     print("ratios:")
     for line in lines:
         print("  " + line)
@@ -498,8 +569,8 @@ def main() -> None:
         raise C.BenchFailure(f"--modes must include plain and name only {', '.join(MODES)}")
     memory_modes = modes
     if args.quick:  # every code path once, as little work as possible
-        sizes, steps, repeat, warmup, jobs = ["tiny"], 1, 1, False, 2
-        memory_modes = [m for m in modes if m in ("plain", "ours")]
+        sizes, steps, repeat, warmup, jobs = ["tiny"], 1, 1, False, 1
+        memory_modes = [m for m in modes if m == "ours"]  # one child exercises the path
         args.threads = args.threads or 1  # OpenMP barriers crawl on a busy CI machine
     else:
         sizes = (args.size or ("real" if device.startswith("cuda") else "tiny,medium")).split(",")

@@ -7,7 +7,8 @@ user runs it (`python -m ovi_attn_render.cli ...`, start-up included):
 
 - wall time: once with the file evicted from the page cache (cold; posix_fadvise
   DONTNEED, checked with fincore) and `--repeat` times warm (median);
-- peak RSS of that process alone (os.wait4's rusage);
+- peak RSS of that process alone (its VmHWM, written at exit by a `python -m` wrapper:
+  os.wait4's figure would start from this benchmark's own RSS, see _common.run_module_child);
 - bytes read from the .h5: a separate run of the same command in a process whose
   `h5py.File` opens the capture through a counting file object (HDF5's fileobj driver),
   so only reads of the capture file count, not imports; compared with the bytes of the
@@ -134,8 +135,9 @@ def count_reads_child(h5: str, report: str, cli_args: list[str]) -> int:
 # ----------------------------------------------------------------------------- measuring
 
 
-def cli(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "ovi_attn_render.cli", *args]
+def cli(args: list[str], tmp: str) -> C.ChildRun:
+    """`python -m ovi_attn_render.cli args` in its own process; its own peak RSS (VmHWM)."""
+    return C.run_module_child("ovi_attn_render.cli", args, os.path.join(tmp, "peak_rss"))
 
 
 def count_reads(cmd: Command, h5: str, tmp: str, dims: Sequence[str] | None = None) -> dict:
@@ -155,8 +157,8 @@ def measure(cmd: Command, h5: str, repeat: int, cold: bool, tmp: str) -> Result:
     if cold:
         C.drop_from_page_cache(h5)
         cached = C.cached_fraction(h5)
-        cold_s = C.check_child(C.run_child(cli(cmd.args)), cmd.name).seconds
-    warm = [C.check_child(C.run_child(cli(cmd.args)), cmd.name) for _ in range(repeat)]
+        cold_s = C.check_child(cli(cmd.args, tmp), cmd.name).seconds
+    warm = [C.check_child(cli(cmd.args, tmp), cmd.name) for _ in range(repeat)]
     reads = count_reads(cmd, h5, tmp)
     if cmd.output and not os.path.getsize(cmd.output):
         raise C.BenchFailure(f"{cmd.name} wrote an empty {cmd.output}")
@@ -166,9 +168,9 @@ def measure(cmd: Command, h5: str, repeat: int, cold: bool, tmp: str) -> Result:
                   cached, cmd.target_s)
 
 
-def startup_seconds(repeat: int) -> float:
+def startup_seconds(repeat: int, tmp: str) -> float:
     """`ovi-attn --help`: the floor every command pays (interpreter, typer, rich)."""
-    runs = [C.check_child(C.run_child(cli(["--help"])), "--help") for _ in range(max(1, repeat))]
+    runs = [C.check_child(cli(["--help"], tmp), "--help") for _ in range(max(1, repeat))]
     return C.median([r.seconds for r in runs])
 
 
@@ -287,7 +289,7 @@ def main() -> None:
         if args.only:
             wanted = [w.strip() for w in args.only.split(",")]
             cmds = [c for c in cmds if any(c.name.startswith(w) for w in wanted)]
-        startup = startup_seconds(repeat)
+        startup = startup_seconds(repeat, tmp)
         results = []
         for cmd in cmds:
             print(f"measuring {cmd.name} ...", flush=True)

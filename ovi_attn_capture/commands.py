@@ -129,7 +129,7 @@ def tokens(
 
 
 def _formatted_prompt(run) -> str:
-    if run.model == "tiny":
+    if run.model in ("tiny", "toy"):
         return run.prompt
     from .checkpoints import MODELS
 
@@ -141,11 +141,18 @@ def _tokenizer_for(run):
 
     if run.model == "tiny":
         return TextEncoder.tiny()
+    if run.model == "toy":
+        from .toy.components import toy_tokenizer_only
+
+        return toy_tokenizer_only()
     if not run.ckpt_dir:
         raise UserError(f"model {run.model} needs `ckpt_dir:` to find its tokenizer; set it or pass --ckpt-dir.")
     return TextEncoder.tokenizer_only(run.ckpt_dir)
 
 
 def register(app: typer.Typer) -> None:
+    from .toy.commands import register as register_toy_eval
+
     app.command("capture")(capture)
     app.command("tokens")(tokens)
+    register_toy_eval(app)  # `ovi-attn eval`: the ground-truth check on the toy world

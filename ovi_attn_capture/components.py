@@ -197,12 +197,20 @@ def model_facts(model: str) -> dict:
     if model == "tiny":
         return {"num_layers": tiny_configs()[0]["num_layers"], "native_size": (256, 256),
                 "default_slg_layer": TINY.default_slg_layer}
+    if model == "toy":
+        from .toy.components import model_facts as toy_facts
+
+        return toy_facts()
     return {}
 
 
 def load_components(run, device: torch.device, say=print) -> Components:
     if run.model == "tiny":
         return _load_tiny(run, device, say)
+    if run.model == "toy":
+        from .toy.components import load_toy_components
+
+        return load_toy_components(run, device, say)
     return _load_released(run, device, say)
 
 

@@ -29,7 +29,7 @@ import yaml
 from ovi_attn_capture.token_groups import check_selection, clean_prompt_text
 from ovi_attn_render.errors import UserError
 
-MODELS = ("tiny", "720x720_5s", "960x960_5s", "960x960_10s")
+MODELS = ("toy", "tiny", "720x720_5s", "960x960_5s", "960x960_10s")
 SOLVERS = ("unipc", "euler", "dpm++")
 MODES = ("t2v", "i2v")
 DTYPES = ("bfloat16", "float32")
@@ -89,7 +89,7 @@ class RunSpec:
     seed: int = 100
     height: int | None = None  # None: the model's native size
     width: int | None = None
-    model: str = "tiny"  # the embedded default: runs anywhere, no checkpoints
+    model: str = "toy"  # the embedded default: bundled weights, runs anywhere, no checkpoints
     ckpt_dir: Path | None = None
     steps: int = 50  # sampler steps
     solver: str = "unipc"
@@ -378,7 +378,7 @@ _KEY_LIST = [
     _Key("seed", 100, _integer(0, 2**63 - 1), "seed: 100", True),
     _Key("height", None, _integer(32, 4096), "height: 720", True),
     _Key("width", None, _integer(32, 4096), "width: 720", True),
-    _Key("model", "tiny", _choice(MODELS), "model: 720x720_5s"),
+    _Key("model", "toy", _choice(MODELS), "model: 720x720_5s"),
     _Key("ckpt_dir", None, _path, "ckpt_dir: /data/ovi/ckpts"),
     _Key("steps", 50, _integer(1, 1000), "steps: 50", True),
     _Key("solver", "unipc", _choice(SOLVERS), "solver: unipc"),

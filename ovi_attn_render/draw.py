@@ -109,9 +109,17 @@ def resize_rgb(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, (W, H), interpolation=interp)
 
 
+MIN_SIDE = 384  # small clips (the toy model's 128x128) are enlarged so captions fit
+
+
 def display_size(H: int, W: int, max_side: int) -> tuple[int, int]:
-    """Scale (H, W) so the longer side is at most max_side (never up)."""
-    s = min(1.0, max_side / max(H, W)) if max_side > 0 else 1.0
+    """Scale (H, W) so the longer side is at most max_side; a clip smaller than MIN_SIDE is
+    enlarged by a whole factor (token cells stay equal blocks), within max_side."""
+    longest = max(H, W)
+    if longest < MIN_SIDE and max_side > longest:
+        k = max(1, min(MIN_SIDE, max_side) // longest)
+        return H * k, W * k
+    s = min(1.0, max_side / longest) if max_side > 0 else 1.0
     return max(1, round(H * s)), max(1, round(W * s))
 
 

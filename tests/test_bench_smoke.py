@@ -50,7 +50,7 @@ def test_capture_overhead_runs_every_mode(tmp_path):
     modes = tiny["modes"]
     assert list(modes) == ["plain", "ours", "ours+fusion", "naive"]
     assert modes["ours"]["maps"] > 0 and modes["ours+fusion"]["maps"] > modes["ours"]["maps"]
-    assert modes["plain"]["memory"] and modes["ours"]["memory"]
+    assert modes["ours"]["memory"] > 0  # measured in its own child process
     assert 0 < modes["naive"]["diff_vs_plain"] < 1  # naive changes the output, a little
     assert "ours/plain =" in stdout and "naive/plain =" in stdout
 

@@ -42,13 +42,13 @@ def error_of(text: str, **kw) -> str:
 
 def test_example_file_loads_and_fits_the_brief():
     spec = load_prompt_file(PROMPTS / "example.yaml")
-    assert spec.model == "tiny" and spec.steps == 50 and spec.seed == 42 and spec.mode == "t2v"
+    assert spec.model == "toy" and spec.steps == 30 and spec.seed == 42 and spec.mode == "t2v"
     assert spec.capture.layers == "all" and spec.capture.steps == "all"
     assert spec.capture.kinds == ["text_video", "text_audio", "video_audio", "audio_video"]
     assert spec.output == PROMPTS / "example.h5"  # relative to the file, not the working dir
     assert spec.source_path == PROMPTS / "example.yaml" and "red circle" in spec.source_text
     resolved = resolve_model_defaults(spec, num_layers=4, native_size=(64, 64), default_slg_layer=1)
-    assert resolved.capture.steps == list(range(50)) and resolved.capture.layers == [0, 1, 2, 3]
+    assert resolved.capture.steps == list(range(30)) and resolved.capture.layers == [0, 1, 2, 3]
     assert (resolved.height, resolved.width, resolved.slg_layer) == (64, 64, 1)
 
 

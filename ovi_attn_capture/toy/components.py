@@ -28,6 +28,15 @@ VIDEO_NEGATIVE_PROMPT = ""  # what text dropout trained as "no caption" (the ups
 AUDIO_NEGATIVE_PROMPT = ""
 
 
+def model_facts() -> dict:
+    """What prompt_file.resolve_model_defaults needs to know about the toy model (read from its file)."""
+    from safetensors import safe_open
+
+    with safe_open(str(toy_files()["fusion"]), framework="pt") as f:
+        layers = json.loads((f.metadata() or {})["video_config"])["num_layers"]
+    return {"num_layers": layers, "native_size": NATIVE_SIZE, "default_slg_layer": DEFAULT_SLG_LAYER}
+
+
 def toy_files(folder: Path = TOY_DIR) -> dict[str, Path]:
     return {"fusion": folder / "toy.safetensors", "text_encoder": folder / "text_encoder.safetensors",
             "tokenizer": folder / "tokenizer.json"}
@@ -57,9 +66,18 @@ def load_toy_text_encoder(folder: Path = TOY_DIR, device="cpu"):
     return load_text_encoder(files["tokenizer"], load_file(str(files["text_encoder"])), device)
 
 
+def toy_tokenizer_only(folder: Path = TOY_DIR):
+    """Just the toy tokenizer as a TextEncoder (for `ovi-attn tokens`): tokenize works, encode does not."""
+    from tokenizers import Tokenizer
+
+    from ovi_attn_capture.text_encoder import TextEncoder
+
+    return TextEncoder(Tokenizer.from_file(str(toy_files(folder)["tokenizer"])), None)
+
+
 def load_toy_components(run, device: torch.device, say=print, folder: Path = TOY_DIR):
     """The toy model, its text encoder and fixed codecs as the capture pipeline's Components."""
-    from ovi_attn_capture.components import Components, _image_latent, _pixel_size, _slg
+    from ovi_attn_capture.components import Components, _pixel_size, _slg, _use_first_frame
     from ovi_attn_capture.text_encoder import clean_text
 
     files = toy_files(folder)
@@ -75,6 +93,6 @@ def load_toy_components(run, device: torch.device, say=print, folder: Path = TOY
                       AUDIO_LATENTS, _slg(run, DEFAULT_SLG_LAYER, model.num_layers),
                       files={k: p.name for k, p in files.items()})
     if run.mode == "i2v":
-        comp.first_frame = _image_latent(video, Path(run.image), (H, W), device)
+        _use_first_frame(comp, run, NATIVE_SIZE[0] * NATIVE_SIZE[1])
     say(f"model: toy ({model.num_layers} layers, trained on the shapes world, data/toy/) on {device}")
     return comp

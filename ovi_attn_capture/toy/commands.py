@@ -1,0 +1,38 @@
+"""`ovi-attn eval`: score the toy model's maps against ground truth. Declared without importing torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import TOY_DIR
+
+
+def eval_command(
+    eval_file: Path = typer.Argument(TOY_DIR / "eval.yaml", help="Held-out prompts and settings (data/toy/eval.yaml)."),
+    output: Path = typer.Option(Path("toy_eval"), "-o", "--output", help="Folder for the .h5 runs and eval.json."),
+    num_steps: Optional[int] = typer.Option(None, "--num-steps", help="Sampler steps (default: the file's)."),
+    prompts: Optional[int] = typer.Option(None, "--prompts", help="Only the first N prompts."),
+    weights: Path = typer.Option(TOY_DIR, "--weights", help="Folder with toy.safetensors, text_encoder.safetensors, tokenizer.json."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+) -> None:
+    """Generate held-out prompts with the toy model, capture their maps and score them against the
+    objects and beeps found in the generated clips (pointing game, IoU, text->audio)."""
+    from rich.console import Console
+
+    from .evaluate import evaluate, load_eval_file
+
+    settings = load_eval_file(eval_file)
+    if num_steps:
+        settings.steps = num_steps
+    chosen = settings.prompts[:prompts] if prompts else settings.prompts
+    console = Console()
+    console.print(f"evaluating {len(chosen)} prompts at {settings.steps} steps -> {output}/", highlight=False)
+    evaluate(chosen, weights, settings.steps, "all", output, settings, device=device, console=console)
+    console.print(f"scores: {output / 'eval.json'}; each run's scores are in its `toy_eval` attribute", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)

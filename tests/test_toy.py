@@ -1,0 +1,121 @@
+"""The toy world model: codecs, tokenizer, training forward, and capture scored against ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ovi_attn_capture.toy import TOY_DIR, world
+from ovi_attn_capture.toy.codec import AudioCodec, VideoCodec
+from ovi_attn_capture.toy.evaluate import Geometry, build_table, colour_masks, evaluate, score_file
+
+BUNDLED = (TOY_DIR / "toy.safetensors").is_file()
+
+
+def _scene(seed: int = 3, n: int = 2) -> world.Scene:
+    return world.sample_scene(np.random.default_rng(seed), n, beep_probability=1.0)
+
+
+def test_video_codec_keeps_objects_where_they_are():
+    scene = _scene()
+    video = torch.from_numpy(world.render_frames(scene, 128))
+    latent = VideoCodec().encode(video)
+    assert latent.shape == (48, 5, 8, 8)
+    decoded = VideoCodec().decode(latent)
+    assert decoded.shape == video.shape
+    frames = ((decoded.permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+    truth = world.object_masks(scene, 128)
+    for obj, mask in zip(scene.objects, truth):
+        found = colour_masks(frames, obj.colour)
+        # latent frame f holds the mean of pixel frames 4f-3..4f: where the object is most of that time
+        for n in (0, 4, 8, 12, 16):
+            held = mask[max(n - 3, 1) if n else 0: n + 1].mean(0) >= 0.5
+            iou = (found[n] & held).sum() / (found[n] | held).sum()
+            assert iou > 0.5, (obj.colour, n, iou)
+
+
+def test_audio_codec_round_trip_finds_the_beep():
+    scene = _scene()
+    amp = torch.from_numpy(world.audio_amplitudes(scene))
+    wave = AudioCodec().decode(AudioCodec.normalise(amp))
+    assert wave.shape == (world.AUDIO_LATENTS * 512,)
+    back = AudioCodec.amplitudes(AudioCodec().encode(wave))
+    beeper = next(o for o in scene.objects if o.beep is not None)
+    channel = world.TONE_CHANNEL[beeper.shape]
+    inside = back[beeper.beep[0] + 1: beeper.beep[1] - 1, channel]
+    assert inside.min() > 0.8 * world.BEEP_AMPLITUDE
+    outside = torch.cat([back[: max(beeper.beep[0] - 1, 0), channel], back[beeper.beep[1] + 1:, channel]])
+    assert outside.numel() == 0 or outside.max() < 0.1 * world.BEEP_AMPLITUDE
+
+
+def test_tokenizer_keeps_words_whole():
+    from ovi_attn_capture.toy.text import build_tokenizer
+    from ovi_attn_capture.text_encoder import TextEncoder
+
+    enc = TextEncoder(build_tokenizer(), None)
+    tokens = enc.tokenize("A red circle moves left. <AUDCAP>the circle beeps<ENDAUDCAP>")
+    assert [t.piece for t in tokens][:5] == ["▁a", "▁red", "▁circle", "▁moves", "▁left"]
+    assert tokens[-1].piece == "</s>" and enc.pad_id == 0
+    assert enc.tokenize("")[-1].piece == "</s>"
+
+
+def test_training_forward_matches_the_model():
+    from ovi_attn_capture.toy import train
+    from ovi_attn_capture.toy.text import fresh_text_encoder
+
+    cfg = train.TrainConfig(num_layers=2)
+    model = train.build_model(cfg).eval()
+    for tower in (model.video_model, model.audio_model):  # not zero, so the heads are compared too
+        torch.nn.init.normal_(tower.head.head.weight, std=0.02)
+    scenes = [_scene(1, 1), _scene(2, 2)]
+    video, audio = train.scene_latents(scenes, 64)
+    texts = fresh_text_encoder().encode([scenes[0].caption, ""])
+    t = torch.tensor([250.0, 900.0])
+    with torch.no_grad():
+        batch_v, batch_a = train.forward_batch(model, video, audio, t, texts, texts)
+        for i in range(2):
+            ref_v, ref_a = model(video[i], audio[i], t[i:i + 1], texts[i], texts[i])
+            torch.testing.assert_close(batch_v[i], ref_v, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(batch_a[i], ref_a, atol=1e-5, rtol=1e-4)
+
+
+# The first two held-out prompts of data/toy/eval.yaml (same seeds); their objects move, so a
+# wrong frame mapping shows too.
+PROMPTS = [
+    "a red triangle moves left. <AUDCAP>the triangle beeps<ENDAUDCAP>",
+    "a green circle moves right. <AUDCAP>the circle beeps<ENDAUDCAP>",
+]
+FLOOR = 0.6  # chance is ~0.3 on the 4 x 4 token grid
+
+
+@pytest.fixture(scope="module")
+def bundled_eval(tmp_path_factory):
+    if not BUNDLED:
+        pytest.skip("data/toy/toy.safetensors is not there (train it with python -m ovi_attn_capture.toy.train)")
+    out = tmp_path_factory.mktemp("toy_eval")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and immune to a busy CPU
+    try:
+        table = evaluate(PROMPTS, TOY_DIR, steps=12, layers="all", out_dir=out, console=False)
+    finally:
+        torch.set_num_threads(threads)
+    return table, out
+
+
+def test_bundled_model_maps_land_on_their_objects(bundled_eval):
+    table, out = bundled_eval
+    head = table.headline()
+    assert head["objects_found"] > 0.5
+    assert head["pointing_best_layer"] >= FLOOR, head
+    assert head["pointing_best_layer"] > head["chance"] + 0.25, head
+    assert (out / "eval.json").is_file()
+
+
+@pytest.mark.parametrize("wrong", [Geometry(transpose=True), Geometry(frame_shift=2)], ids=["transposed", "frames"])
+def test_wrong_geometry_scores_lower(bundled_eval, wrong):
+    table, _ = bundled_eval
+    files = [score_file(f.path, wrong) for f in table.files]
+    worse = build_table(files, table.steps, table.layers, 0.2)
+    b = table.best_layer
+    assert worse.at_final(worse.pointing)[b] < table.at_final(table.pointing)[b] - 0.15
