@@ -168,6 +168,7 @@ def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None
                 comp: Components | None = None, mp4: bool = True) -> CaptureSummary:
     output = Path(output)
     check_output(output, force)
+    asked = (run.height, run.width) if run.height or run.width else None
     run = resolve_model_defaults(run, **model_facts(run.model))  # bad layers/steps fail here, with their line
     device = resolve_device(run.device)
     say = console.print if console is not None else (lambda *a, **k: None)
@@ -176,6 +177,9 @@ def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None
     if comp is None:
         comp = load_components(run, device, say)
     plan, layout, texts = build_plan(run, comp, device)
+    if asked is not None and tuple(comp.pixel_size) != (run.height, run.width):
+        say(f"[yellow]note:[/] {run.height}x{run.width} was rescaled to the model's area and snapped to "
+            f"multiples of 32: {comp.pixel_size[0]}x{comp.pixel_size[1]}")
     say(f"clip: {describe(comp)}")
     say(memory_plan(comp))
     size = estimate_bytes(layout)

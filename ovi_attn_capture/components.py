@@ -184,11 +184,7 @@ def _pixel_size(run, area: int) -> tuple[int, int]:
     side = int(round(area**0.5))
     h = run.height or side
     w = run.width or side
-    H, W, moved = snap_size(h, w, area)
-    if moved and ("height" in run.origins or "width" in run.origins):  # asked for by the user
-        import warnings
-
-        warnings.warn(f"height x width {h}x{w} was rescaled to the model's area and snapped to {H}x{W}")
+    H, W, _ = snap_size(h, w, area)
     return H, W
 
 
