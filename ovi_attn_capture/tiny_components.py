@@ -59,13 +59,20 @@ def build_tiny_tokenizer() -> Tokenizer:
     vocab += [("▁" + w, -5.0) for w in _WORDS]
     vocab += [(p, -8.0) for p in _PIECES] + [("▁" + p, -8.5) for p in _PIECES]
     vocab += [(c, -10.0) for c in _CHARS] + [("▁" + c, -10.5) for c in _CHARS]
+    return unigram_tokenizer(vocab)
+
+
+def unigram_tokenizer(vocab: list[tuple[str, float]], lowercase: bool = False) -> Tokenizer:
+    """A umT5-style Unigram tokenizer from (piece, score) pairs whose first three are
+    <pad>, </s>, <unk>: '▁' word boundaries, whitespace runs collapsed, EOS appended."""
     seen, unique = set(), []
-    for piece, score in vocab:  # a piece may appear as a word and as a character ("a", "i")
+    for piece, score in vocab:  # a piece may appear as a word and as a character ("a", "i"): keep the first
         if piece not in seen:
             seen.add(piece)
             unique.append((piece, score))
     tokenizer = Tokenizer(models.Unigram(unique, unk_id=2, byte_fallback=False))
-    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
+    tokenizer.normalizer = normalizers.Sequence(steps + [normalizers.Replace(Regex(" {2,}"), " ")])
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     tokenizer.post_processor = processors.TemplateProcessing(

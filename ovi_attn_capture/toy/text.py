@@ -12,10 +12,10 @@ mixing keep every position's output distinct, so repeated words stay separable.
 from __future__ import annotations
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer
 
 from ovi_attn_capture.text_encoder import TextEncoder, umt5_from_wan_state
-from ovi_attn_capture.tiny_components import wan_t5_shapes
+from ovi_attn_capture.tiny_components import unigram_tokenizer, wan_t5_shapes
 
 from .world import WORDS
 
@@ -31,20 +31,7 @@ def build_tokenizer() -> Tokenizer:
     vocab += [("▁" + w, -4.0) for w in WORDS] + [(w, -4.5) for w in WORDS]
     vocab += [("▁" + t, -4.0) for t in _TAGS] + [(t, -4.5) for t in _TAGS]
     vocab += [(c, -10.0) for c in _CHARS] + [("▁" + c, -10.5) for c in _CHARS]
-    seen, unique = set(), []
-    for piece, score in vocab:  # "a" is a word and a character: keep its first (word) score
-        if piece not in seen:
-            seen.add(piece)
-            unique.append((piece, score))
-    tokenizer = Tokenizer(models.Unigram(unique, unk_id=2, byte_fallback=False))
-    tokenizer.normalizer = normalizers.Sequence([
-        normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace(Regex(" {2,}"), " ")])
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
-    tokenizer.add_special_tokens(["<pad>", "</s>", "<unk>"])
-    return tokenizer
+    return unigram_tokenizer(vocab, lowercase=True)
 
 
 def t5_state_dict(vocab: int, seed: int = T5_SEED) -> dict[str, torch.Tensor]:
