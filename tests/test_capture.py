@@ -271,3 +271,23 @@ def test_tokens_command_prints_the_table(tmp_path, capsys):
     assert main(["tokens", str(prompt)]) == 0
     out = capsys.readouterr().out
     assert "circle" in out and "square" in out and "<eos>" in out or "</s>" in out
+
+
+def test_another_process_can_follow_a_capture_with_xarray_while_it_is_written(tmp_path):
+    from ovi_attn_render.format import CaptureFileWriter, CaptureLayout, TokenRow
+
+    tokens = [TokenRow(0, 10, "▁a", 0, 1, "a", 0), TokenRow(1, 1, "</s>", 1, 1, "", -1)]
+    layout = CaptureLayout(grid=(2, 2, 2), audio_tokens=3, steps=[0, 1], layers=[0], groups=["a", "<eos>", "<pad>"],
+                           group_kinds=["word", "eos", "pad"], group_members=np.array([[1, 0], [0, 1], [0, 0]]),
+                           tokens=tokens, kinds=["text_video"])
+    path = tmp_path / "live.h5"
+    writer = CaptureFileWriter(path, layout)
+    try:
+        writer.finish_step(1)
+        code = (f"import xarray as xr; ds = xr.open_dataset({str(path)!r}, engine='h5netcdf'); "
+                "print(ds.attrs['steps_done'], ds.attrs['status'])")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["1", "running"]
+    finally:
+        writer.close()
