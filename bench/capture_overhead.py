@@ -139,19 +139,13 @@ def materialising_probe_class():
     class MaterialisingProbe(CaptureProbe):
         @torch.no_grad()
         def on_text_probabilities(self, where, p) -> None:  # p [B, H, Lq, 512]
-            tower, layer = where
-            kind = "text_video" if tower == "video" else "text_audio"
-            target = self._target(layer)
-            if target is None or kind not in self.plan.kinds:
+            found = self.text_target(where)
+            if found is None:
                 return
-            step_pos, branch_pos, branch, layer_pos = target
-            kg = self.plan.groups[(branch, tower)]
+            kind, target, kg = found
             heads = p if self.plan.keep_heads else p.mean(dim=1, keepdim=True)  # [B, Hd, Lq, 512]
-            m = (heads[0].index_select(-1, kg.key_index) @ kg.key_weight).permute(2, 0, 1)  # [G, Hd, Lq]
-            m[~kg.present] = float("nan")
-            if tower == "video":
-                m = m.unflatten(2, self.plan.video_grid)
-            self._emit(kind, branch_pos, step_pos, layer_pos, m)
+            m = heads[0].index_select(-1, kg.key_index) @ kg.key_weight  # [Hd, Lq, G]
+            self.emit_text_groups(where, kind, target, kg, m)
 
     return MaterialisingProbe
 

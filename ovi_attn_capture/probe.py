@@ -94,21 +94,32 @@ class CaptureProbe:
         self.sink.put(var, branch_pos, step_pos, layer_pos, values.to(self.plan.map_dtype))
         self.maps_written += 1
 
-    @torch.no_grad()
-    def on_text_attention(self, where, q, k, lse) -> None:
+    def text_target(self, where):
+        """(kind, target, key groups) when this text attention is captured, else None."""
         tower, layer = where
         kind = "text_video" if tower == "video" else "text_audio"
         target = self._target(layer)
         if target is None or kind not in self.plan.kinds:
-            return
-        step_pos, branch_pos, branch, layer_pos = target
-        kg: KeyGroups = self.plan.groups[(branch, tower)]
-        m = maps.text_group_maps(q, k, lse, kg.key_index, kg.key_weight, self.plan.keep_heads)[0]  # [Hd, Lq, G]
+            return None
+        return kind, target, self.plan.groups[(target[2], tower)]
+
+    def emit_text_groups(self, where, kind, target, kg: KeyGroups, m: torch.Tensor) -> None:
+        """m: [Hd, Lq, G] group probabilities -> the file's [G, Hd, (F, h, w) | La] map."""
+        step_pos, branch_pos, _, layer_pos = target
         m = m.permute(2, 0, 1)  # [G, Hd, Lq]
         m[~kg.present] = float("nan")
-        if tower == "video":
+        if where[0] == "video":
             m = m.unflatten(2, self.plan.video_grid)  # [G, Hd, F, h, w]
         self._emit(kind, branch_pos, step_pos, layer_pos, m)
+
+    @torch.no_grad()
+    def on_text_attention(self, where, q, k, lse) -> None:
+        found = self.text_target(where)
+        if found is None:
+            return
+        kind, target, kg = found
+        m = maps.text_group_maps(q, k, lse, kg.key_index, kg.key_weight, self.plan.keep_heads)[0]  # [Hd, Lq, G]
+        self.emit_text_groups(where, kind, target, kg, m)
 
     @torch.no_grad()
     def on_fusion_attention(self, where, q, k, lse, k_lens) -> None:
