@@ -15,5 +15,8 @@ against ground truth. Pieces:
 
 from pathlib import Path
 
-TOY_DIR = Path(__file__).resolve().parents[2] / "data" / "toy"  # weights, card, eval prompts, tokenizer
+# The weights, card, eval prompts and tokenizer: data/toy/ of a checkout (editable installs),
+# else the copy a wheel carries as ovi_attn_capture/toy/bundled/ (pyproject.toml's package-dir).
+_CHECKOUT_DIR = Path(__file__).resolve().parents[2] / "data" / "toy"
+TOY_DIR = _CHECKOUT_DIR if (_CHECKOUT_DIR / "toy.safetensors").is_file() else Path(__file__).resolve().parent / "bundled"
 WEIGHTS_FILE = TOY_DIR / "toy.safetensors"

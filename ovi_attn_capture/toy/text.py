@@ -34,8 +34,12 @@ def build_tokenizer() -> Tokenizer:
     return unigram_tokenizer(vocab, lowercase=True)
 
 
-def t5_state_dict(vocab: int, seed: int = T5_SEED) -> dict[str, torch.Tensor]:
-    """Seeded umT5 weights in Wan's names: unit-scale embeddings, fan-in-scaled projections."""
+def t5_state_dict(vocab: int, seed: int = T5_SEED, context: float = 1.0) -> dict[str, torch.Tensor]:
+    """Seeded umT5 weights in Wan's names: unit-scale embeddings, fan-in-scaled projections.
+
+    `context` scales what each block adds to the residual stream (attention and FFN outputs):
+    below 1 a position's output stays mostly its own word, with a little of its neighbours
+    (what a trained encoder gives a word), instead of a random blend of the whole caption."""
     gen = torch.Generator().manual_seed(seed)
     state = {}
     for key, shape in wan_t5_shapes(vocab, **T5_SIZE).items():
@@ -47,6 +51,8 @@ def t5_state_dict(vocab: int, seed: int = T5_SEED) -> dict[str, torch.Tensor]:
             state[key] = torch.randn(shape, generator=gen)
         else:
             state[key] = torch.randn(shape, generator=gen) / shape[-1] ** 0.5
+            if key.endswith("attn.o.weight") or key.endswith("ffn.fc2.weight"):
+                state[key] *= context
     return state
 
 
@@ -56,8 +62,8 @@ def load_text_encoder(tokenizer_path, state: dict[str, torch.Tensor], device="cp
     return TextEncoder(tokenizer, umt5_from_wan_state(state, device, torch.float32))
 
 
-def fresh_text_encoder(device="cpu") -> TextEncoder:
+def fresh_text_encoder(device="cpu", context: float = 1.0) -> TextEncoder:
     """The same encoder built in memory (training writes it to data/toy/)."""
     tokenizer = build_tokenizer()
-    return TextEncoder(tokenizer, umt5_from_wan_state(t5_state_dict(tokenizer.get_vocab_size()), device,
-                                                      torch.float32))
+    state = t5_state_dict(tokenizer.get_vocab_size(), context=context)
+    return TextEncoder(tokenizer, umt5_from_wan_state(state, device, torch.float32))

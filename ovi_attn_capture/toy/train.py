@@ -54,18 +54,21 @@ class TrainConfig:
     ffn_dim: int = 512
     num_layers: int = 3
     text_dim: int = 64
+    video_patch: int = 2  # spatial patch of the video tower (Ovi: 2); 1 gives an 8 x 8 token grid
+    text_context: float = 1.0  # how much of its neighbours the frozen text encoder mixes into a word (text.py)
     render_size: int = 64  # clips are drawn at 64 px and pooled to the codec's 32 x 32 sub-cells
     threads: int = 1  # on a shared CPU one thread beats two (no OpenMP spin-waits on a stolen core)
     save_every: int = 200  # steps between checkpoints (the EMA weights), so a long run can be inspected
     max_minutes: float = 0.0  # > 0: stop and save when the wall time runs out (the card says where it stopped)
     held_out: str = str(TOY_DIR / "eval.yaml")  # captions never trained on
+    init: str = ""  # a folder with a toy.safetensors of the same config: continue from its (EMA) weights
 
 
 def tower_configs(cfg: TrainConfig) -> tuple[dict, dict]:
     common = dict(dim=cfg.dim, ffn_dim=cfg.ffn_dim, freq_dim=256, num_heads=cfg.num_heads,
                   num_layers=cfg.num_layers, text_len=512, text_dim=cfg.text_dim, window_size=[-1, -1],
                   qk_norm=True, cross_attn_norm=True, eps=1e-6)
-    video = dict(patch_size=[1, 2, 2], model_type="ti2v", in_dim=48, out_dim=48, **common)
+    video = dict(patch_size=[1, cfg.video_patch, cfg.video_patch], model_type="ti2v", in_dim=48, out_dim=48, **common)
     audio = dict(patch_size=[1], model_type="t2a", in_dim=20, out_dim=20, temporal_rope_scaling_factor=0.19676,
                  **common)
     return video, audio
@@ -241,8 +244,14 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def build_model(cfg: TrainConfig) -> FusionModel:
     model = build_random(*tower_configs(cfg), seed=cfg.seed, compute_dtype=torch.float32)
-    for tower in (model.video_model, model.audio_model):  # start from a zero velocity
-        torch.nn.init.zeros_(tower.head.head.weight)
+    if cfg.init:  # a second stage: the weights a first run saved (its optimizer state is not kept)
+        from safetensors.torch import load_file
+
+        state = load_file(str(Path(cfg.init) / "toy.safetensors"))
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    else:
+        for tower in (model.video_model, model.audio_model):  # start from a zero velocity
+            torch.nn.init.zeros_(tower.head.head.weight)
     return model.train().requires_grad_(True)
 
 
@@ -255,7 +264,7 @@ def train(cfg: TrainConfig, out_dir: Path, log=print) -> dict:
     rng_np, rng_py = np.random.default_rng(cfg.seed), random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     exclude = held_out_captions(cfg.held_out)
-    encoder = fresh_text_encoder()
+    encoder = fresh_text_encoder(context=cfg.text_context)
     texts = TextCache(encoder)
     model = build_model(cfg)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -322,7 +331,7 @@ def save(out_dir: Path, cfg: TrainConfig, state: dict, tokenizer, facts: dict) -
             "training": json.dumps(facts)}
     save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, str(out_dir / "toy.safetensors"),
               metadata=meta)
-    save_file(t5_state_dict(tokenizer.get_vocab_size()), str(out_dir / "text_encoder.safetensors"))
+    save_file(t5_state_dict(tokenizer.get_vocab_size(), context=cfg.text_context), str(out_dir / "text_encoder.safetensors"))
     tokenizer.save(str(out_dir / "tokenizer.json"))
     (out_dir / "training.json").write_text(json.dumps(facts, indent=2) + "\n")
 

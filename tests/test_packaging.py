@@ -1,0 +1,25 @@
+"""The wheel carries what a plain `pip install` needs: the toy model (the embedded default) and configs."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(300)
+def test_wheel_ships_the_toy_model_and_configs(tmp_path):
+    pytest.importorskip("setuptools")
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = tmp_path.glob("ovi_attn-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("toy.safetensors", "text_encoder.safetensors", "tokenizer.json", "eval.yaml", "README.md"):
+        assert f"ovi_attn_capture/toy/bundled/{name}" in names
+    assert "ovi_attn_capture/configs/video_released.json" in names
+    assert "ovi_attn_render/cli.py" in names
+    assert not any(n.startswith(("tests/", "bench/", "data/")) for n in names)
