@@ -20,7 +20,7 @@ from ovi_attn_render.errors import UserError
 from . import TOY_DIR
 from .codec import AudioCodec, VideoCodec
 
-NATIVE_SIZE = (128, 128)  # pixels; token grid 4 x 4 per latent frame
+NATIVE_SIZE = (128, 128)  # pixels; latent 8 x 8, token grid 8 x 8 per latent frame (video patch 1)
 LATENT_FRAMES = 5  # 17 pixel frames
 AUDIO_LATENTS = 22  # 0.704 s
 DEFAULT_SLG_LAYER = -1  # trained without layer skipping: skip-layer guidance would only hurt

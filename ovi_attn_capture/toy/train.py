@@ -40,7 +40,7 @@ UPSTREAM_AUDIO_NEGATIVE = "robotic, muffled, echo, distorted"
 
 @dataclass
 class TrainConfig:
-    steps: int = 800
+    steps: int = 1300  # stage 1 of the bundled weights; stage 2 continues with --init (data/toy/README.md)
     batch: int = 32  # on a CPU a step costs little more at 32 than at 8
     lr: float = 1e-3
     warmup: int = 50
@@ -54,7 +54,10 @@ class TrainConfig:
     ffn_dim: int = 512
     num_layers: int = 3
     text_dim: int = 64
-    video_patch: int = 2  # spatial patch of the video tower (Ovi: 2); 1 gives an 8 x 8 token grid
+    # Spatial patch of the video tower. Ovi's 2 packs 2 x 2 x 48 = 192 latent values into each
+    # token, more than a width-128 model can carry through to its output: it could not remove
+    # the last of the noise (speckled, smeared clips). 1 gives 48 values a token, an 8 x 8 grid.
+    video_patch: int = 1
     text_context: float = 1.0  # how much of its neighbours the frozen text encoder mixes into a word (text.py)
     render_size: int = 64  # clips are drawn at 64 px and pooled to the codec's 32 x 32 sub-cells
     threads: int = 1  # on a shared CPU one thread beats two (no OpenMP spin-waits on a stolen core)
