@@ -250,7 +250,10 @@ def build_model(cfg: TrainConfig) -> FusionModel:
     if cfg.init:  # a second stage: the weights a first run saved (its optimizer state is not kept)
         from safetensors.torch import load_file
 
-        state = load_file(str(Path(cfg.init) / "toy.safetensors"))
+        path = Path(cfg.init) / "toy.safetensors"
+        if not path.is_file():
+            raise SystemExit(f"--init {cfg.init}: no toy.safetensors there; point it at a folder a first run wrote.")
+        state = load_file(str(path))
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     else:
         for tower in (model.video_model, model.audio_model):  # start from a zero velocity
