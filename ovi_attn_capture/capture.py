@@ -21,6 +21,7 @@ import torch
 
 from ovi_attn_render.errors import UserError
 from ovi_attn_render.format import CaptureLayout, TokenRow, estimate_bytes
+from ovi_attn_render.units import format_bytes
 
 from . import __version__, attention
 from .components import Components, describe, load_components, memory_plan, model_facts
@@ -185,8 +186,8 @@ def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None
     size = estimate_bytes(layout)
     budget = float(run.max_file_gb) * 1e9
     say(f"capture: {len(plan.steps)} steps x {len(plan.layers)} layers x {len(layout.groups)} groups "
-        f"({', '.join(plan.kinds)}; {', '.join(plan.branches)}) -> estimated file {size / 1e6:,.1f} MB, "
-        f"extra memory for maps <= {_extra_memory_mb(layout):,.0f} MB")
+        f"({', '.join(plan.kinds)}; {', '.join(plan.branches)}) -> estimated file {format_bytes(size)}, "
+        f"extra memory for maps <= {format_bytes(_extra_memory_mb(layout) * 1e6)}")
     if size > budget:
         raise UserError(
             f"the capture would take about {size / 1e9:.1f} GB, over the {run.max_file_gb} GB budget; "
@@ -263,24 +264,17 @@ def _run_attrs(run: RunSpec, comp: Components, texts: dict, started, device) -> 
 
 
 class _progress:
-    """A rich progress bar over denoising steps (ETA, maps written); silent when off."""
+    """Progress over denoising steps (ovi_attn_render.progress: a bar on a terminal, periodic
+    lines on stderr elsewhere); silent when off."""
 
     def __init__(self, enabled: bool, console, total: int):
-        self.enabled, self.console, self.total = enabled, console, total
+        from ovi_attn_render.progress import Progress
+
+        self.progress = Progress("denoising", total, "steps", enabled=enabled, console=console)
 
     def __enter__(self):
-        if not self.enabled:
-            return lambda i, n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("[bold]denoising"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[maps]} maps"), TimeRemainingColumn(), console=self.console,
-                            transient=False)
-        self.bar.__enter__()
-        task = self.bar.add_task("steps", total=self.total, maps=0)
-        return lambda i, n: self.bar.update(task, completed=i + 1, maps=n)
+        p = self.progress.__enter__()
+        return lambda i, n: p.update(i + 1, maps=n)
 
     def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.__exit__(*exc)
-        return False
+        return self.progress.__exit__(*exc)

@@ -97,7 +97,9 @@ def capture(
 def _print_summary(s) -> None:
     from rich.panel import Panel
 
-    body = (f"[bold]{s.path}[/]  {s.bytes / 1e6:,.1f} MB\n"
+    from ovi_attn_render.units import format_bytes
+
+    body = (f"[bold]{s.path}[/]  {format_bytes(s.bytes)}\n"
             f"{s.steps} steps x {s.layers} layers, groups: {', '.join(s.groups)}\n"
             f"kinds: {', '.join(s.kinds)}; {s.maps_written} map sets written\n"
             f"clip: {s.video_frames} frames, {s.audio_seconds:.2f} s of audio; took {s.seconds:.1f} s"

@@ -6,9 +6,11 @@ runs, matplotlib only in the views that plot.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -20,66 +22,106 @@ from .errors import UserError
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-VIEW_HELP = ("steps (default: GIF over steps at one frame), frames, grid, layers, audio, sync, mask, diff")
-_SUFFIXES = (".gif", ".mp4", ".png", ".svg")
+VIEW_HELP = ("steps (default: GIF over steps at one frame), frames, grid, layers, audio, sync, mask (-o x.npz: "
+             "the masks as data), diff, sheet (every group side by side, one scale)")
 
 
 # ---------------------------------------------------------------------- output names
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9-]+", "-", str(text)).strip("-") or "x"
+def _token_slug(label: str) -> str:
+    """A group label as a file-name part: words joined by '-' ("moves left" -> moves-left);
+    a label with other characters ("man#2", ",", "<eos>") keeps its letters and digits plus a
+    short hash of the exact label, so no two labels share a name."""
+    words = str(label).split(" ")
+    if all(w and w.isalnum() for w in words):
+        return "-".join(words)
+    readable = "-".join(x for x in re.split(r"[^0-9A-Za-z]+", "".join(c if c.isalnum() else " " for c in label)) if x)
+    return f"{readable or 'tok'}-{hashlib.sha1(str(label).encode()).hexdigest()[:6]}"
 
 
-def output_name(stems: list[str], o, frame: int | None) -> str:
-    """`<run>_<view>_<token>_f<frame>[_s<steps>][_l<layers>]...` without the suffix."""
-    parts = ["_vs_".join(_slug(s) for s in stems), o.view]
-    if o.tokens:
-        parts.append("+".join(_slug(t) for t in o.tokens))
-    if o.view in ("steps", "diff", "grid", "mask", "layers") and frame is not None and o.frames is None:
-        parts.append(f"f{frame}")
-    if o.frames is not None:
-        parts.append(f"fr{_slug(o.frames)}")
-    for flag, value in (("s", o.steps), ("l", o.layers), ("h", o.heads)):
+def output_name(stems: list[str], c) -> str:
+    """`<run>_<view>_<token>_f<frame>[_s<steps>][_l<layers>]...` without the suffix, from the
+    canonical options (views.canonical): every option that changes the picture and differs
+    from its default is in the name, so distinct pictures get distinct names."""
+    parts = ["_vs_".join(stems), c.view]
+    if c.tokens:
+        parts.append("+".join(_token_slug(t) for t in c.tokens))
+    if c.frame is not None:
+        parts.append(f"f{c.frame}")
+    for flag, value in (("fr", c.frames), ("s", c.steps), ("l", c.layers), ("h", c.heads)):
         if value is not None:
-            parts.append(flag + _slug(value))
-    if o.branch != "cond" and o.view != "diff":
-        parts.append(_slug(o.branch))
-    if o.view == "audio" and o.by != "step":
-        parts.append(f"by-{o.by}")
-    if o.norm != "global":
-        parts.append(f"norm-{o.norm}")
-    if o.renorm:
+            parts.append(flag + str(value))
+    if c.branch != "cond" and c.view != "diff":
+        parts.append(c.branch)
+    if c.view == "audio" and c.by != "step":
+        parts.append(f"by-{c.by}")
+    if c.background != "waveform":
+        parts.append(f"bg-{c.background}")
+    if c.threshold is not None:
+        parts.append(f"thr{c.threshold}")
+    if c.norm != "global":
+        parts.append(f"norm-{c.norm}")
+    if c.renorm:
         parts.append("renorm")
-    if o.reduce != "mean":
-        parts.append(o.reduce)
-    if len(o.tokens) > 1 and o.layout != "overlay":
-        parts.append(o.layout)
+    if c.reduce != "mean":
+        parts.append(c.reduce)
+    if len(c.tokens) > 1 and c.layout != "overlay":
+        parts.append(c.layout)
+    if c.cmap:
+        parts.append("cmap-" + re.sub(r"[^0-9A-Za-z]+", "-", c.cmap))
+    if c.alpha != 0.5:
+        parts.append(f"a{c.alpha:g}")
+    if c.upsample != "nearest":
+        parts.append(c.upsample)
+    if c.size != 512:
+        parts.append(f"px{c.size}")
+    if c.fps is not None:
+        parts.append(f"fps{c.fps:g}")
     return "_".join(parts)
 
 
-def output_path(inputs: list[str], o, out: Optional[Path], fmt: Optional[str], frame: int | None,
-                force: bool, allowed: tuple[str, ...]) -> str:
-    """Where to write: `-o file.ext` exactly, else `-o DIR` or the input's folder plus a name
-    made from the run and the selection. Refuses to overwrite without --force."""
+def output_path(caps, o, out: Optional[Path], fmt: Optional[str], force: bool, allowed: tuple[str, ...]) -> str:
+    """The one place that decides where a render is written: `-o file.ext` exactly (a name
+    with a suffix is a file, never a folder), else `-o DIR` or the first input's folder plus
+    a name made from the run and the canonical selection. Refuses to overwrite without --force."""
+    from . import draw, views
+
     if fmt is not None:
         fmt = fmt.lower().lstrip(".")
-    if out is not None and out.suffix.lower() in _SUFFIXES:
-        path, ext = out, out.suffix.lower().lstrip(".")
+        if fmt not in allowed:
+            raise UserError(f"--view {o.view} writes {', '.join(allowed)}, not {fmt}; pick one of those.")
+    if out is not None and out.suffix and not out.is_dir():
+        ext = out.suffix.lower().lstrip(".")
+        if ext not in allowed:
+            raise UserError(f"-o {out} ends in {out.suffix}, which --view {o.view} does not write; end the name in "
+                            f"{' or '.join('.' + a for a in allowed)}, or give a folder without a suffix.")
         if fmt is not None and fmt != ext:
             raise UserError(f"--format {fmt} contradicts the output file {out.name}; drop one of them.")
+        path = out
     else:
-        folder = Path(out) if out is not None else Path(inputs[0]).resolve().parent
+        folder = Path(out) if out is not None else Path(caps[0].path).resolve().parent
         if out is not None and not folder.exists():
             folder.mkdir(parents=True)
-        if out is not None and not folder.is_dir():
-            raise UserError(f"-o {out} is neither a folder nor a file ending in {', '.join(_SUFFIXES)}.")
+        if not folder.is_dir():
+            raise UserError(f"-o {out} is not a folder; give a folder or a file name ending in "
+                            f"{' or '.join('.' + a for a in allowed)}.")
         ext = fmt or allowed[0]
-        path = folder / (output_name([Path(i).stem for i in inputs], o, frame) + "." + ext)
-    if ext not in allowed:
-        raise UserError(f"--view {o.view} writes {', '.join(allowed)}, not {ext}; pick one of those.")
-    from . import draw
-
+        path = folder / (output_name([Path(c.path).stem for c in caps], views.canonical(caps[0], o, ext)) + "." + ext)
     draw.check_output(str(path), force)
+    if ext == "npz" and path.with_suffix("").exists() and not force:
+        raise UserError(f"{path.with_suffix('')} already exists; pass --force to overwrite its masks or -o to "
+                        f"write elsewhere.")
     return str(path)
+
+
+@contextmanager
+def _in_file(cap, compare: bool):
+    """compare: say which of the two files a problem is in."""
+    try:
+        yield
+    except UserError as e:
+        if not compare:
+            raise
+        raise UserError(f"in {Path(cap.path).name}: {e}") from None
 
 
 # ---------------------------------------------------------------------- render / compare
@@ -129,9 +171,12 @@ def run_render(paths: list[Path], opts, out: Optional[Path], fmt: Optional[str],
         if not allowed:
             raise UserError(f"compare cannot draw --view {opts.view}; compare writes GIF or PNG views.")
     caps = [open_capture(p) for p in paths]
+    compare = len(caps) == 2
     try:
-        frame = opts.frame if opts.frame is not None else caps[0].num_pixel_frames // 2
-        target = output_path([str(p) for p in paths], opts, out, fmt, frame, force, allowed)
+        for cap in caps:  # unknown tokens or frames in either file, before anything is drawn
+            with _in_file(cap, compare):
+                views.canonical(cap, opts, (fmt or allowed[0]).lower().lstrip("."))
+        target = output_path(caps, opts, out, fmt, force, allowed)
         notes: set = set()
         if len(caps) == 1:
             drawn = views.render(caps[0], opts, target)
@@ -144,7 +189,8 @@ def run_render(paths: list[Path], opts, out: Optional[Path], fmt: Optional[str],
         with tempfile.TemporaryDirectory(prefix="ovi-attn-compare-") as tmp:
             sides = []
             for k, cap in enumerate(caps):
-                drawn = views.render(cap, opts, os.path.join(tmp, f"side{k}{ext}"))
+                with _in_file(cap, compare):
+                    drawn = views.render(cap, opts, os.path.join(tmp, f"side{k}{ext}"))
                 _print_result(drawn, notes)
                 console.print(f"  {Path(cap.path).name}: drew {drawn.summary}")
                 sides.append(drawn.paths[0])
@@ -211,14 +257,6 @@ def _make_render_command(compare: bool):
 
 
 # ---------------------------------------------------------------------- info
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
 def info(path: Path = typer.Argument(..., help="The capture file (.h5)."),
          tokens: bool = typer.Option(True, "--tokens/--no-tokens", help="Print the token table.")) -> None:
     """Print what a capture holds: prompt, model, sizes, status, captured maps, tokens."""
@@ -226,6 +264,7 @@ def info(path: Path = typer.Argument(..., help="The capture file (.h5)."),
 
     from .reader import open_capture
     from .selection import describe_values
+    from .units import format_bytes
 
     with open_capture(path) as cap:
         a = cap.attrs
@@ -237,7 +276,7 @@ def info(path: Path = typer.Argument(..., help="The capture file (.h5)."),
         t.add_column(style="bold")
         t.add_column()
         rows = [
-            ("file", f"{cap.path} ({_human_bytes(os.path.getsize(cap.path))})"),
+            ("file", f"{cap.path} ({format_bytes(os.path.getsize(cap.path))})"),
             ("status", f"[{colour}]{status}[/]"),
             ("prompt", str(a.get("prompt", ""))),
             ("model", f"{a.get('model', '?')}  mode {a.get('mode', '?')}  solver {a.get('solver', '?')}  "

@@ -136,10 +136,35 @@ def put_text(img: np.ndarray, text: str, x: int, y: int, colour=WHITE, scale: fl
     cv2.putText(img, text, (int(x), int(y)), _FONT, scale, colour, 1, cv2.LINE_AA)
 
 
+def wrap_text(line: str, width: int, scale: float = 0.45) -> list[str]:
+    """Break a line at spaces (a word wider than `width` pixels at its characters) so that
+    every piece fits: text is never cut off at the picture's edge."""
+    pieces: list[str] = []
+    current = ""
+    for word in line.split(" "):
+        candidate = f"{current} {word}" if current else word
+        if text_width(candidate, scale) <= width or not candidate.strip():
+            current = candidate
+            continue
+        if current:
+            pieces.append(current)
+        current = word
+        while text_width(current, scale) > width and len(current) > 1:  # one over-long word
+            k = len(current) - 1
+            while k > 1 and text_width(current[:k], scale) > width:
+                k -= 1
+            pieces.append(current[:k])
+            current = current[k:]
+    pieces.append(current)
+    return pieces
+
+
 def caption_bar(lines: list[str], width: int, scale: float = 0.45) -> np.ndarray:
-    """Black bar with white lines of text, uint8 [18*lines + 6, width, 3]."""
-    bar = np.zeros((18 * len(lines) + 6, width, 3), np.uint8)
-    for i, line in enumerate(lines):
+    """Black bar with white lines of text, uint8 [18*rows + 6, width, 3]; a line too long
+    for the width wraps onto the next row."""
+    rows = [piece for line in lines for piece in wrap_text(line, width - 12, scale)]
+    bar = np.zeros((18 * len(rows) + 6, width, 3), np.uint8)
+    for i, line in enumerate(rows):
         put_text(bar, line, 6, 18 * (i + 1), WHITE, scale)
     return bar
 
@@ -169,13 +194,25 @@ def colour_bar(height: int, lo: float, hi: float, lut: np.ndarray, label: str = 
 
 
 def legend(names: list[str], colours, width: int) -> np.ndarray:
-    """A row of colour patches (exactly the overlay hues) with the token names."""
-    img = np.zeros((26, width, 3), np.uint8)
+    """Colour patches (exactly the overlay hues) with the token names, in as many rows of
+    26 px as the width needs; an entry wider than the width widens the legend instead."""
+    entries = [(name, c, 22 + text_width(name) + 14) for name, c in zip(names, colours)]
+    rows: list[list] = [[]]
     x = 6
-    for name, c in zip(names, colours):
-        img[5:21, x:x + 16] = c
-        put_text(img, name, x + 22, 18, WHITE, 0.45)
-        x += 22 + text_width(name) + 14
+    for entry in entries:
+        if rows[-1] and x + entry[2] > width:
+            rows.append([])
+            x = 6
+        rows[-1].append(entry)
+        x += entry[2]
+    widest = max(6 + sum(e[2] for e in row) for row in rows)
+    img = np.zeros((26 * len(rows), max(width, widest), 3), np.uint8)
+    for r, row in enumerate(rows):
+        x, y = 6, 26 * r
+        for name, c, w in row:
+            img[y + 5:y + 21, x:x + 16] = c
+            put_text(img, name, x + 22, y + 18, WHITE, 0.45)
+            x += w
     return img
 
 

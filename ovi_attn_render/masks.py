@@ -240,3 +240,70 @@ def _write_figure(frame_rgb, masks, step_labels, areas, title, caption, colour, 
         fig.suptitle(title)
     fig.savefig(out_path, dpi=dpi)
     return out_path
+
+
+# ---------------------------------------------------------------------------------------
+# Masks as data
+
+
+def mask(cap, token: str, threshold=None, *, steps=None, layers=None, frames=None, branch="cond",
+         norm: str = "global", reduce: str = "mean", heads=None, renorm: bool = False):
+    """A token's attention map binarised, per decoded frame: xarray.DataArray of bool with
+    dims (pixel_frame, y, x) on the video token grid (a cell covers frame_size / grid pixels).
+
+    The map is averaged over `steps` (default: the last readable step) and reduced over
+    `layers` and heads as render does, scaled to [0, 1] by `norm` over all selected frames,
+    then thresholded: `threshold` a value in [0, 1] on that scale, or None / "otsu" for
+    Otsu's threshold of each latent frame. Pixel frames in one latent frame share its mask.
+    Selections use render's grammar ("0:50:5", "10-19", "-1"); `frames` picks pixel frames.
+    The threshold used per frame is the coordinate `threshold`; attrs record the rest.
+    """
+    import xarray as xr
+
+    from . import views
+    from .format import latent_frame_of
+    from .selection import describe_values, parse_threshold, resolve
+
+    text = None if threshold is None else str(threshold)
+    value = parse_threshold(text)
+    o = views.Options(view="mask", tokens=[str(token)], steps=steps, layers=layers, heads=heads, branch=branch,
+                      norm=norm, reduce=reduce, renorm=renorm, threshold=text)
+    views.check_options(o)
+    p = views.pick(cap, o, default_steps=views.default_steps(cap, "mask", export=True))
+    pixel = [int(n) for n in resolve(frames, np.arange(cap.num_pixel_frames), "frames", what="decoded frames")]
+    latents = sorted({int(latent_frame_of(n, cap.stride)) for n in pixel})
+    m = views._reduce(views.token_maps(cap, p, o, p.tokens[0], latents), 0, "mean")  # [F', h, w]
+    lo, hi = views.limits(m[None], "global" if norm == "step" else norm)  # ([1, F'], [1, F'])
+    normed = np.where(np.isnan(m), np.nan, views.draw.normalise(m, lo[0][:, None, None], hi[0][:, None, None]))
+    binary, used = binarise_steps(normed, value)  # [F', h, w] bool, [F']
+    at = [latents.index(int(latent_frame_of(n, cap.stride))) for n in pixel]
+    return xr.DataArray(
+        binary[at], dims=("pixel_frame", "y", "x"),
+        coords={"pixel_frame": pixel, "latent_frame": ("pixel_frame", [latents[i] for i in at]),
+                "threshold": ("pixel_frame", used[at])},
+        name="mask",
+        attrs={"token": cap.groups[p.tokens[0]], "threshold": "otsu" if value is None else f"{value:g}",
+               "threshold_scale": f"the {norm}-normalised map, 0..1", "norm": norm,
+               "steps": describe_values(cap.steps[p.steps]), "layers": describe_values(cap.layers[p.layers]),
+               "reduce": reduce, "branch": cap.branches[p.branch], "renorm": int(renorm),
+               "source": str(cap.path)})
+
+
+def write_mask_export(da, npz_path: str | Path, frame_size: tuple[int, int]) -> str:
+    """Write `mask(...)` as npz_path (arrays + the selection, loadable without pickle) and
+    one 8-bit PNG per pixel frame (255 inside) at the decoded frame's size in the folder
+    named like npz_path without its suffix. Returns that folder."""
+    import cv2
+
+    npz_path = Path(npz_path)
+    folder = npz_path.with_suffix("")
+    folder.mkdir(exist_ok=True)
+    H, W = frame_size
+    for n, m in zip(da["pixel_frame"].values, da.values):
+        png = folder / f"frame_{int(n):04d}.png"
+        if not cv2.imwrite(str(png), upsample_mask(m, H, W).astype(np.uint8) * 255):
+            raise UserError(f"could not write {png}; check that the folder is writable.")
+    attrs = {k: np.asarray(str(v)) for k, v in da.attrs.items()}
+    np.savez(npz_path, masks=da.values, pixel_frame=da["pixel_frame"].values,
+             latent_frame=da["latent_frame"].values, threshold_used=da["threshold"].values, **attrs)
+    return str(folder)

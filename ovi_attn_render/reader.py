@@ -129,10 +129,13 @@ class Capture:
         raise UserError(f"branch '{branch}' was not captured; captured branches: {', '.join(self.branches)}.")
 
     def check_frame(self, pixel_frame: int) -> int:
+        """A pixel frame number; negative counts from the end (-1: the last), as selections do."""
         n = int(pixel_frame)
+        if -self.num_pixel_frames <= n < 0:
+            n += self.num_pixel_frames
         if not 0 <= n < self.num_pixel_frames:
-            raise UserError(f"frame {n} is out of range; the clip has {self.num_pixel_frames} decoded frames "
-                            f"(0-{self.num_pixel_frames - 1}).")
+            raise UserError(f"frame {pixel_frame} is out of range; the clip has {self.num_pixel_frames} decoded "
+                            f"frames (0-{self.num_pixel_frames - 1}, or -1 for the last).")
         return n
 
     def latent_frame(self, pixel_frame: int) -> int:
@@ -182,6 +185,13 @@ class Capture:
             return json.loads(self.attrs.get("settings", "") or "{}")
         except json.JSONDecodeError:
             return {}
+
+    def mask(self, token: str, threshold=None, **selection):
+        """The token's map as boolean masks per pixel frame (xarray.DataArray, dims
+        pixel_frame, y, x); see ovi_attn_render.masks.mask for the selection keywords."""
+        from .masks import mask
+
+        return mask(self, token, threshold, **selection)
 
     # ----------------------------------------------------------------- maps
     def _need(self, var: str) -> h5py.Dataset:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from .format import latent_frame_of
 from .reader import Capture
 from .selection import describe_values, parse_threshold, resolve
 
-VIEWS = ("steps", "frames", "grid", "layers", "audio", "sync", "mask", "diff")
+VIEWS = ("steps", "frames", "grid", "layers", "audio", "sync", "mask", "diff", "sheet")
 # Formats each view can write, the default first.
 VIEW_FORMATS = {
     "steps": ("gif", "mp4"),
@@ -36,8 +36,29 @@ VIEW_FORMATS = {
     "layers": ("png", "svg"),
     "audio": ("png", "svg"),
     "sync": ("png", "svg"),
-    "mask": ("gif", "png", "svg"),
+    "mask": ("gif", "png", "svg", "npz"),  # npz: the masks as data, with per-frame PNGs
+    "sheet": ("png",),
 }
+# Options that only some views use: option -> those views. Giving one to another view is an
+# error rather than a silent no-op (it would also end up in the output name).
+_MAP_VIEWS = ("steps", "diff", "frames", "grid", "sheet")
+APPLIES = {
+    "tokens": tuple(v for v in VIEWS if v != "sync"),
+    "frame": ("steps", "diff", "grid", "mask", "layers", "sheet"),
+    "frames": ("frames", "layers", "mask"),
+    "threshold": ("mask",),
+    "by": ("audio",),
+    "background": ("audio",),
+    "layout": ("steps", "frames"),
+    "alpha": _MAP_VIEWS,
+    "upsample": _MAP_VIEWS,
+    "cmap": _MAP_VIEWS + ("audio", "sync"),
+    "fps": ("steps", "diff", "frames", "mask"),
+    "size": ("steps", "diff", "frames", "mask", "sheet"),
+    "renorm": tuple(v for v in VIEWS if v != "sync"),
+    "norm": ("steps", "diff", "frames", "grid", "audio", "mask", "sheet"),
+}
+_FLAG = {"tokens": "--token"}
 NORMS = ("global", "step", "frame", "absolute")
 GRID_DEFAULT_STEPS = 10
 
@@ -107,6 +128,20 @@ def check_options(o: Options) -> None:
         raise UserError(f"--alpha {o.alpha} is outside [0, 1].")
     if o.by not in ("step", "layer"):
         raise UserError(f"unknown --by '{o.by}'; choose step or layer.")
+    if o.background not in ("waveform", "spectrogram"):
+        raise UserError(f"unknown --background '{o.background}'; choose waveform or spectrogram.")
+    defaults = Options()
+    for name, views in APPLIES.items():
+        if o.view not in views and getattr(o, name) != getattr(defaults, name):
+            flag = _FLAG.get(name, "--" + name)
+            users = ", ".join(views)
+            raise UserError(f"{flag} does not apply to --view {o.view} (it is used by --view {users}); drop it.")
+    if o.view not in ("sheet",) and any(str(t).strip().lower() == "all" for t in o.tokens):
+        raise UserError(f"--token all draws every captured group, which only --view sheet does; use --view sheet, "
+                        f"or name the tokens for --view {o.view}.")
+    if o.view == "sheet" and o.norm == "step":
+        raise UserError("--view sheet draws one step range, so --norm step has nothing to vary over; use global "
+                        "(one shared scale, the default), frame (each panel its own) or absolute.")
 
 
 def pick(cap: Capture, o: Options, need_tokens: bool = True, default_steps: str | None = None) -> Pick:
@@ -125,11 +160,71 @@ def pick(cap: Capture, o: Options, need_tokens: bool = True, default_steps: str 
     heads = None if o.heads is None else resolve(o.heads, cap.heads, "heads", what="captured heads")
     branch = cap.branch_index(o.branch)
     tokens = [cap.token_index(t) for t in o.tokens]
+    if len(tokens) > len(draw.TOKEN_COLOURS) and o.layout == "overlay" and o.view in ("steps", "frames"):
+        raise UserError(f"--layout overlay tells at most {len(draw.TOKEN_COLOURS)} tokens apart by colour, got "
+                        f"{len(tokens)}; draw them with --layout side, or every group at once with --view sheet.")
     if need_tokens and not tokens:
         shown = ", ".join(repr(g) for g in cap.groups[:30])
         raise UserError(f"name the token to draw with --token; captured groups: {shown}.")
     n = cap.num_pixel_frames // 2 if o.frame is None else cap.check_frame(o.frame)
     return Pick(steps, layers, heads, branch, tokens, n, int(latent_frame_of(n, cap.stride)), notes)
+
+
+def default_steps(cap: Capture, view: str, export: bool = False) -> str | None:
+    """The steps a view draws when --steps is not given (None: every readable step).
+
+    frames and the mask export draw the last step; grid a spread of GRID_DEFAULT_STEPS."""
+    readable = cap.readable_steps
+    if not len(readable):
+        return None
+    if view == "frames" or (view == "mask" and export):
+        return str(int(readable[-1]))
+    if view == "grid" and len(readable) > GRID_DEFAULT_STEPS:
+        picks = np.unique(np.linspace(0, len(readable) - 1, GRID_DEFAULT_STEPS).round().astype(int))
+        return ",".join(str(int(readable[i])) for i in picks)
+    return None
+
+
+def sheet_groups(cap: Capture, o: Options) -> list[int]:
+    """Groups a contact sheet draws: no --token or `--token all` -> every captured group but
+    <eos> and <pad> (their mass would flatten the shared scale); else the named ones."""
+    named = [t for t in o.tokens if str(t).strip().lower() != "all"]
+    if o.tokens and len(named) == len(o.tokens):
+        return [cap.token_index(t) for t in named]
+    every = [i for i, k in enumerate(cap.group_kinds) if k not in ("eos", "pad")]
+    return every + [g for g in (cap.token_index(t) for t in named) if g not in every]
+
+
+def canonical(cap: Capture, o: Options, ext: str) -> Options:
+    """The options written one way, for output names: group labels for tokens (`Man` and
+    `man` are one map), resolved pixel frame, and selections as the values they pick (None
+    when that is the view's default), so one picture gets one name and two pictures two."""
+    export = o.view == "mask" and ext == "npz"
+    c = replace(o)
+    if o.view == "sheet":
+        every = not o.tokens or "all" in [str(t).strip().lower() for t in o.tokens]
+        c.tokens = ["all"] if every else [cap.groups[g] for g in sheet_groups(cap, o)]
+    else:
+        c.tokens = [cap.groups[cap.token_index(t)] for t in o.tokens]
+    uses_frame = o.view in APPLIES["frame"] and not export and not (o.view == "layers" and o.frames)
+    c.frame = (cap.num_pixel_frames // 2 if o.frame is None else cap.check_frame(o.frame)) if uses_frame else None
+
+    def values(spec, available, name, default=None):
+        if spec is None:
+            return None
+        chosen = resolve(spec, available, name)
+        return None if chosen == resolve(default, available, name) else \
+            describe_values(np.asarray(available)[chosen])
+
+    if cap.steps_done:  # else pick() explains that nothing is readable yet
+        c.steps = values(o.steps, cap.readable_steps, "steps", default_steps(cap, o.view, export))
+    c.layers = values(o.layers, cap.layers, "layers")
+    if cap.heads_mode != "mean":
+        c.heads = values(o.heads, cap.heads, "heads")
+    c.frames = values(o.frames, np.arange(cap.num_pixel_frames), "frames")
+    t = parse_threshold(o.threshold)
+    c.threshold = None if t is None else f"{t:g}"
+    return c
 
 
 # ---------------------------------------------------------------------- maps
@@ -146,11 +241,33 @@ def _special_group(cap: Capture, kind: str) -> int:
     return cap.group_kinds.index(kind)
 
 
+def check_computed(cap: Capture, x: np.ndarray, token: int, branch: int, tower: str = "video") -> None:
+    """Refuse to draw a map that was never computed (all NaN) with the reason, instead of a blank picture.
+
+    In the uncond branch the text is the negative prompt: a word's uncond map is the attention
+    the negative pass puts on that word there, so a word absent from it has none."""
+    if not np.isnan(x).all():
+        return
+    name = cap.groups[token]
+    if cap.branches[branch] == "uncond":
+        key = f"{tower}_negative_prompt"
+        raise UserError(f"'{name}' is not in the {tower} negative prompt ({str(cap.attrs.get(key, ''))!r}), so it "
+                        f"has no uncond map (the uncond pass attends to the negative prompt, and a word's uncond map "
+                        f"is the attention on that word there); draw --branch cond, or capture with the word in "
+                        f"{key}.")
+    raise UserError(f"the maps of '{name}' were never computed for the chosen steps and layers (a layer skipped by "
+                    f"skip-layer guidance has none); choose other --layers or --steps.")
+
+
 def token_maps(cap: Capture, p: Pick, o: Options, token: int, latents: list[int], branch: int | None = None,
-               keep_layers: bool = False) -> np.ndarray:
-    """[S, F', h, w] (or [S, L, F', h, w] with keep_layers) for one token at some latent frames."""
+               keep_layers: bool = False, check: bool = True) -> np.ndarray:
+    """[S, F', h, w] (or [S, L, F', h, w] with keep_layers) for one token at some latent frames.
+
+    check: refuse a map that was never computed (see check_computed); False returns the NaNs."""
     b = p.branch if branch is None else branch
     x = cap.text_video(token, p.steps, p.layers, b, p.heads, latents)  # [S, L, Hd, F', h, w]
+    if check:
+        check_computed(cap, x, token, b)
     if o.renorm:
         eos = cap.text_video(_special_group(cap, "eos"), p.steps, p.layers, b, p.heads, latents)
         pad = cap.text_video(_special_group(cap, "pad"), p.steps, p.layers, b, p.heads, latents)
@@ -231,10 +348,18 @@ def draw_panel(bg: np.ndarray, vs: list[np.ndarray], names: list[str], ranges: l
 
 
 def _write_animation(path: str, frame_at, count: int, fps: float, audio=None, sample_rate: int = 16000) -> None:
-    if path.lower().endswith(".mp4"):
-        draw.write_mp4(path, frame_at, count, fps, audio, sample_rate)
-    else:
-        draw.write_gif(path, frame_at, count, fps)
+    from .progress import Progress
+
+    with Progress("drawing", count, "frames", transient=True) as progress:
+        def counted(i: int) -> np.ndarray:  # the writers call frame_at once per frame
+            img = frame_at(i)
+            progress.advance()
+            return img
+
+        if path.lower().endswith(".mp4"):
+            draw.write_mp4(path, counted, count, fps, audio, sample_rate)
+        else:
+            draw.write_gif(path, counted, count, fps)
 
 
 def _display_size(cap: Capture, o: Options) -> tuple[int, int]:
@@ -287,8 +412,7 @@ def view_diff(cap: Capture, o: Options, out: str) -> Drawn:
 
 def view_frames(cap: Capture, o: Options, out: str) -> Drawn:
     """The map over the decoded video frames at one step (or averaged over a step range)."""
-    last = str(int(cap.readable_steps[-1])) if cap.steps_done else None
-    p = pick(cap, o, default_steps=last)
+    p = pick(cap, o, default_steps=default_steps(cap, "frames"))
     names = _token_names(cap, p)
     frames = [int(n) for n in np.arange(cap.num_pixel_frames)[resolve(o.frames, np.arange(cap.num_pixel_frames),
                                                                       "frames", what="decoded frames")]]
@@ -329,12 +453,7 @@ def view_frames(cap: Capture, o: Options, out: str) -> Drawn:
 
 def view_grid(cap: Capture, o: Options, out: str) -> Drawn:
     """Small multiples: one row per layer, one column per step, at one pixel frame."""
-    readable = cap.readable_steps
-    default = None
-    if len(readable) > GRID_DEFAULT_STEPS:
-        picks = np.unique(np.linspace(0, len(readable) - 1, GRID_DEFAULT_STEPS).round().astype(int))
-        default = ",".join(str(int(readable[i])) for i in picks)
-    p = pick(cap, o, default_steps=default)
+    p = pick(cap, o, default_steps=default_steps(cap, "grid"))
     if len(p.tokens) > 1:
         raise UserError("--view grid draws one token; give a single --token (or use --layout side with the "
                         "default view).")
@@ -395,6 +514,16 @@ def spatial_stats(maps: np.ndarray) -> dict[str, np.ndarray]:
             "spread": np.sqrt(var).mean(-1)}
 
 
+def layer_colours(count: int):
+    """(cmap, norm) with one flat viridis colour per drawn layer: layers are discrete, so the
+    colour bar is a stack of `count` swatches, position i (0..count-1) -> swatch i."""
+    from matplotlib import colormaps
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    cmap = ListedColormap(colormaps["viridis"](np.linspace(0, 1, max(count, 1))))
+    return cmap, BoundaryNorm(np.arange(count + 1) - 0.5, max(count, 1))
+
+
 def view_layers(cap: Capture, o: Options, out: str) -> Drawn:
     """Per-layer curves against step: mass, entropy, centroid, spread, <eos>/<pad> mass."""
     p = pick(cap, o)
@@ -425,20 +554,19 @@ def view_layers(cap: Capture, o: Options, out: str) -> Drawn:
     # Figure without pyplot: skips pyplot's backend machinery (~0.3 s of imports).
     from matplotlib.cm import ScalarMappable
     from matplotlib.collections import LineCollection
-    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     x = cap.steps[p.steps].astype(np.float64)
-    first, last = int(cap.layers[p.layers[0]]), int(cap.layers[p.layers[-1]])
-    colour_norm = Normalize(first, max(last, first + 1))
+    layer_values = cap.layers[p.layers]
+    cmap, colour_norm = layer_colours(len(layer_values))
     fig = Figure(figsize=(16, 7))
     axes = fig.subplots(2, 4, sharex=True)
     fig.subplots_adjust(left=0.05, right=0.9, top=0.9, bottom=0.08, wspace=0.28, hspace=0.2)
     for ax, (title, values) in zip(axes.flat, panels):  # values [S, L]
         # one LineCollection per panel: 30 layers draw as one artist (fast to render)
         lines = LineCollection([np.column_stack([x, values[:, j]]) for j in range(values.shape[1])],
-                               cmap="viridis", norm=colour_norm, linewidths=1)
-        lines.set_array(cap.layers[p.layers].astype(np.float64))
+                               cmap=cmap, norm=colour_norm, linewidths=1)
+        lines.set_array(np.arange(len(layer_values), dtype=np.float64))  # colour by position: one colour a layer
         ax.add_collection(lines)
         finite = values[np.isfinite(values)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -449,8 +577,11 @@ def view_layers(cap: Capture, o: Options, out: str) -> Drawn:
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("sampler step")
-    sm = ScalarMappable(cmap="viridis", norm=colour_norm)
-    fig.colorbar(sm, cax=fig.add_axes((0.92, 0.1, 0.012, 0.78)), label="layer (block index)")
+    every = max(1, int(np.ceil(len(layer_values) / 16)))  # at most 16 tick labels
+    ticks = np.arange(len(layer_values))[::every]
+    bar = fig.colorbar(ScalarMappable(cmap=cmap, norm=colour_norm), cax=fig.add_axes((0.92, 0.1, 0.012, 0.78)),
+                       label="layer (block index)", ticks=ticks)
+    bar.set_ticklabels([str(int(layer_values[i])) for i in ticks])
     fig.suptitle(f"'{name}'  {cap.branches[p.branch]}  latent frames {describe_values(latents)}  heads {o.reduce}  "
                  f"{os.path.basename(cap.path)}")
     fig.savefig(out, dpi=100)
@@ -468,6 +599,7 @@ def view_audio(cap: Capture, o: Options, out: str) -> Drawn:
         raise UserError("--view audio draws one token; give a single --token.")
     t = p.tokens[0]
     x = cap.text_audio(t, p.steps, p.layers, p.branch, p.heads)  # [S, L, Hd, La]
+    check_computed(cap, x, t, p.branch, tower="audio")
     if o.renorm:
         eos = cap.text_audio(_special_group(cap, "eos"), p.steps, p.layers, p.branch, p.heads)
         pad = cap.text_audio(_special_group(cap, "pad"), p.steps, p.layers, p.branch, p.heads)
@@ -515,6 +647,11 @@ def view_mask(cap: Capture, o: Options, out: str) -> Drawn:
     """The map binarised at --threshold (on the normalised map) or Otsu, over the steps."""
     from . import masks
 
+    if out.lower().endswith(".npz"):
+        return _export_masks(cap, o, out)
+    if o.frames is not None:
+        raise UserError("--frames applies to the mask export only (-o masks.npz or --format npz); the mask "
+                        "picture shows one --frame over the steps.")
     p = pick(cap, o)
     if len(p.tokens) > 1:
         raise UserError("--view mask draws one token; give a single --token.")
@@ -530,15 +667,93 @@ def view_mask(cap: Capture, o: Options, out: str) -> Drawn:
     caption = (f"threshold {threshold:g} on the {o.norm}-normalised map" if threshold is not None
                else "Otsu threshold per step")
     paths = masks.render_mask(bg, binary, step_labels=[str(int(s)) for s in cap.steps[p.steps]], areas=areas,
-                              title=title, caption=caption, out_path=out)
+                              title=title, caption=caption, out_path=out,
+                              seconds_per_step=1.0 / o.fps if o.fps else 0.5)
     summary = (f"{name}: {caption}; {_steps_text(cap, p)}, {_layers_text(cap, p, o)}, pixel frame "
                f"{p.pixel_frame} -> latent frame {p.latent}; final area {100 * float(np.nan_to_num(areas[-1])):.1f}%")
     return Drawn([str(x) for x in paths], summary, p.notes)
 
 
+def view_sheet(cap: Capture, o: Options, out: str) -> Drawn:
+    """A contact sheet: every captured group's map side by side at one frame, averaged over
+    the step range and layers, on one shared colour scale (--norm frame: each panel its own)."""
+    p = pick(cap, replace(o, tokens=[]), need_tokens=False)
+    groups = sheet_groups(cap, o)
+    uncond = cap.branches[p.branch] == "uncond"
+    if not groups:
+        raise UserError("this capture holds no word groups to draw; name groups with --token.")
+    maps = []  # each [h, w], or None when never computed (a word absent from the negative prompt)
+    for g in groups:
+        m = token_maps(cap, p, o, g, [p.latent], check=False)[:, 0]  # [S, h, w]
+        maps.append(None if np.isnan(m).all() else _reduce(m, 0, "mean"))
+    computed = [m for m in maps if m is not None]
+    if not computed and uncond:
+        raise UserError(f"none of the {len(groups)} groups is in the video negative prompt "
+                        f"({str(cap.attrs.get('video_negative_prompt', ''))!r}), so there is no uncond map to draw; "
+                        f"draw --branch cond, or capture with the words in video_negative_prompt.")
+    if not computed:
+        check_computed(cap, np.full(1, np.nan), groups[0], p.branch)  # raises with the reason
+    stack = np.stack(computed)  # [G, h, w]
+    lo, hi = limits(stack, "frame" if o.norm == "frame" else o.norm)  # [G] each (equal unless --norm frame)
+    lut = draw.colormap_lut(o.cmap or draw.DEFAULT_CMAP)
+    H, W = cap.frame_size
+    cell = draw.display_size(H, W, max(16, o.size // 2))
+    bg = background(cap, p.pixel_frame, cell, p.notes)
+    panels, k = [], 0
+    for g, m in zip(groups, maps):
+        if m is None:
+            img = bg // 2
+            for i, line in enumerate(draw.wrap_text("not in the negative prompt" if uncond else "not computed",
+                                                    cell[1] - 12, 0.4)):
+                draw.put_text(img, line, 6, cell[0] // 2 + 16 * i, draw.WHITE, 0.4)
+        else:
+            img = draw.overlay(bg, draw.upsample(draw.normalise(m, lo[k], hi[k]), cell, o.upsample), lut, o.alpha)
+            k += 1
+        panels.append(draw.vstack([draw.caption_bar([repr(cap.groups[g])], cell[1]), img]))
+    cols = int(min(len(panels), 8, max(1, round(np.sqrt(len(panels) * 1.5)))))
+    rows = [draw.hstack(panels[i:i + cols], gap=4) for i in range(0, len(panels), cols)]
+    gap = np.zeros((4, max(r.shape[1] for r in rows), 3), np.uint8)
+    body = draw.vstack([x for r in rows for x in (r, gap)][:-1])
+    if o.norm == "frame":
+        bar = draw.colour_bar(min(body.shape[0], 400), 0.0, 1.0, lut, label="per panel")
+    else:
+        bar = draw.colour_bar(min(body.shape[0], 400), float(lo[0]), float(hi[0]), lut)
+    body = draw.hstack([body, bar], gap=6)
+    scale = {"global": "one shared scale (min..max of all panels)", "absolute": "one shared scale (probability 0..1)",
+             "frame": "each panel scaled to its own min..max"}[o.norm]
+    step_text = f"steps {describe_values(cap.steps[p.steps])} (mean)"
+    lines = [f"{len(groups)} groups  {cap.branches[p.branch]}  frame {p.pixel_frame} (latent {p.latent})  "
+             f"{os.path.basename(cap.path)}",
+             f"{step_text}  {_layers_text(cap, p, o)}  {scale}" + ("  renorm" if o.renorm else "")]
+    draw.write_png(out, draw.vstack([draw.caption_bar(lines, max(body.shape[1], 480)), body]))
+    missing = [cap.groups[g] for g, m in zip(groups, maps) if m is None]
+    if missing:
+        p.notes.append(f"{', '.join(repr(n) for n in missing)}: no {cap.branches[p.branch]} map "
+                       + ("(not in the negative prompt)" if uncond else "(never computed)") + "; drawn dimmed.")
+    summary = (f"{len(groups)} groups at pixel frame {p.pixel_frame} -> latent frame {p.latent}, {step_text}, "
+               f"{_layers_text(cap, p, o)}, {scale}")
+    return Drawn([out], summary, p.notes)
+
+
+def _export_masks(cap: Capture, o: Options, out: str) -> Drawn:
+    """`--view mask` to data: out.npz (masks, thresholds, what was selected) and one PNG
+    mask per pixel frame in the folder beside it (same name without .npz)."""
+    from . import masks
+
+    if len(o.tokens) != 1:
+        raise UserError("the mask export writes one token's masks; give a single --token.")
+    da = masks.mask(cap, o.tokens[0], o.threshold, steps=o.steps, layers=o.layers, frames=o.frames,
+                    branch=o.branch, norm=o.norm, reduce=o.reduce, heads=o.heads, renorm=o.renorm)
+    folder = masks.write_mask_export(da, out, cap.frame_size)
+    a = da.attrs
+    summary = (f"{a['token']}: {da.sizes['pixel_frame']} frame masks, threshold {a['threshold']} on the "
+               f"{a['norm']}-normalised map, steps {a['steps']} (mean), layers {a['layers']}; PNGs in {folder}")
+    return Drawn([out, folder], summary, [])
+
+
 VIEW_FUNCTIONS = {
     "steps": view_steps, "frames": view_frames, "grid": view_grid, "layers": view_layers,
-    "audio": view_audio, "sync": view_sync, "mask": view_mask, "diff": view_diff,
+    "audio": view_audio, "sync": view_sync, "mask": view_mask, "diff": view_diff, "sheet": view_sheet,
 }
 
 
