@@ -13,6 +13,11 @@ import typer
 from rich.console import Console
 
 from ovi_attn_render.errors import UserError
+from ovi_attn_render.options import number, whole_number
+
+# The prompt file's default negative prompts (prompt_file.py), repeated so --help needs no yaml import.
+VIDEO_NEGATIVE_PROMPT = "jitter, bad hands, blur, distortion"
+AUDIO_NEGATIVE_PROMPT = "robotic, muffled, echo, distorted"
 
 console = Console(stderr=True)
 
@@ -39,43 +44,87 @@ def _overrides(**flags) -> dict:
     return out
 
 
+def _flag(text: str, default: str) -> str:
+    """Help text with the value used when neither the flag nor the prompt file sets it
+    (prompt_file.KEYS holds these defaults; a test keeps the two in step)."""
+    return f"{text} [default: {default}]"
+
+
+_INT, _NUM = whole_number, number
+
+
 def capture(
     prompt_file: Path = typer.Argument(..., help="The prompt YAML (see docs/PROMPT.md)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .h5 (default: the file's `output:` or <prompt-file>.h5 here)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", metavar="<path>",
+                                          help=_flag("Output .h5.", "the file's output:, else <prompt-file>.h5 here")),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
-    seed: Optional[int] = typer.Option(None, help="Random seed."),
-    prompt: Optional[str] = typer.Option(None, help="Replace the prompt text."),
-    video_negative_prompt: Optional[str] = typer.Option(None, "--video-negative-prompt"),
-    audio_negative_prompt: Optional[str] = typer.Option(None, "--audio-negative-prompt"),
-    tokens: Optional[str] = typer.Option(None, help="Token selections, comma separated: man,park,man#2,all."),
-    layers: Optional[str] = typer.Option(None, help="Layers to capture: all, 10-19,25 or 0:30:2."),
-    capture_steps: Optional[str] = typer.Option(None, "--capture-steps", help="Steps to capture: all, 0:50:5, ..."),
-    kinds: Optional[str] = typer.Option(None, help="text_video,text_audio,video_audio,audio_video."),
-    branch: Optional[str] = typer.Option(None, help="cond, uncond or both."),
-    heads: Optional[str] = typer.Option(None, help="mean or all."),
-    map_dtype: Optional[str] = typer.Option(None, "--map-dtype", help="float16 or float32."),
-    model: Optional[str] = typer.Option(None, help="tiny, 720x720_5s, 960x960_5s or 960x960_10s."),
-    ckpt_dir: Optional[str] = typer.Option(None, "--ckpt-dir", help="Official checkpoint folder."),
-    num_steps: Optional[int] = typer.Option(None, "--num-steps", help="Denoising steps."),
-    solver: Optional[str] = typer.Option(None, help="unipc, euler or dpm++."),
-    shift: Optional[float] = typer.Option(None, help="Sigma shift."),
-    height: Optional[int] = typer.Option(None, help="Video height (rescaled to the model's area)."),
-    width: Optional[int] = typer.Option(None, help="Video width."),
-    video_guidance_scale: Optional[float] = typer.Option(None, "--video-guidance-scale"),
-    audio_guidance_scale: Optional[float] = typer.Option(None, "--audio-guidance-scale"),
-    slg_layer: Optional[int] = typer.Option(None, "--slg-layer", help="Block skipped in the negative pass (-1: none)."),
-    mode: Optional[str] = typer.Option(None, help="t2v or i2v."),
-    image: Optional[str] = typer.Option(None, help="First frame for i2v."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
-    dtype: Optional[str] = typer.Option(None, help="bfloat16 or float32."),
-    cpu_offload: Optional[bool] = typer.Option(None, "--cpu-offload/--no-cpu-offload",
-                                               help="Keep each component on the GPU only while used."),
-    fp8: Optional[bool] = typer.Option(None, "--fp8/--no-fp8", help="Use the float8 checkpoint (720x720_5s)."),
-    max_file_gb: Optional[float] = typer.Option(None, "--max-file-gb", help="Refuse larger captures."),
+    seed: Optional[int] = typer.Option(None, metavar="<int>", parser=_INT("--seed", "42"),
+                                       help=_flag("Random seed.", "100")),
+    prompt: Optional[str] = typer.Option(None, metavar="<text>", help="Replace the prompt text."),
+    video_negative_prompt: Optional[str] = typer.Option(
+        None, "--video-negative-prompt", metavar="<text>",
+        help=_flag("Text of the video branch's unconditional (negative) pass; --branch uncond maps attend to it.",
+                   f"\"{VIDEO_NEGATIVE_PROMPT}\"")),
+    audio_negative_prompt: Optional[str] = typer.Option(
+        None, "--audio-negative-prompt", metavar="<text>",
+        help=_flag("Text of the audio branch's negative pass.", f"\"{AUDIO_NEGATIVE_PROMPT}\"")),
+    tokens: Optional[str] = typer.Option(None, metavar="<list>",
+                                         help=_flag("Token selections, comma separated: man,park,man#2,all.", "all")),
+    layers: Optional[str] = typer.Option(None, metavar="<sel>",
+                                         help=_flag("Layers to capture: all, 10-19,25 or 0:30:2.", "all")),
+    capture_steps: Optional[str] = typer.Option(None, "--capture-steps", metavar="<sel>",
+                                                help=_flag("Steps to capture: all, 0:50:5, every 5.", "all")),
+    kinds: Optional[str] = typer.Option(None, metavar="<list>", help=_flag(
+        "Maps to capture, comma separated: text_video, text_audio, video_audio, audio_video.", "all four")),
+    branch: Optional[str] = typer.Option(None, metavar="<name>", help=_flag(
+        "Guidance pass to capture: cond (the prompt), uncond (the negative prompts) or both.", "cond")),
+    heads: Optional[str] = typer.Option(None, metavar="<mode>", help=_flag("mean over heads, or all heads.", "mean")),
+    map_dtype: Optional[str] = typer.Option(None, "--map-dtype", metavar="<dtype>",
+                                            help=_flag("float16 or float32 maps.", "float16")),
+    model: Optional[str] = typer.Option(None, metavar="<name>", help=_flag(
+        "toy, tiny, 720x720_5s, 960x960_5s or 960x960_10s; overriding the file's model drops its "
+        "model-only keys (ckpt_dir, fp8, size, slg_layer, layers).", "toy")),
+    ckpt_dir: Optional[str] = typer.Option(None, "--ckpt-dir", metavar="<path>",
+                                           help=_flag("Ovi's checkpoint folder (released models).", "none")),
+    num_steps: Optional[int] = typer.Option(None, "--num-steps", metavar="<int>",
+                                            parser=_INT("--num-steps", "30"), help=_flag("Denoising steps.", "50")),
+    solver: Optional[str] = typer.Option(None, metavar="<name>", help=_flag("unipc, euler or dpm++.", "unipc")),
+    shift: Optional[float] = typer.Option(None, metavar="<float>", parser=_NUM("--shift", "5.0"),
+                                          help=_flag("Sigma shift of the schedule.", "5.0")),
+    height: Optional[int] = typer.Option(None, metavar="<int>", parser=_INT("--height", "720"), help=_flag(
+        "Video height (rescaled to the model's area, multiples of 32).", "the model's")),
+    width: Optional[int] = typer.Option(None, metavar="<int>", parser=_INT("--width", "720"),
+                                        help=_flag("Video width.", "the model's")),
+    video_guidance_scale: Optional[float] = typer.Option(
+        None, "--video-guidance-scale", metavar="<float>", parser=_NUM("--video-guidance-scale", "4.0"),
+        help=_flag("Classifier-free guidance strength of the video (cond - uncond, scaled).", "4.0")),
+    audio_guidance_scale: Optional[float] = typer.Option(
+        None, "--audio-guidance-scale", metavar="<float>", parser=_NUM("--audio-guidance-scale", "3.0"),
+        help=_flag("Classifier-free guidance strength of the audio.", "3.0")),
+    slg_layer: Optional[int] = typer.Option(None, "--slg-layer", metavar="<int>", parser=_INT("--slg-layer", "11"),
+                                            help=_flag("Block skipped in the negative pass (-1: none).",
+                                                       "the model's, 11 for released models")),
+    mode: Optional[str] = typer.Option(None, metavar="<mode>", help=_flag("t2v or i2v.", "t2v, i2v with --image")),
+    image: Optional[str] = typer.Option(None, metavar="<path>", help="First frame for i2v."),
+    device: Optional[str] = typer.Option(None, metavar="<dev>", help=_flag("auto, cpu, cuda or cuda:N.", "auto")),
+    dtype: Optional[str] = typer.Option(None, metavar="<dtype>",
+                                        help=_flag("Compute dtype: bfloat16 or float32.", "bfloat16")),
+    cpu_offload: Optional[bool] = typer.Option(None, "--cpu-offload/--no-cpu-offload", help=_flag(
+        "Keep each component on the GPU only while used.", "off")),
+    fp8: Optional[bool] = typer.Option(None, "--fp8/--no-fp8",
+                                       help=_flag("Use the float8 checkpoint (720x720_5s only).", "off")),
+    max_file_gb: Optional[float] = typer.Option(None, "--max-file-gb", metavar="<GB>",
+                                                parser=_NUM("--max-file-gb", "20"),
+                                                help=_flag("Refuse captures larger than this (1 GB = 10^9 bytes).",
+                                                           "20")),
     no_mp4: bool = typer.Option(False, "--no-mp4", help="Do not write the clip as MP4 beside the .h5."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    no_progress: bool = typer.Option(False, "--no-progress",
+                                     help="No progress (a bar on a terminal, else a line on stderr every 10 s)."),
 ) -> None:
-    """Generate a clip and capture its cross-attention maps into one HDF5 file."""
+    """Generate a clip and capture its cross-attention maps into one HDF5 file.
+
+    Every option overrides the prompt file's key of the same meaning; [default: ...] is the
+    value used when neither sets it. Sizes are decimal (1 MB = 10^6 bytes)."""
     _need_torch("capture")
     from .prompt_file import load_prompt_file
 
@@ -87,6 +136,8 @@ def capture(
         video_guidance_scale=video_guidance_scale, audio_guidance_scale=audio_guidance_scale, slg_layer=slg_layer,
         mode=mode, image=image, device=device, dtype=dtype, cpu_offload=cpu_offload, fp8=fp8,
         max_file_gb=max_file_gb))
+    _say_notes(run)
+    _check_token_indices(run)
     out = output or (Path(run.output) if run.output else Path(Path(prompt_file).with_suffix(".h5").name))
     from .capture import run_capture
 
@@ -121,6 +172,7 @@ def tokens(
     from .token_groups import render_token_table, resolve_groups, token_table_rows
 
     run = load_prompt_file(prompt_file, _overrides(model=model, ckpt_dir=ckpt_dir, tokens=select))
+    _say_notes(run)
     encoder = _tokenizer_for(run)
     from .text_encoder import clean_text
 
@@ -128,6 +180,26 @@ def tokens(
     toks = encoder.tokenize(text)
     groups = resolve_groups(run.capture.tokens, text, toks, text_len=encoder.text_len)
     render_token_table(token_table_rows(text, toks, groups), Console())
+
+
+def _say_notes(run) -> None:
+    for note in run.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def _check_token_indices(run) -> None:
+    """Token-index selections ('#5', 5-9) against the prompt's real token count, with the
+    tokenizer only (cheap), so a wrong index fails before the model loads, in the same words
+    as `ovi-attn tokens`."""
+    from .token_groups import _parse_selection, resolve_groups
+
+    if not any(_parse_selection(s).what == "index" for s in run.capture.tokens):
+        return
+    encoder = _tokenizer_for(run)
+    from .text_encoder import clean_text
+
+    text = clean_text(_formatted_prompt(run))
+    resolve_groups(run.capture.tokens, text, encoder.tokenize(text), text_len=encoder.text_len)
 
 
 def _formatted_prompt(run) -> str:

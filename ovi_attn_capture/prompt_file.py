@@ -110,6 +110,7 @@ class RunSpec:
     source_text: str = ""
     # key -> where its value came from: "example.yaml, line 7", "--seed" or "example.yaml".
     origins: dict[str, str] = field(default_factory=dict, repr=False)
+    notes: list[str] = field(default_factory=list, repr=False)  # said to the user before the run
 
     def where(self, key: str) -> str:
         """Where a key's value was set, for error messages raised after loading."""
@@ -125,6 +126,7 @@ class RunSpec:
         """Every setting as JSON-able values, for the capture file's `settings` attribute."""
         out = asdict(self)
         out.pop("origins")
+        out.pop("notes")
         for key in ("ckpt_dir", "image", "output", "source_path"):
             out[key] = None if out[key] is None else str(out[key])
         return out
@@ -623,6 +625,7 @@ def parse_prompt_text(
     for name, value in _named_overrides(overrides).items():  # the CLI's values over both
         origins[name] = _Origin(source, flag=_FLAG_OF.get(name, f"override {name}"))
         values[name] = _checked(KEYS[name], _from_cli(KEYS[name], value), origins[name])
+    notes = _drop_other_models_keys(values, origins, file_values.get("model"))
     file_dir = Path(base_dir) if base_dir is not None else Path.cwd()
     for name in _PATH_KEYS:
         if values[name] is not None:
@@ -630,8 +633,37 @@ def parse_prompt_text(
             values[name] = _resolve_path(values[name], base)
     item_lines = _item_lines(places.get("capture.tokens"), origins["capture.tokens"])
     spec = _build(values, origins, text)
+    spec.notes = notes
     _check_together(spec, origins, item_lines)
     return spec
+
+
+def _drop_other_models_keys(values: dict[str, Any], origins: dict[str, _Origin], file_model: Any) -> list[str]:
+    """--model replacing the file's model: the file's keys that only fit the file's model
+    (its checkpoint folder, fp8 build, size, skip layer, layer selection) go back to their
+    defaults, unless a flag set them too. Returns one note saying what was dropped."""
+    new = values["model"]
+    if not origins["model"].flag or not isinstance(file_model, str) or file_model.strip().lower() == new:
+        return []
+    old = file_model.strip().lower()
+    released_old, released_new = old in RELEASED_MODELS, new in RELEASED_MODELS
+    drop = []
+    if released_old != released_new:  # released <-> toy/tiny: other sizes, depths, no checkpoints
+        drop = ["height", "width", "slg_layer", "capture.layers"] + ([] if released_new else ["ckpt_dir"])
+    if new not in FP8_MODELS:
+        drop.append("fp8")
+    dropped = []
+    for name in drop:
+        origin = origins[name]
+        if origin.flag or origin.line is None or values[name] == KEYS[name].default:
+            continue  # set by a flag, or not set by the file: nothing to drop
+        values[name] = KEYS[name].default
+        origins[name] = _Origin(origin.source)
+        dropped.append(name)
+    if not dropped:
+        return []
+    return [f"--model {new} replaces the file's {old}, so the file's {', '.join(dropped)} "
+            f"{'is' if len(dropped) == 1 else 'are'} left out (they fit {old} only)."]
 
 
 def _named_overrides(overrides: dict | None) -> dict[str, Any]:

@@ -280,12 +280,11 @@ def _match_words(sel: _Selection, words: list[Word], text: str) -> tuple[list[Wo
 def check_selection(sel: str | int, text: str, *, text_len: int = 512) -> None:
     """Raise the UserError `resolve_groups` would raise, from the text alone (before the
     tokenizer is loaded): unknown words, missing spans, occurrences, malformed indices.
-    Index ranges are only checked against `text_len`; the token count comes later."""
+    Index ranges are checked later, against the tokenized prompt."""
     parsed = _parse_selection(sel)
-    if parsed.what == "index":
-        if parsed.last >= text_len:
-            raise UserError(f"token index in '{parsed.raw}' is past the {text_len} text keys; indices run from 0 to {text_len - 1}")
-    elif parsed.what in ("text", "span"):
+    # An index is checked once the prompt is tokenized (resolve_groups), against the prompt's
+    # own token count: one message, one range (the 512 keys would be a second, wrong range).
+    if parsed.what in ("text", "span"):
         _match_words(parsed, words_of(text), text)
 
 
