@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from .errors import UserError
+from .options import number, whole_number
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -182,7 +183,7 @@ def run_render(paths: list[Path], opts, out: Optional[Path], fmt: Optional[str],
             drawn = views.render(caps[0], opts, target)
             _print_result(drawn, notes)
             for p in drawn.paths:
-                console.print(f"[green]wrote[/] {p}")
+                console.print(f"[green]wrote[/] {p}", soft_wrap=True)  # a path is never wrapped
             console.print(f"  drew {drawn.summary}")
             return drawn.paths
         ext = os.path.splitext(target)[1]
@@ -195,7 +196,7 @@ def run_render(paths: list[Path], opts, out: Optional[Path], fmt: Optional[str],
                 console.print(f"  {Path(cap.path).name}: drew {drawn.summary}")
                 sides.append(drawn.paths[0])
             _compare_pictures(sides, [Path(c.path).name for c in caps], target, opts.fps or 8.0)
-        console.print(f"[green]wrote[/] {target}")
+        console.print(f"[green]wrote[/] {target}", soft_wrap=True)
         return [target]
     finally:
         for c in caps:
@@ -211,8 +212,8 @@ def _make_render_command(compare: bool):
         view: str = typer.Option("steps", "--view", "-v", help=VIEW_HELP),
         token: Optional[List[str]] = typer.Option(None, "--token", "-t",
                                                   help="Token group: a word, 'man#2', '#5' or a label; repeat for several."),
-        frame: Optional[int] = typer.Option(None, "--frame", "-f",
-                                            help="Pixel frame of the decoded video (default: the middle one)."),
+        frame: Optional[int] = typer.Option(None, "--frame", "-f", metavar="<int>", parser=whole_number("--frame", "60"),
+                                            help="Pixel frame of the decoded video, -1 the last (default: the middle one)."),
         frames: Optional[str] = typer.Option(None, "--frames", help="Pixel frames, e.g. 0,60,120 or 0:121:4."),
         steps: Optional[str] = typer.Option(None, "--steps", help="Sampler steps, e.g. 0:50:5, 10-19, -1."),
         layers: Optional[str] = typer.Option(None, "--layers", help="Blocks, e.g. 10-19,25."),
@@ -222,12 +223,14 @@ def _make_render_command(compare: bool):
         norm: str = typer.Option("global", "--norm", help="global, step, frame or absolute colour scaling."),
         renorm: bool = typer.Option(False, "--renorm", help="Divide by the mass on real tokens (1 - <eos> - <pad>)."),
         cmap: Optional[str] = typer.Option(None, "--cmap", help="Colormap (default inferno)."),
-        alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity, 0..1."),
+        alpha: float = typer.Option(0.5, "--alpha", metavar="<float>", parser=number("--alpha", "0.5"),
+                                    help="Overlay opacity, 0..1."),
         upsample: str = typer.Option("nearest", "--upsample", help="nearest or bilinear."),
         layout: str = typer.Option("overlay", "--layout", help="Several tokens: overlay or side."),
         threshold: Optional[str] = typer.Option(None, "--threshold", help="Mask view: 0..1 or otsu (default)."),
-        size: int = typer.Option(512, "--size", help="Longest side of the drawn frame, pixels."),
-        fps: Optional[float] = typer.Option(None, "--fps", help="Animation rate (default 8 over steps, clip fps over frames)."),
+        size: int = typer.Option(512, "--size", metavar="<int>", parser=whole_number("--size", "512"),
+                                 help="Longest side of the drawn frame, pixels (sheet: each panel half of it)."),
+        fps: Optional[float] = typer.Option(None, "--fps", metavar="<float>", parser=number("--fps", "8"), help="Animation rate (default 8 over steps, clip fps over frames)."),
         by: str = typer.Option("step", "--by", help="Audio view: one strip per step or per layer."),
         background: str = typer.Option("waveform", "--background", help="Audio view: waveform or spectrogram."),
         out: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder, or exact file (.gif/.mp4/.png/.svg)."),

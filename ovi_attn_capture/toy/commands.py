@@ -7,16 +7,23 @@ from typing import Optional
 
 import typer
 
+from ovi_attn_render.errors import UserError
+from ovi_attn_render.options import whole_number
+
 from . import TOY_DIR
 
 
 def eval_command(
     eval_file: Path = typer.Argument(TOY_DIR / "eval.yaml", help="Held-out prompts and settings (data/toy/eval.yaml)."),
     output: Path = typer.Option(Path("toy_eval"), "-o", "--output", help="Folder for the .h5 runs and eval.json."),
-    num_steps: Optional[int] = typer.Option(None, "--num-steps", help="Sampler steps (default: the file's)."),
-    prompts: Optional[int] = typer.Option(None, "--prompts", help="Only the first N prompts."),
+    num_steps: Optional[int] = typer.Option(None, "--num-steps", metavar="<int>",
+                                            parser=whole_number("--num-steps", "16"),
+                                            help="Sampler steps [default: the file's steps]."),
+    prompts: Optional[int] = typer.Option(None, "--prompts", metavar="<int>", parser=whole_number("--prompts", "4"),
+                                          help="Only the first N prompts [default: all]."),
     weights: Path = typer.Option(TOY_DIR, "--weights", help="Folder with toy.safetensors, text_encoder.safetensors, tokenizer.json."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier evaluation in the output folder."),
 ) -> None:
     """Generate held-out prompts with the toy model, capture their maps and score them against the
     objects and beeps found in the generated clips (pointing game, IoU, text->audio)."""
@@ -25,12 +32,17 @@ def eval_command(
     from .evaluate import evaluate, load_eval_file
 
     settings = load_eval_file(eval_file)
-    if num_steps:
+    if num_steps is not None:
+        if num_steps < 1:
+            raise UserError(f"--num-steps {num_steps} is too few; give 1 or more sampler steps.")
         settings.steps = num_steps
-    chosen = settings.prompts[:prompts] if prompts else settings.prompts
+    if prompts is not None and prompts < 1:
+        raise UserError(f"--prompts {prompts} selects no prompts; give 1 or more (or leave it out for all "
+                        f"{len(settings.prompts)}).")
+    chosen = settings.prompts[:prompts] if prompts is not None else settings.prompts
     console = Console()
     console.print(f"evaluating {len(chosen)} prompts at {settings.steps} steps -> {output}/", highlight=False)
-    evaluate(chosen, weights, settings.steps, "all", output, settings, device=device, console=console)
+    evaluate(chosen, weights, settings.steps, "all", output, settings, device=device, console=console, force=force)
     console.print(f"scores: {output / 'eval.json'}; each run's scores are in its `toy_eval` attribute", highlight=False)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -286,11 +287,21 @@ def run_spec(prompt: str, seed: int, steps: int, layers, settings: EvalSettings,
                    capture=capture)
 
 
+def earlier_evaluation(out: Path) -> list[Path]:
+    """The files an earlier evaluation left in `out`: eval.json and its prompt_NN.h5 runs."""
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir() if p.name == "eval.json" or re.fullmatch(r"prompt_\d+\.h5", p.name))
+
+
 def evaluate(prompts: list[str], weights: str | Path = TOY_DIR, steps: int = 30, layers="all",
              out_dir: str | Path = "toy_eval", settings: EvalSettings | None = None, device: str = "cpu",
-             console=None, geometry: Geometry = Geometry()) -> EvalTable:
+             console=None, geometry: Geometry = Geometry(), force: bool = True) -> EvalTable:
     """Capture every prompt with the toy model into out_dir/prompt_NN.h5, score, print, and store
-    the scores (out_dir/eval.json, and a `toy_eval` JSON attribute on each file)."""
+    the scores (out_dir/eval.json, and a `toy_eval` JSON attribute on each file).
+
+    An earlier evaluation in out_dir is replaced only with force (its runs all removed, so
+    none is left stale beside the new ones). Progress goes to stderr (see progress.py)."""
     import h5py
 
     from ovi_attn_capture.capture import resolve_device, run_capture
@@ -299,19 +310,34 @@ def evaluate(prompts: list[str], weights: str | Path = TOY_DIR, steps: int = 30,
 
     from .components import load_toy_components
 
+    from ovi_attn_render.errors import UserError
+    from ovi_attn_render.progress import Progress
+
     settings = settings or EvalSettings(prompts=list(prompts), steps=steps)
+    if not prompts:
+        raise UserError("no prompts to evaluate; give at least one.")
     out = Path(out_dir)
+    dev = resolve_device(device)  # before anything is written: a bad device leaves no folder behind
+    earlier = earlier_evaluation(out)
+    if earlier and not force:
+        raise UserError(f"{out} already holds an evaluation ({len(earlier)} files: eval.json, prompt_NN.h5); pass "
+                        f"--force to replace it, or -o another folder.")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; give -o a folder for the evaluation.")
     out.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
     first = run_spec(prompts[0], settings.seed, steps, layers, settings, device)
     comp = load_toy_components(first, dev, say=lambda *a, **k: None, folder=Path(weights))
+    for stale in earlier:  # force: no run of the earlier evaluation survives beside the new ones
+        stale.unlink()
     files = []
-    for i, prompt in enumerate(prompts):
-        run = run_spec(prompt, settings.seed + i, steps, layers, settings, device)
-        path = out / f"prompt_{i:02d}.h5"
-        run_capture(run, path, force=True, console=None, progress=False, mp4=False,
-                    comp=replace(comp, prompt_text=clean_text(prompt)))
-        files.append(score_file(path, geometry))
+    with Progress("evaluating", len(prompts), "prompts", enabled=console is not False) as progress:
+        for i, prompt in enumerate(prompts):
+            run = run_spec(prompt, settings.seed + i, steps, layers, settings, device)
+            path = out / f"prompt_{i:02d}.h5"
+            run_capture(run, path, force=True, console=None, progress=False, mp4=False,
+                        comp=replace(comp, prompt_text=clean_text(prompt)))
+            files.append(score_file(path, geometry))
+            progress.update(i + 1)
     table = build_table(files, parse_steps("all", steps), parse_layers(layers, comp.model.num_layers),
                         settings.final_steps)
     summary = table.to_json()
@@ -337,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = load_eval_file(args.eval_file)
     if args.steps:
         settings.steps = args.steps
-    prompts = settings.prompts[: args.prompts] if args.prompts else settings.prompts
+    prompts = settings.prompts[: args.prompts] if args.prompts is not None else settings.prompts
     evaluate(prompts, args.weights, settings.steps, "all", args.out, settings)
 
 
