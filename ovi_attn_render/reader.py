@@ -135,7 +135,8 @@ class Capture:
             n += self.num_pixel_frames
         if not 0 <= n < self.num_pixel_frames:
             raise UserError(f"frame {pixel_frame} is out of range; the clip has {self.num_pixel_frames} decoded "
-                            f"frames (0-{self.num_pixel_frames - 1}, or -1 for the last).")
+                            f"frames (0-{self.num_pixel_frames - 1}); negative values count from the end (-1 is "
+                            f"the last).")
         return n
 
     def latent_frame(self, pixel_frame: int) -> int:

@@ -209,19 +209,20 @@ def canonical(cap: Capture, o: Options, ext: str) -> Options:
     uses_frame = o.view in APPLIES["frame"] and not export and not (o.view == "layers" and o.frames)
     c.frame = (cap.num_pixel_frames // 2 if o.frame is None else cap.check_frame(o.frame)) if uses_frame else None
 
-    def values(spec, available, name, default=None):
+    def values(spec, available, name, what, default=None):  # `what` as pick() words it
         if spec is None:
             return None
-        chosen = resolve(spec, available, name)
+        chosen = resolve(spec, available, name, what=what)
         return None if chosen == resolve(default, available, name) else \
             describe_values(np.asarray(available)[chosen])
 
     if cap.steps_done:  # else pick() explains that nothing is readable yet
-        c.steps = values(o.steps, cap.readable_steps, "steps", default_steps(cap, o.view, export))
-    c.layers = values(o.layers, cap.layers, "layers")
+        c.steps = values(o.steps, cap.readable_steps, "steps", f"readable steps ({cap.steps_done} of "
+                         f"{len(cap.steps)} written)", default_steps(cap, o.view, export))
+    c.layers = values(o.layers, cap.layers, "layers", "captured layers")
     if cap.heads_mode != "mean":
-        c.heads = values(o.heads, cap.heads, "heads")
-    c.frames = values(o.frames, np.arange(cap.num_pixel_frames), "frames")
+        c.heads = values(o.heads, cap.heads, "heads", "captured heads")
+    c.frames = values(o.frames, np.arange(cap.num_pixel_frames), "frames", "decoded frames")
     t = parse_threshold(o.threshold)
     c.threshold = None if t is None else f"{t:g}"
     return c

@@ -15,7 +15,7 @@ def test_version(capsys):
 
 @pytest.mark.parametrize("argv", [
     ["render"],  # missing file argument
-    ["render", "--frame", "abc", "x.h5"],  # not a number
+    ["render", "x.h5", "--frame"],  # an option without its value
     ["render", "--bogus", "x.h5"],  # unknown option
     ["no-such-command"],
 ])

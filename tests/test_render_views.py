@@ -263,7 +263,7 @@ def test_default_output_name_and_no_overwrite(run, tmp_path, capsys):
     local = tmp_path / "myrun.h5"
     shutil.copy(run, local)
     render("render", local, "--token", "man", "--frame", 4, "--steps", "0:4:2")
-    out = tmp_path / "myrun_steps_man_f4_s0-4-2.gif"
+    out = tmp_path / "myrun_steps_man_f4_s0,2.gif"  # named by the steps it picks
     assert out.exists() and len(gif_frames(out)) == 2
     assert str(out) in capsys.readouterr().out.replace("\n", "")
     assert main(["render", str(local), "--token", "man", "--frame", "4", "--steps", "0:4:2"]) == 2
