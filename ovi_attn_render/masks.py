@@ -130,8 +130,11 @@ def _banner(width: int, lines: list[str]) -> np.ndarray:
     """A black strip with white text lines, to sit above an animation frame."""
     import cv2
 
+    from .draw import wrap_text
+
     scale = float(np.clip(width / 1400, 0.35, 0.8))
     line_height = int(round(28 * scale / 0.5))
+    lines = [piece for text in lines for piece in wrap_text(text, width - 12, scale)]  # never cut off
     strip = np.zeros((line_height * len(lines) + 6, width, 3), dtype=np.uint8)
     for i, text in enumerate(lines):
         cv2.putText(strip, text, (6, line_height * (i + 1) - 4), cv2.FONT_HERSHEY_SIMPLEX, scale,

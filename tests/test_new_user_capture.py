@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))
+from cli_calls import fails, ok  # noqa: E402
+
 torch = pytest.importorskip("torch")
 
-from ovi_attn_render.cli import main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = """\
@@ -30,22 +33,17 @@ prompts:
 """
 
 
-def ok(capsys, *args) -> tuple[str, str]:
-    assert main([str(a) for a in args]) == 0, capsys.readouterr().err
-    c = capsys.readouterr()
-    return c.out, c.err
-
-
-def fails(capsys, *args) -> str:
-    assert main([str(a) for a in args]) == 2
-    return " ".join(capsys.readouterr().err.split())
+@pytest.fixture
+def eval_file(tmp_path) -> Path:
+    path = tmp_path / "eval.yaml"
+    path.write_text(EVAL)
+    return path
 
 
 # ---------------------------------------------------------------------- 4. eval
-def test_eval_refuses_to_overwrite_and_replaces_all_of_an_earlier_run_with_force(capsys, tmp_path, monkeypatch):
+def test_eval_refuses_to_overwrite_and_replaces_all_of_an_earlier_run_with_force(capsys, tmp_path, monkeypatch,
+                                                                                  eval_file):
     monkeypatch.setenv("OVI_ATTN_PROGRESS_SECONDS", "0")
-    eval_file = tmp_path / "eval.yaml"
-    eval_file.write_text(EVAL)
     out = tmp_path / "ev"
     out.mkdir()
     (out / "eval.json").write_text("{}")
@@ -59,18 +57,14 @@ def test_eval_refuses_to_overwrite_and_replaces_all_of_an_earlier_run_with_force
     assert "evaluating: 1/1 prompts" in err  # progress on stderr without a terminal
 
 
-def test_eval_prompts_zero_is_refused(capsys, tmp_path):
-    eval_file = tmp_path / "eval.yaml"
-    eval_file.write_text(EVAL)
+def test_eval_prompts_zero_is_refused(capsys, tmp_path, eval_file):
     msg = fails(capsys, "eval", eval_file, "-o", tmp_path / "ev", "--prompts", "0")
     assert "--prompts 0 selects no prompts" in msg
     assert not (tmp_path / "ev").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_eval_on_a_missing_device_fails_before_creating_its_folder(capsys, tmp_path):
-    eval_file = tmp_path / "eval.yaml"
-    eval_file.write_text(EVAL)
+def test_eval_on_a_missing_device_fails_before_creating_its_folder(capsys, tmp_path, eval_file):
     msg = fails(capsys, "eval", eval_file, "-o", tmp_path / "ev", "--device", "cuda")
     assert "CUDA is not available" in msg
     assert not (tmp_path / "ev").exists()

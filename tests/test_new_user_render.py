@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from cli_calls import fails, ok, written  # noqa: E402
 from conftest_render import GREY, Synth, write_synthetic  # noqa: E402
 
 from ovi_attn_render import draw  # noqa: E402
@@ -67,21 +68,6 @@ def words(tmp_path_factory) -> Path:
     return out
 
 
-def ok(capsys, *args) -> tuple[str, str]:
-    assert main([str(a) for a in args]) == 0, capsys.readouterr().err
-    c = capsys.readouterr()
-    return c.out, c.err
-
-
-def fails(capsys, *args) -> str:
-    assert main([str(a) for a in args]) == 2
-    return " ".join(capsys.readouterr().err.split())
-
-
-def written(out: str) -> list[Path]:
-    return [Path(line.split("wrote ", 1)[1].strip()) for line in out.splitlines() if "wrote " in line]
-
-
 # ---------------------------------------------------------------------- 1. uncond of an absent word
 def test_uncond_map_of_a_word_absent_from_the_negative_prompt_says_why(capsys, both, tmp_path):
     for args in (["--view", "diff"], ["--branch", "uncond"]):
@@ -118,6 +104,13 @@ def test_long_caption_lines_wrap_instead_of_running_off_the_picture():
     assert not _ink_at_right_edge(bar)
     assert bar.shape[0] > draw.caption_bar(["short"], 384).shape[0]  # it took more rows
     assert not _ink_at_right_edge(draw.caption_bar(["x" * 120], 200))  # one over-long word breaks too
+
+
+def test_mask_banner_wraps_a_long_title():
+    from ovi_attn_render.masks import _banner
+
+    title = "'moves left' cond frame 60 (latent 15) threshold 0.5 on the global-normalised map"
+    assert not _ink_at_right_edge(_banner(384, [title, "step 49   area 12.5%"]))
 
 
 def test_legend_of_eight_tokens_keeps_every_entry_inside_the_picture():
