@@ -9,19 +9,9 @@ import numpy as np
 import pytest
 
 import ovi_attn_render as oa
-from ovi_attn_render.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 API_DOC = ROOT / "docs" / "API.md"
-
-
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("api")
-    path = folder / "run.h5"
-    assert main(["capture", str(ROOT / "data/prompts/example.yaml"), "-o", str(path), "--num-steps", "4",
-                 "--no-progress", "--no-mp4"]) == 0
-    return path
 
 
 def python_blocks(text: str) -> list[str]:
