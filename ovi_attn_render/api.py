@@ -165,6 +165,19 @@ class Capture:
             da = da.isel(frame=0).assign_coords(pixel_frame=int(frame))
         return da
 
+    def mask(self, token: str, threshold=None, *, steps=None, layers=None, frames=None, heads=None,
+             branch: str = "cond", norm: str = "global", reduce: str = "mean", renorm: bool = False) -> xr.DataArray:
+        """The token's map binarised per decoded frame: bool (pixel_frame, y, x) on the token grid.
+
+        Averaged over `steps` (default: the last readable step), reduced over layers and heads,
+        scaled to [0, 1] by `norm`, then `threshold` (a value on that scale, or None / "otsu":
+        Otsu's per latent frame); the value used per frame is the `threshold` coordinate and
+        attrs record the selection. The same masks as `ovi-attn render --view mask -o x.npz`."""
+        from .masks import mask
+
+        return mask(self.file, token, threshold, steps=_spec(steps), layers=_spec(layers), frames=_spec(frames),
+                    heads=_spec(heads), branch=branch, norm=norm, reduce=reduce, renorm=renorm)
+
     # ----------------------------------------------------------------- helpers
     def _positions(self, steps, layers, heads, branch) -> dict:
         """Selections (values, the CLI's grammar) -> positions into the file's coordinates."""
@@ -256,9 +269,8 @@ def render(cap: Capture | str | os.PathLike, view: str = "steps", out=None, *, f
     owned = not isinstance(cap, Capture)
     cap = open_capture(cap) if owned else cap
     try:
-        frame = o.frame if o.frame is not None else cap.num_pixel_frames // 2
         if out is not None:
-            target = output_path([cap.path], o, Path(out), format, frame, force, allowed)
+            target = output_path([cap.file], o, Path(out), format, force, allowed)
             drawn = views.render(cap.file, o, target)
             return drawn.paths[0] if len(drawn.paths) == 1 else drawn.paths
         raster = [x for x in allowed if x in ("gif", "png")]

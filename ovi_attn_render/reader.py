@@ -187,13 +187,6 @@ class Capture:
         except json.JSONDecodeError:
             return {}
 
-    def mask(self, token: str, threshold=None, **selection):
-        """The token's map as boolean masks per pixel frame (xarray.DataArray, dims
-        pixel_frame, y, x); see ovi_attn_render.masks.mask for the selection keywords."""
-        from .masks import mask
-
-        return mask(self, token, threshold, **selection)
-
     # ----------------------------------------------------------------- maps
     def _need(self, var: str) -> h5py.Dataset:
         if var not in self.f:

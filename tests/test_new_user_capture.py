@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from cli_calls import fails, ok  # noqa: E402
 
 torch = pytest.importorskip("torch")

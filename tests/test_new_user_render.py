@@ -7,7 +7,6 @@ New names are imported inside the tests, so each test fails on its own on the ol
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import cv2
@@ -16,13 +15,12 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from cli_calls import fails, ok, written  # noqa: E402
-from conftest_render import GREY, Synth, write_synthetic  # noqa: E402
+from cli_calls import fails, ok, written
+from synthetic import GREY, Synth, write_synthetic
 
-from ovi_attn_render import draw  # noqa: E402
-from ovi_attn_render.cli import main  # noqa: E402
-from ovi_attn_render.reader import open_capture  # noqa: E402
+from ovi_attn_render import draw
+from ovi_attn_render.cli import main
+from ovi_attn_render.reader import open_capture
 
 PROMPT = """\
 prompt: "A red circle, a blue square; both move. <AUDCAP>a beep<ENDAUDCAP>"
@@ -36,13 +34,6 @@ capture:
   branch: both
   dtype: float32
 """
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cap") / "run.h5"
-    write_synthetic(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +239,9 @@ def test_masks_export_as_npz_and_png_and_as_a_dataarray(capsys, run, tmp_path):
     png = cv2.imread(str(tmp_path / "man_masks" / "frame_0002.png"), cv2.IMREAD_UNCHANGED)
     assert png.shape == (256, 256) and png[2 * 32 + 5, 5 * 32 + 5] == 255 and png.sum() == 255 * 32 * 32
     assert len(list((tmp_path / "man_masks").glob("frame_*.png"))) == 9
-    with open_capture(run) as cap:
+    import ovi_attn_render as oa
+
+    with oa.open_capture(run) as cap:
         da = cap.mask("man", threshold=0.5)
         assert da.dims == ("pixel_frame", "y", "x") and da.dtype == bool
         assert da.attrs["threshold"] == "0.5" and (da.values == masks).all()
