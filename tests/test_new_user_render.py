@@ -100,7 +100,7 @@ def test_long_caption_lines_wrap_instead_of_running_off_the_picture():
 def test_mask_banner_wraps_a_long_title():
     from ovi_attn_render.masks import _banner
 
-    title = "'moves left' cond frame 60 (latent 15) threshold 0.5 on the global-normalised map"
+    title = "'a man in a red jacket rides a bicycle' cond frame 120 (latent 30) threshold 0.5 on the global map"
     assert not _ink_at_right_edge(_banner(384, [title, "step 49   area 12.5%"]))
 
 
