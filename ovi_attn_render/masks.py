@@ -295,12 +295,15 @@ def mask(cap, token: str, threshold=None, *, steps=None, layers=None, frames=Non
 def write_mask_export(da, npz_path: str | Path, frame_size: tuple[int, int]) -> str:
     """Write `mask(...)` as npz_path (arrays + the selection, loadable without pickle) and
     one 8-bit PNG per pixel frame (255 inside) at the decoded frame's size in the folder
-    named like npz_path without its suffix. Returns that folder."""
+    named like npz_path without its suffix (replacing the frame PNGs an earlier export left
+    there; the caller has checked --force). Returns that folder."""
     import cv2
 
     npz_path = Path(npz_path)
     folder = npz_path.with_suffix("")
     folder.mkdir(exist_ok=True)
+    for stale in folder.glob("frame_[0-9][0-9][0-9][0-9].png"):  # an earlier export's frames (--force)
+        stale.unlink()
     H, W = frame_size
     for n, m in zip(da["pixel_frame"].values, da.values):
         png = folder / f"frame_{int(n):04d}.png"

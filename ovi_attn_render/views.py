@@ -743,6 +743,11 @@ def _export_masks(cap: Capture, o: Options, out: str) -> Drawn:
 
     if len(o.tokens) != 1:
         raise UserError("the mask export writes one token's masks; give a single --token.")
+    unused = [flag for flag, given in (("--frame", o.frame is not None), ("--fps", o.fps is not None),
+                                       ("--size", o.size != Options().size)) if given]
+    if unused:
+        raise UserError(f"{unused[0]} does not apply to the mask export, which writes every frame of --frames "
+                        f"(default all) at the clip's size; drop it.")
     da = masks.mask(cap, o.tokens[0], o.threshold, steps=o.steps, layers=o.layers, frames=o.frames,
                     branch=o.branch, norm=o.norm, reduce=o.reduce, heads=o.heads, renorm=o.renorm)
     folder = masks.write_mask_export(da, out, cap.frame_size)

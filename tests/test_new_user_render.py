@@ -241,6 +241,10 @@ def test_masks_export_as_npz_and_png_and_as_a_dataarray(capsys, run, tmp_path):
     assert len(list((tmp_path / "man_masks").glob("frame_*.png"))) == 9
     import ovi_attn_render as oa
 
+    ok(capsys, "render", run, "--token", "man", "--view", "mask", "--frames", "0:3", "-o", target, "--force")
+    assert sorted(p.name for p in (tmp_path / "man_masks").iterdir()) == [f"frame_000{n}.png" for n in range(3)]
+    msg = fails(capsys, "render", run, "--token", "man", "--view", "mask", "--frame", "3", "-o", tmp_path / "x.npz")
+    assert "--frame does not apply to the mask export" in msg
     with oa.open_capture(run) as cap:
         da = cap.mask("man", threshold=0.5)
         assert da.dims == ("pixel_frame", "y", "x") and da.dtype == bool
