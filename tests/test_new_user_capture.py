@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
 TINY = """\
 prompt: "A red circle moves left. <AUDCAP>a beep<ENDAUDCAP>"
-model: tiny
+model: toy
 seed: 7
 steps: 3
 capture:

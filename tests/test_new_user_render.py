@@ -1,6 +1,6 @@
 """Issue 14, render side: what a new user tripped over, one test (or more) per item.
 
-Synthetic captures (conftest_render.py) where a test must name pixels; one tiny-model
+Synthetic captures (synthetic.py) where a test must name pixels; one toy-model
 capture with every word (and punctuation) of a prompt where it needs many real groups.
 New names are imported inside the tests, so each test fails on its own on the old code.
 """
@@ -25,7 +25,7 @@ from ovi_attn_render.reader import open_capture
 PROMPT = """\
 prompt: "A red circle, a blue square; both move. <AUDCAP>a beep<ENDAUDCAP>"
 video_negative_prompt: "a blue blur"
-model: tiny
+model: toy
 seed: 3
 steps: 2
 capture:
@@ -49,7 +49,7 @@ def both(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def words(tmp_path_factory) -> Path:
-    """A real (tiny-model) capture of every word and punctuation mark of a prompt, both branches."""
+    """A real (toy-model) capture of every word and punctuation mark of a prompt, both branches."""
     pytest.importorskip("torch")
     tmp = tmp_path_factory.mktemp("words")
     prompt = tmp / "p.yaml"
