@@ -8,7 +8,10 @@ cannot change a single bit of the output.
 
 Backends, in order of preference: flash-attn 3, flash-attn 2, PyTorch's SDPA kernels
 (flash / efficient on CUDA, the flash kernel on CPU), and `math`, the reference.
-Layout everywhere: q [B, Lq, H, D], k and v [B, Lk, H, D] (Wan's layout).
+Layout everywhere: q [B, Lq, H, D], k and v [B, Lk, H, D] (Wan's layout). Each kernel's
+calling convention and return layout, per version, is written beside its wrapper below and
+held to by CPU stand-ins in tests/test_kernel_contracts.py; bench/gpu_check.py runs the
+real kernels on a GPU.
 """
 
 from __future__ import annotations
