@@ -320,11 +320,30 @@ def file_matches_copies(watch: _Watch) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- identity
 
 
+def solver() -> str:
+    """The default UniPC comes from diffusers, which the device machine lacks unless its
+    wheel is carried (docs/PERFORMANCE.md); DPM++ is ours and runs the same model passes."""
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        return "dpm++"
+    return "unipc"
+
+
+def make_bench(size: CO.Size, steps: int, device: str) -> CO.Bench:
+    import dataclasses
+
+    bench = CO.Bench(size, steps, 16, device)
+    bench.settings = dataclasses.replace(bench.settings, solver=solver())
+    return bench
+
+
+
 def check_identity(report: Report, sizes: list[str], device: str, steps: int) -> None:
     import torch
 
     for size in sizes:
-        bench = CO.Bench(CO.SIZES[size], steps, 16, device)
+        bench = make_bench(CO.SIZES[size], steps, device)
         plain = bench.run("plain")
         again = bench.run("plain")
         same = torch.equal(plain["video"], again["video"]) and torch.equal(plain["audio"], again["audio"])
@@ -376,7 +395,7 @@ def check_real(report: Report, device: str, smoke: bool, repeat: int, budget: fl
     steps = 1 if smoke else 2
     print(f"real: building {size.name} ({size.describe()}) on {device} ...", flush=True)
     with normal_draws_on(device):
-        bench = CO.Bench(size, steps, 16, device)
+        bench = make_bench(size, steps, device)
     report.add("real", f"{size.name}: model build (random bf16 weights)", f"{bench.build_seconds:.1f} s", "", None)
     with watched_writers(record=False) as watches:
         timed, naive_map_diff = CO.time_modes(bench, list(CO.MODES), repeat, warmup=not smoke)
@@ -544,6 +563,10 @@ def main() -> int:
         seconds[name] = time.perf_counter() - t0
         save()
 
+    if sections & {"identity", "real"}:
+        name = solver()
+        report.add("setup", "sampler", name + ("" if name == "unipc" else " (diffusers is not installed: carry its "
+                                               "wheel to run the default unipc)"), "", None)
     if sections & {"backends", "maps"}:
         section("kernels", lambda: check_backends_and_maps(report, SMOKE if args.smoke else OVI, device, sections))
     if "identity" in sections:

@@ -40,7 +40,8 @@ def test_smoke_runs_every_section_without_the_packages_the_device_lacks(tmp_path
     data = json.loads((tmp_path / "gpu_check.json").read_text())
     assert data["status"] == 0 and not data["failed"]
     sections = {c["section"] for c in data["checks"]}
-    assert sections == {"backends", "maps", "identity", "real", "writer"}
+    assert sections == {"setup", "backends", "maps", "identity", "real", "writer"}
+    assert data["checks"][0]["value"].startswith("dpm++ (diffusers is not installed")  # ours, not diffusers' UniPC
     names = " | ".join(c["name"] for c in data["checks"])
     for expected in ("sdpa (cpu flash), bfloat16, video->audio masked", "tiny: ours vs plain latents",
                      "tiny: ours+fusion maps in the file vs synchronous copies", "tiny ours_", "tiny_long"):
