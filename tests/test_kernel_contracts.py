@@ -233,8 +233,10 @@ def sdpa_ops(lse_padding: str = "end"):
         calls.append("efficient")
         Bq, Hq, Lq, _ = query.shape
         Lk = key.shape[2]
-        for t in (query, key, value):
-            assert t.stride(-1) == 1
+        for t in (query, key, value):  # 128-bit loads: rows and heads start aligned
+            align = 16 // t.element_size()
+            assert t.stride(-1) == 1 and t.stride(2) % align == 0 and (t.shape[1] <= 1 or t.stride(1) % align == 0), \
+                "query/key/value is not correctly aligned"
         if attn_bias is not None:
             assert attn_bias.dtype == query.dtype, "invalid dtype for bias - should match query's dtype"
             assert attn_bias.dim() == 4, "Bias expected in BMHK format"
