@@ -36,7 +36,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import _common as C
@@ -124,7 +124,7 @@ def kernels(device: str) -> dict:
 
 
 def cases(shapes: Shapes, dtype, device, seed=0) -> dict:
-    """name -> (q, k, v, k_lens, kind, grid): the text, video->audio and audio->video attention."""
+    """name -> (q, k, v, k_lens, kind): the text, video->audio and audio->video attention (Wan layout)."""
     import torch
 
     g = torch.Generator(device=device).manual_seed(seed)
