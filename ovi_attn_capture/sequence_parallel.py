@@ -32,6 +32,7 @@ class SequenceParallel:
         self.group, self.rank, self.size = group, rank, size
         self.total_heads = total_heads  # heads of a tower (both towers have the same count in Ovi)
         self.lengths: dict[str, int] = {}  # tower -> its true token count, set per forward
+        self.calls = 0  # collectives started: ranks that agree on it are still in step
 
     # ------------------------------------------------------------------ tokens
     def padded(self, length: int) -> int:
@@ -52,6 +53,7 @@ class SequenceParallel:
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L/K, C] local tokens -> [B, L_padded, C] on every rank (rank order = token order)."""
         parts = [torch.empty_like(x) for _ in range(self.size)]
+        self.calls += 1
         dist.all_gather(parts, x.contiguous(), group=self.group)
         return torch.cat(parts, dim=1)
 
@@ -62,6 +64,7 @@ class SequenceParallel:
         K = self.size
         send = x.reshape(B, Ls, K, H // K, D).permute(2, 0, 1, 3, 4).contiguous()  # [K, B, Ls, H/K, D]: row p -> rank p
         recv = torch.empty_like(send)  # recv[p]: rank p's tokens of my heads
+        self.calls += 1
         dist.all_to_all_single(recv, send, group=self.group)
         return recv.permute(1, 0, 2, 3, 4).reshape(B, K * Ls, H // K, D)[:, :length]
 
@@ -75,6 +78,7 @@ class SequenceParallel:
         Ls = x.shape[1] // K
         send = x.reshape(B, K, Ls, Hk, D).permute(1, 0, 2, 3, 4).contiguous()  # [K, B, Ls, H/K, D]: tokens of rank p
         recv = torch.empty_like(send)  # recv[p]: my tokens, heads of rank p
+        self.calls += 1
         dist.all_to_all_single(recv, send, group=self.group)
         return recv.permute(1, 2, 0, 3, 4).reshape(B, Ls, K * Hk, D)
 
@@ -90,8 +94,10 @@ class SequenceParallel:
         per-rank sums added by an all-reduce, divided by H). Only these small reduced maps travel."""
         if keep_heads:
             parts = [torch.empty_like(m) for _ in range(self.size)]
+            self.calls += 1
             dist.all_gather(parts, m.contiguous(), group=self.group)
             return torch.cat(parts, dim=0)
         total = m.sum(dim=0, keepdim=True)
+        self.calls += 1
         dist.all_reduce(total, group=self.group)
         return total / self.total_heads
