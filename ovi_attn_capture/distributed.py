@@ -233,7 +233,7 @@ def run_distributed(jobs: list[Job], out_dir: Path | None, world: World, *, forc
     quiet = None if not world.writes else console  # an SP helper rank stays silent
     runner = JobRunner(force=force, mp4=mp4, console=quiet, progress=False, sp=world.sp, rank=world.rank,
                        device_name=world.device_name)
-    mine, results, stop = world.mine(jobs), [], ""
+    mine, results, stop, job = world.mine(jobs), [], "", None
     try:
         for n, job in enumerate(mine):
             world.doing(job.label)
@@ -250,6 +250,9 @@ def run_distributed(jobs: list[Job], out_dir: Path | None, world: World, *, forc
                 break
     except (Stopped, KeyboardInterrupt) as why:
         stop = f"rank {world.rank} was stopped ({why or 'interrupted'}) while capturing {world.last_job(world.rank)}"
+        if world.writes and job is not None and not any(r.job == job.index for r in results):
+            results.append(Result(job.label, job.seed, str(job.output), "failed", 0.0,
+                                  f"stopped ({why or 'interrupted'}) while capturing it", world.rank, job.index))
     finally:
         signal.signal(signal.SIGTERM, previous)
     world.doing("finished" if not stop else "stopped")
@@ -324,7 +327,8 @@ def _complete_results(jobs, world: World, posted: dict, dead: list[int], message
         for r in p["results"]:
             reported[r["job"]] = Result(**r)
     for r in dead:
-        messages.append(f"rank {r} stopped (killed or crashed) while on {world.last_job(r)}")
+        if not any(f"rank {r} " in m for m in messages):  # a partner may have said it already
+            messages.append(f"rank {r} stopped (killed or crashed) while on {world.last_job(r)}")
     out = []
     for job in jobs:
         got = reported.get(job.index)
@@ -333,8 +337,12 @@ def _complete_results(jobs, world: World, posted: dict, dead: list[int], message
             if is_complete(job.output):
                 got = Result(job.label, job.seed, str(job.output), "complete", 0.0, "", owner, job.index)
             else:
-                why = (f"not run: rank {owner} stopped" if owner in dead or owner not in posted else
-                       f"not run: {posted[owner]['stop'] or 'its group stopped'}")
+                if owner in posted:
+                    why = f"not run: {posted[owner]['stop'] or 'its group stopped'}"
+                elif world.last_job(owner) == job.label:
+                    why = f"rank {owner} stopped (killed or crashed) while capturing it"
+                else:
+                    why = f"not run: rank {owner} stopped before it"
                 got = Result(job.label, job.seed, str(job.output or ""), "failed", 0.0, why, owner, job.index)
         out.append(got)
     return out

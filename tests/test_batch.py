@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
 from ovi_attn_capture import components
@@ -108,3 +109,18 @@ def test_sp_size_refused_before_loading(tmp_path, monkeypatch, capsys):
     with pytest.raises(UserError, match="does not divide the 1 attention heads of the toy"):
         check_sp_size(2, 2, 1, "toy")
     check_sp_size(4, 8, 24, "720x720_5s")  # 2 groups of 4 ranks, 6 heads each
+
+
+def test_sp_memory_tables_come_from_the_checkpoint_shapes():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "bench" / "sp_memory.py")], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    params = sum(np.prod(s) for s in json.loads((root / "tests/data/fusion_state_dict_11b.json").read_text()).values())
+    assert f"fusion weights {params * 2 / 1e9:.2f} GB" in out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| 960x960_10s | 54,900 + 314 |")]
+    assert [r[2] for r in rows] == ["1", "2", "4", "8"]
+    per_rank = [float(r[4].split()[0]) for r in rows]
+    assert per_rank[0] == pytest.approx(2 * per_rank[1], rel=0.01) == pytest.approx(8 * per_rank[3], rel=0.01)
