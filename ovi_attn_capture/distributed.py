@@ -196,7 +196,12 @@ def start(sp_size: int, device: str, heads: int | None, model: str) -> World:
     if on_gpu:
         torch.cuda.set_device(local)
     timeout = datetime.timedelta(seconds=_seconds("OVI_ATTN_COLLECTIVE_TIMEOUT", 600))
-    dist.init_process_group("nccl" if on_gpu else "gloo", timeout=timeout)
+    try:
+        dist.init_process_group("nccl" if on_gpu else "gloo", timeout=timeout)
+    except Exception as err:  # noqa: BLE001 - the launch environment, not a bug: say so in one sentence
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(f"rank {rank} could not join the other {size - 1} processes ({reason}); launch with "
+                        f"`torchrun --nproc-per-node N -m ovi_attn_capture ...` or check MASTER_ADDR/MASTER_PORT.") from err
     sp = None
     for g in range(size // sp_size):  # every rank creates every group, in the same order
         ranks = list(range(g * sp_size, (g + 1) * sp_size))

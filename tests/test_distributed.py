@@ -91,6 +91,16 @@ def assert_same_file(a: Path, b: Path, map_rtol: float = 0.0) -> None:
         assert fa.attrs["status"] == fb.attrs["status"] == "complete"
 
 
+def capture_in_one_thread(src: Path, out: Path) -> None:
+    """The one-process reference batch, with one thread like each rank."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["capture", str(src), "-o", str(out), "--no-mp4", "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory):
     """Three toy prompts and their one-process captures (one thread, like each rank)."""
@@ -99,12 +109,7 @@ def prompts(tmp_path_factory):
     src.mkdir()
     for n in (1, 2, 3):
         (src / f"p{n}.yaml").write_text(PROMPT.format(n=n))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["capture", str(src), "-o", str(tmp / "single"), "--no-mp4", "--no-progress"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    capture_in_one_thread(src, tmp / "single")
     return src, tmp / "single"
 
 
@@ -160,12 +165,7 @@ def test_sequence_parallel_equals_one_process(tmp_path):
     src.mkdir()
     for heads in ("all", "mean"):
         (src / f"sp_{heads}.yaml").write_text(SP_PROMPT.format(heads=heads))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["capture", str(src), "-o", str(tmp_path / "one"), "--no-mp4", "--no-progress"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    capture_in_one_thread(src, tmp_path / "one")
     r = torchrun(src, "-o", tmp_path / "sp", "--sp-size", "2")
     assert r.returncode == 0, r.stderr[-3000:]
     index = json.loads((tmp_path / "sp" / "batch.json").read_text())
@@ -175,3 +175,51 @@ def test_sequence_parallel_equals_one_process(tmp_path):
     with h5py.File(tmp_path / "sp" / "sp_all_seed7.h5") as f:
         assert json.loads(f.attrs["settings"])["sp_size"] == 2
         assert f["text_video"].shape[5] == 2  # both heads, in head order
+
+
+class _Store:
+    """The launcher's key-value store, in memory (set, get, check as c10d's Store)."""
+
+    def __init__(self):
+        self.data = {}
+
+    def set(self, key, value):
+        self.data[key] = value.encode() if isinstance(value, str) else value
+
+    def get(self, key):
+        return self.data[key]
+
+    def check(self, keys):
+        return all(k in self.data for k in keys)
+
+
+def _world(rank=0, size=2, sp_size=2, dead_after=0.3):
+    from types import SimpleNamespace
+
+    from ovi_attn_capture.distributed import World
+
+    return World(rank, size, sp_size, "cpu", _Store(), SimpleNamespace(calls=12), dead_after)
+
+
+def test_a_silent_partner_is_reported_dead_with_its_prompt():
+    world = _world()
+    world.put("beat/1", 7)  # rank 1 beat once, then stopped
+    world.put("job/1", "b.yaml seed 2")
+    values, dead = world.wait_for("result", [1])
+    assert values == {} and dead == [1] and world.last_job(1) == "b.yaml seed 2"
+
+
+def test_sp_group_stops_when_its_ranks_ended_a_prompt_out_of_step():
+    from ovi_attn_capture.batch import Job, Result
+    from ovi_attn_capture.distributed import _sp_agree
+
+    job = Job(0, "a.yaml seed 1", "a.yaml", 1, Path("a.h5"), None)
+    ok = Result(job.label, 1, "a.h5", "complete", 1.0, "", 0, 0)
+    world = _world()  # rank 0 finished after 12 collectives; rank 1 failed after 5 (mid-forward)
+    world.put("end-0/1", {"status": "failed", "calls": 5, "error": "out of memory"})
+    problem = _sp_agree(world, job, ok)
+    assert problem.startswith("rank 1 failed on a.yaml seed 1 (out of memory) after its group had started")
+    world = _world()  # both refused the prompt before any collective: the group goes on
+    world.sp.calls = 0
+    world.put("end-0/1", {"status": "failed", "calls": 0, "error": "over budget"})
+    assert _sp_agree(world, job, Result(job.label, 1, "a.h5", "failed", 0.0, "over budget", 0, 0)) == ""
