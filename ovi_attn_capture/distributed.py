@@ -194,6 +194,9 @@ def start(sp_size: int, device: str, heads: int | None, model: str) -> World:
     on_gpu = device in ("auto", "cuda") and torch.cuda.is_available() or device.startswith("cuda")
     device_name = f"cuda:{local}" if on_gpu else "cpu"
     if on_gpu:
+        if local >= torch.cuda.device_count():
+            raise UserError(f"rank {rank} is local process {local} but {torch.cuda.device_count()} GPUs are visible; "
+                            f"start at most one process per GPU (--nproc-per-node {torch.cuda.device_count()}).")
         torch.cuda.set_device(local)
     timeout = datetime.timedelta(seconds=_seconds("OVI_ATTN_COLLECTIVE_TIMEOUT", 600))
     try:
