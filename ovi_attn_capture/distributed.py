@@ -280,20 +280,19 @@ def _sp_ready(world: World, job: Job) -> str:
 
 
 def _sp_agree(world: World, job: Job, result: Result) -> str:
-    """After a job: the group goes on only if every rank ended it the same way, before any collective
-    went astray (a failure mid-forward leaves the group's collectives out of step)."""
+    """After a job: the group goes on only if its ranks are still in step, i.e. each started the
+    same number of collectives (a rank that failed mid-forward left its partners' collectives
+    unmatched; failing together before the first one, or in the writer's decode, is harmless)."""
     ranks = [world.group * world.sp_size + s for s in range(world.sp_size)]
-    calls = world.sp.calls
-    world.put(f"end-{job.index}/{world.rank}", {"status": result.status, "calls": calls, "error": result.error})
+    world.put(f"end-{job.index}/{world.rank}", {"status": result.status, "calls": world.sp.calls, "error": result.error})
     ends, dead = world.wait_for(f"end-{job.index}", ranks)
     if dead:
         return (f"rank {dead[0]} (sequence-parallel partner of rank {world.rank}) stopped while on "
                 f"{world.last_job(dead[0])}; this group's remaining prompts were not run")
-    statuses = {(e["status"], e["calls"]) for e in ends.values()}
-    if len(statuses) > 1:
-        failed = next(r for r, e in sorted(ends.items()) if e["status"] == "failed")
-        return (f"rank {failed} failed on {job.label} ({ends[failed]['error']}) after its group had started "
-                f"computing together; this group's remaining prompts were not run")
+    if len({e["calls"] for e in ends.values()}) > 1:
+        failed = min(ends, key=lambda r: (ends[r]["status"] != "failed", ends[r]["calls"], r))
+        return (f"rank {failed} failed on {job.label} ({ends[failed]['error'] or 'out of step'}) after its group "
+                f"had started computing together; this group's remaining prompts were not run")
     return ""
 
 
