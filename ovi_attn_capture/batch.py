@@ -202,7 +202,8 @@ class JobRunner:
         except UserError as err:
             status, error = "failed", str(err)
         except Exception as err:  # noqa: BLE001 - one failing prompt must not stop the batch
-            status, error = "failed", f"internal error: {type(err).__name__}: {err}"
+            first = (str(err).strip().splitlines() or [""])[0]
+            status, error = "failed", f"internal error: {type(err).__name__}: {first[:300]}"
         return Result(job.label, job.seed, str(job.output), status, round(time.time() - t0, 3), error, self.rank,
                       job.index)
 
@@ -243,15 +244,17 @@ def run_local(jobs: list[Job], out_dir: Path, *, force: bool, mp4: bool, console
 
 def run_one(runner: JobRunner, job: Job, n: int, total: int, done: list[Result], prefix: str = "") -> Result:
     """One job with its progress lines: '[2/5] a.yaml seed 7 -> runs/a_seed7.h5' and its outcome."""
+    from rich.markup import escape
+
     result = runner.skip(job)
     if result is None:
-        runner.say(f"{prefix}[bold][{n + 1}/{total}][/] {job.label} -> {job.output}")
+        runner.say(f"{prefix}[bold]\\[{n + 1}/{total}][/] {escape(job.label)} -> {escape(str(job.output))}")
         result = runner.run(job)
     finished = sum(r.status != "failed" for r in done) + (result.status != "failed")
     failed = sum(r.status == "failed" for r in done) + (result.status == "failed")
     outcome = {"complete": f"[green]complete[/] in {result.seconds:.1f} s", "skipped": "[cyan]skipped[/] (complete already)",
-               "failed": f"[red]failed[/]: {result.error}"}[result.status]
-    runner.say(f"{prefix}[{n + 1}/{total}] {job.label}: {outcome}  (overall {finished} done, {failed} failed, "
+               "failed": f"[red]failed[/]: {escape(result.error)}"}[result.status]
+    runner.say(f"{prefix}\\[{n + 1}/{total}] {escape(job.label)}: {outcome}  (overall {finished} done, {failed} failed, "
                f"{total - n - 1} to go)")
     return result
 
@@ -285,4 +288,5 @@ def print_summary(results: list[Result], index: Path, console) -> None:
                       f"[{colour[r.status]}]{r.status}[/]", f"{r.seconds:.1f}", escape(r.error))
     console.print(table)
     failed = sum(r.status == "failed" for r in results)
-    console.print(f"{len(results) - failed} of {len(results)} done ({failed} failed); index: {index}", highlight=False)
+    console.print(f"{len(results) - failed} of {len(results)} done ({failed} failed); index: {escape(str(index))}",
+                  highlight=False)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from rich.markup import escape
 
 from ovi_attn_render.errors import UserError
 
@@ -320,8 +321,8 @@ def _finish(jobs: list[Job], out_dir: Path | None, world: World, console, index:
         path = write_index(out_dir, results, {"world_size": world.size, "sp_size": world.sp_size})
         print_summary(results, path, console)
     for m in dict.fromkeys(messages):
-        console.print(f"[bold red]error:[/] {m}; the finished files are kept: rerun the same command to resume.",
-                      highlight=False)
+        console.print(f"[bold red]error:[/] {escape(m)}; the finished files are kept: rerun the same command to "
+                      f"resume.", highlight=False)
     world.put("outcome/0", {"code": code})
     world.wait_for("ack", [r for r in ranks if r != 0 and r not in dead], time.monotonic() + 10)
     return code
