@@ -224,3 +224,32 @@ def test_sp_group_stops_when_its_ranks_ended_a_prompt_out_of_step():
     world.sp.calls = 0
     world.put("end-0/1", {"status": "failed", "calls": 0, "error": "over budget"})
     assert _sp_agree(world, job, Result(job.label, 1, "a.h5", "failed", 0.0, "over budget", 0, 0)) == ""
+
+
+SWAP_CHECK = """
+import torch, torch.distributed as dist
+from ovi_attn_capture.sequence_parallel import SequenceParallel
+dist.init_process_group("gloo")
+sp = SequenceParallel(dist.group.WORLD, dist.get_rank(), dist.get_world_size(), total_heads=4)
+for L in (157, 158, 5):  # odd lengths (the released models' 157 audio tokens) need padding
+    x = torch.arange(L * 4 * 3, dtype=torch.float32).reshape(1, L, 4, 3)  # [B, L, H, D], the same on both ranks
+    local = sp.shard(x)  # [1, ceil(L/2), 4, 3]
+    heads = sp.to_heads(local, L)  # [1, L, 2, 3]: every token, this rank's two heads
+    assert torch.equal(heads, x[:, :, 2 * sp.rank:2 * sp.rank + 2]), L
+    assert torch.equal(sp.to_sequence(heads), local), L  # and back, padding included
+    assert torch.equal(sp.gather(local.flatten(2))[:, :L], x.flatten(2)), L
+m = torch.full((2, 3), float(sp.rank + 1))  # this rank's two heads' maps
+assert torch.equal(sp.reduce_maps(m, keep_heads=False), torch.full((1, 3), (1 + 1 + 2 + 2) / 4))
+assert torch.equal(sp.reduce_maps(m, keep_heads=True)[:, 0], torch.tensor([1.0, 1.0, 2.0, 2.0]))
+print("swaps ok")
+"""
+
+
+@pytest.mark.timeout(600)
+def test_sequence_parallel_swaps_pad_and_cut_odd_lengths(tmp_path):
+    script = tmp_path / "swap_check.py"
+    script.write_text(SWAP_CHECK)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+           str(script)]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.count("swaps ok") == 2, r.stderr[-3000:]
