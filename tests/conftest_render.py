@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ovi_attn_render.format import CaptureFileWriter, CaptureLayout, TokenRow
+from ovi_attn_render.format import DEFAULT_MAP_ENCODING, CaptureFileWriter, CaptureLayout, TokenRow
 
 GREY = 128
 BASE = 0.01  # every map's value outside its hot cell
@@ -30,7 +30,7 @@ class Synth:
     kinds: tuple[str, ...] = ("text_video", "text_audio", "video_audio", "audio_video")
     audio_tokens: int = 12
     heads: int = 1
-    map_dtype: str = "float16"
+    map_dtype: str = DEFAULT_MAP_ENCODING
 
 
 def hot_value(step: int) -> float:
