@@ -117,6 +117,22 @@ def _compare_pictures(paths: list[str], titles: list[str], out: str, fps: float)
         draw.write_png(out, frame_at(count - 1))
 
 
+def _render_then_move(render, cap, opts, target: str):
+    """Draw into a temporary folder beside `target`, then move what was drawn into place:
+    a read that fails half-way (a damaged map or frame) leaves no partial picture and no
+    damaged earlier output."""
+    folder = os.path.dirname(os.path.abspath(target))
+    with tempfile.TemporaryDirectory(prefix=".ovi-attn-render-", dir=folder) as tmp:
+        drawn = render(cap, opts, os.path.join(tmp, os.path.basename(target)))
+        moved = []
+        for p in drawn.paths:
+            final = os.path.join(os.path.dirname(target), os.path.relpath(p, tmp))  # as the user wrote it
+            os.replace(p, final)
+            moved.append(final)
+        drawn.paths = moved
+    return drawn
+
+
 def run_render(paths: list[Path], opts, out: Optional[Path], fmt: Optional[str], force: bool) -> list[str]:
     """Render one capture, or two side by side (compare). Returns the paths written."""
     from . import views
@@ -134,7 +150,7 @@ def run_render(paths: list[Path], opts, out: Optional[Path], fmt: Optional[str],
         target = output_path([str(p) for p in paths], opts, out, fmt, frame, force, allowed)
         notes: set = set()
         if len(caps) == 1:
-            drawn = views.render(caps[0], opts, target)
+            drawn = _render_then_move(views.render, caps[0], opts, target)
             _print_result(drawn, notes)
             for p in drawn.paths:
                 console.print(f"[green]wrote[/] {p}")

@@ -149,6 +149,11 @@ MAP_ENCODINGS: dict[str, MapEncoding] = {
 DEFAULT_MAP_ENCODING = "int16"
 CHECKSUM_BYTES = 4  # Fletcher-32 appends 4 bytes to every chunk
 
+# dask chunks for `xr.open_dataset(path, chunks=DASK_CHUNKS)`: one dask chunk per token and
+# latent frame holds all steps and layers (the on-disk chunking, one map per chunk, would
+# make one dask task per map). Selecting one token at one frame is then a single task.
+DASK_CHUNKS = {"token": 1, "frame": 1, "step": -1, "layer": -1}
+
 
 def decode(attrs, stored: np.ndarray) -> np.ndarray:
     """Stored map values -> float32 probabilities, NaN where never computed: what netCDF

@@ -16,3 +16,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"
+# ncdump (netcdf-bin, ~7 MB) lets the format tests print a capture's header with netCDF-C's
+# own tool; installed only where apt works as root, and the test skips without it.
+if ! command -v ncdump >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get install -y -q netcdf-bin >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q netcdf-bin >/dev/null 2>&1; } || true
+fi
