@@ -95,6 +95,7 @@ class ChildRun:
     returncode: int
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0  # user + system time of the child (robust to other load on the machine)
 
 
 def run_child(args: Sequence[str], cwd: Path | None = None, env: dict | None = None, timeout: float = 600.0) -> ChildRun:
@@ -123,7 +124,8 @@ def run_child(args: Sequence[str], cwd: Path | None = None, env: dict | None = N
         proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from waiting again
         out.seek(0)
         err.seek(0)
-        return ChildRun(list(args), seconds, usage.ru_maxrss * 1024, proc.returncode, out.read(), err.read())
+        return ChildRun(list(args), seconds, usage.ru_maxrss * 1024, proc.returncode, out.read(), err.read(),
+                        usage.ru_utime + usage.ru_stime)
 
 
 # Runs a module as `python -m` would and writes its own peak RSS (VmHWM) to argv[1] at exit.
@@ -311,6 +313,7 @@ class WriteStats:
     disk_bytes: int  # allocated blocks
     create_seconds: float  # file creation: metadata + early allocation with NaN fill
     maps_seconds: float  # every write_map and finish_step (flush)
+    maps_cpu_seconds: float  # the same, CPU time of this process (robust to other load)
     clip_seconds: float  # decoded frames and audio
     close_seconds: float
     steps: int
@@ -339,6 +342,7 @@ def write_synthetic_capture(path: str | Path, spec: SyntheticSpec = REAL, fsync:
     t0 = time.perf_counter()
     writer = CaptureFileWriter(path, layout)
     t1 = time.perf_counter()
+    c1 = time.process_time()
     for s in range(spec.steps):
         for layer in range(spec.layers):
             if "text_video" in spec.kinds:
@@ -348,6 +352,7 @@ def write_synthetic_capture(path: str | Path, spec: SyntheticSpec = REAL, fsync:
         writer.set_timestep(s, 999 - 20 * s, 1 - s / spec.steps)
         writer.finish_step(s + 1)
     t2 = time.perf_counter()
+    maps_cpu = time.process_time() - c1
     writer.write_video(_synthetic_frames(spec))
     n = layout.audio_samples
     writer.write_audio(0.3 * np.sin(2 * np.pi * 220 * np.arange(n) / 16000).astype(np.float32))
@@ -362,7 +367,7 @@ def write_synthetic_capture(path: str | Path, spec: SyntheticSpec = REAL, fsync:
     stored = {v.name: int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in big_variables(layout)}
     map_bytes = sum(b for name, b in stored.items() if name not in ("video", "audio"))
     return WriteStats(str(path), sum(stored.values()), map_bytes, estimate_bytes(layout), st.st_size,
-                      st.st_blocks * 512, t1 - t0, t2 - t1, t3 - t2, t4 - t3, spec.steps)
+                      st.st_blocks * 512, t1 - t0, t2 - t1, maps_cpu, t3 - t2, t4 - t3, spec.steps)
 
 
 def expected_map(spec: SyntheticSpec, group: int, step: int, layer: int):
