@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest_render import Synth, write_synthetic
+from conftest_render import Synth, synthetic_layout, write_synthetic
 from ovi_attn_render.cli import main
 from ovi_attn_render.errors import UserError
 from ovi_attn_render.format import (DASK_CHUNKS, MAP_DIMS, MAP_ENCODINGS, CaptureFileWriter, decode,
@@ -47,7 +47,7 @@ def toy_capture(tmp_path_factory) -> Path:
     return out
 
 
-def synthetic(tmp_path, encoding: str, name: str = "s.nc", **kw) -> Path:
+def synthetic_file(tmp_path, encoding: str, name: str = "s.nc", **kw) -> Path:
     path = tmp_path / name
     write_synthetic(path, Synth(map_dtype=encoding, **kw))
     return path
@@ -74,7 +74,7 @@ def netcdf_variables(f: h5py.File) -> list[str]:
 @pytest.mark.parametrize("which", ["toy int16", "float32", "float32-deflate"])
 def test_netcdf4_python_reads_every_variable_as_h5py_decodes_it(toy_capture, tmp_path, which):
     netCDF4 = pytest.importorskip("netCDF4")
-    path = toy_capture if which == "toy int16" else synthetic(tmp_path, which)
+    path = toy_capture if which == "toy int16" else synthetic_file(tmp_path, which)
     with h5py.File(path, "r") as f, netCDF4.Dataset(path) as nc:
         names = netcdf_variables(f)
         assert set(nc.variables) == set(names)
@@ -152,7 +152,7 @@ def test_packed_maps_are_within_7_6e_6_of_float32_and_nan_survives():
 
 
 def test_unbounded_spatial_fusion_map_stays_float32_under_packing(tmp_path):
-    path = synthetic(tmp_path, "int16")
+    path = synthetic_file(tmp_path, "int16")
     with h5py.File(path, "r") as f:
         assert f["text_video"].dtype == np.int16 and f["audio_video_spatial"].dtype == np.float32
         assert f["audio_video_spatial"].attrs["encoding"] == "float32"
@@ -163,11 +163,7 @@ def test_size_estimate_is_within_5_percent_and_space_is_allocated_at_creation(tm
     s = Synth(map_dtype=encoding, steps=6, layers=(0, 1, 2, 3), grid=(5, 16, 16), audio_tokens=40)
     path = tmp_path / "s.nc"
     write_synthetic(path, s)
-    with open_capture(path) as cap:  # the layout the synthetic writer used, rebuilt from the file
-        assert cap.steps_done == 6
-    from conftest_render import synthetic_layout
-
-    layout = synthetic_layout(s)
+    layout = synthetic_layout(s)  # the layout the file was written with
     created = tmp_path / "created.nc"
     CaptureFileWriter(created, layout).close("running")  # nothing written yet
     final = os.path.getsize(path)
@@ -193,7 +189,7 @@ def _chunk_offset(path: Path, var: str, coord: tuple, at: float = 0.5) -> int:
 
 
 def test_a_flipped_byte_in_a_map_is_named_in_one_sentence_and_never_drawn(tmp_path, capsys):
-    path = synthetic(tmp_path, "int16")
+    path = synthetic_file(tmp_path, "int16")
     with open_capture(path) as cap:
         tok, step, layer, frame = cap.token_index("man"), 2, 1, 1
     # text_video dims: branch, token, frame, step, layer, head, y, x
@@ -218,7 +214,7 @@ def test_a_flipped_byte_in_a_map_is_named_in_one_sentence_and_never_drawn(tmp_pa
 
 
 def test_ten_random_flips_in_map_chunks_are_all_caught(tmp_path):
-    path = synthetic(tmp_path, "int16", kinds=("text_video", "text_audio"))
+    path = synthetic_file(tmp_path, "int16", kinds=("text_video", "text_audio"))
     rng = np.random.default_rng(12)
     with h5py.File(path, "r") as f:
         shape = f["text_video"].shape
@@ -236,7 +232,7 @@ def test_ten_random_flips_in_map_chunks_are_all_caught(tmp_path):
 
 
 def test_damaged_frames_and_audio_are_named(tmp_path):
-    path = synthetic(tmp_path, "int16")
+    path = synthetic_file(tmp_path, "int16")
     _flip(path, _chunk_offset(path, "video", (3, 0, 0, 0)))
     _flip(path, _chunk_offset(path, "audio", (0,)))
     with open_capture(path) as cap:
@@ -255,7 +251,7 @@ def test_dask_recipe_makes_one_token_at_one_frame_a_single_task(tmp_path):
     pytest.importorskip("dask")
     import xarray as xr
 
-    path = synthetic(tmp_path, "int16")
+    path = synthetic_file(tmp_path, "int16")
     with xr.open_dataset(path, chunks=DASK_CHUNKS) as ds, open_capture(path) as cap:
         tv = ds.text_video
         assert dict(zip(tv.dims, tv.data.chunksize)) | {} == {
@@ -284,7 +280,7 @@ def test_format_1_fixture_still_reads_and_info_says_its_version(capsys):
 
 
 def test_info_says_format_2_and_the_encoding(tmp_path, capsys):
-    path = synthetic(tmp_path, "int16")
+    path = synthetic_file(tmp_path, "int16")
     assert main(["info", str(path)]) == 0
     assert "version 2 (netCDF-4, CF-1.11; int16 maps, Fletcher-32 checksums)" in capsys.readouterr().out
 
