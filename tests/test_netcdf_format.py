@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest_render import Synth, synthetic_layout, write_synthetic
+from synthetic import Synth, synthetic_layout, write_synthetic
 from ovi_attn_render.cli import main
 from ovi_attn_render.errors import UserError
 from ovi_attn_render.format import (DASK_CHUNKS, MAP_DIMS, MAP_ENCODINGS, CaptureFileWriter, decode,
