@@ -258,8 +258,9 @@ class Capture:
             try:
                 ds[tuple(slice(at[d], at[d] + 1) if d in at else slice(None) for d in dims)]
             except OSError:
-                return f"{var} map of " + ", ".join(self._describe_position(d, at[d]) for d in
-                                                   sorted(at, key=_DAMAGE_ORDER.index))
+                named = [d for d in sorted(at, key=_DAMAGE_ORDER.index) if ds.shape[dims.index(d)] > 1
+                         or d in ("token", "step", "layer")]  # a dim of one entry says nothing
+                return f"{var} map of " + ", ".join(self._describe_position(d, at[d]) for d in named)
         return f"{var} maps selected"  # the batch failed but no single map did: say what was asked
 
     def _describe_position(self, dim: str, i: int) -> str:
