@@ -46,6 +46,9 @@ def _register_commands() -> None:
     from . import commands as render_commands
 
     render_commands.register(app)
+    from .viewer import command as view_command
+
+    view_command.register(app)
     try:
         from ovi_attn_capture import commands as capture_commands
     except ImportError:  # a render-only install without the capture package
@@ -59,7 +62,7 @@ _register_commands()
 def _command_of(args: list[str]) -> str:
     for a in args:
         if not a.startswith("-"):
-            return a + " " if a in ("capture", "render", "info", "compare", "tokens", "eval") else ""
+            return a + " " if a in ("capture", "render", "info", "compare", "tokens", "eval", "view") else ""
     return ""
 
 
