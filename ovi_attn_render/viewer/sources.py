@@ -84,13 +84,19 @@ class Source:
                 return False  # gone for a moment (a rename): keep the handle we have
             if stamp == self._stamp:
                 return False
-            try:
-                fresh = open_capture(self.path)
-            except UserError:
-                return False  # caught mid-write; the next poll tries again
-            old, self.cap, self._stamp = self.cap, fresh, stamp
+            # Close first: HDF5 shares one file object (and its stale metadata cache) between
+            # handles of a file that is already open, so a second open would see nothing new.
+            self.cap.close()
+            for attempt in range(5):
+                try:
+                    self.cap = open_capture(self.path)
+                    break
+                except UserError:  # caught mid-write: try again in a moment
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.05)
+            self._stamp = stamp
             self.generation += 1
-            old.close()
             return True
 
     def status(self) -> dict:

@@ -120,10 +120,12 @@ function layersSpec() {
 }
 
 function readable(fileIndex) { return ovi.status[fileIndex]?.readable_steps ?? ovi.files[fileIndex].readable_steps; }
+// the steps the slider offers: those every open file can show (two files compare step for step)
+function commonSteps() { return ovi.files.map((_, i) => readable(i)).reduce((a, b) => a.filter((v) => b.includes(v))); }
 
 function syncControls() {
-  const s = ovi.state, m = ovi.files[0], steps = readable(0);
-  $("frame").max = m.num_pixel_frames - 1; $("frame").value = s.frame;
+  const s = ovi.state, m = ovi.files[0], steps = commonSteps();
+  $("frame").max = Math.min(...ovi.files.map((f) => f.num_pixel_frames)) - 1; $("frame").value = s.frame;
   const latent = s.frame <= 0 ? 0 : Math.floor((s.frame + m.stride - 1) / m.stride);
   $("frame-label").textContent = `frame ${s.frame} (latent ${latent}) ${(s.frame / m.fps).toFixed(2)} s`;
   $("step").max = Math.max(0, steps.length - 1);
@@ -169,7 +171,7 @@ function buildControls() {
   $("layer-lo").value = m.layers[0]; $("layer-hi").value = m.layers[m.layers.length - 1];
   const on = (id, ev, fn) => $(id).addEventListener(ev, fn);
   on("frame", "input", (e) => set({ frame: +e.target.value }));
-  on("step", "input", (e) => set({ step: readable(0)[+e.target.value] }));
+  on("step", "input", (e) => set({ step: commonSteps()[+e.target.value] }));
   on("layer-mode", "change", (e) => set({ layerMode: e.target.value }));
   on("layer", "input", (e) => set({ layer: +e.target.value }));
   on("layer-lo", "change", (e) => set({ layerLo: +e.target.value }));
@@ -316,7 +318,12 @@ async function drawAll(ticket) {
     drawLegend(i);
     $(`caption-${i}`).textContent = caption(i);
   });
-  await Promise.all([drawGrid(ticket), drawPatch(ticket), ...ovi.files.map((_, i) => drawAudio(i, ticket))]);
+  // a second file that lacks this step or token says so in its own panel; the rest still draws
+  const perFile = (i) => drawAudio(i, ticket).catch((e) => {
+    if (i === 0) throw e;
+    $(`caption-${i}`).textContent = String(e.message || e).split("\n")[0];
+  });
+  await Promise.all([drawGrid(ticket), drawPatch(ticket), ...ovi.files.map((_, i) => (per[i].error ? null : perFile(i)))]);
 }
 
 function caption(i) {
@@ -491,9 +498,9 @@ function play(mode) {
     if (!playing || playing.mode !== mode) return;
     const m = ovi.files[0];
     if (mode === "steps") {
-      const steps = readable(0), pos = steps.indexOf(ovi.state.step);
+      const steps = commonSteps(), pos = steps.indexOf(ovi.state.step);
       await set({ step: steps[(pos + 1) % steps.length] });
-      playing.timer = setTimeout(tick, 125);
+      if (playing && playing.mode === mode) playing.timer = setTimeout(tick, 125);
       return;
     }
     const useAudio = audio && !playing.noAudio && !audio.paused;
@@ -502,7 +509,7 @@ function play(mode) {
     const frame = Math.floor(t * m.fps);
     if (frame >= m.num_pixel_frames || (audio && audio.ended)) { stop(); return; }
     if (frame !== ovi.state.frame) await set({ frame }); else await drawAudio(0, drawTicket);
-    playing && (playing.raf = requestAnimationFrame(tick));
+    if (playing && playing.mode === mode) playing.raf = requestAnimationFrame(tick);
   };
   tick();
 }
@@ -524,7 +531,7 @@ async function pollStatus() {
     const d = await r.json();
     const before = ovi.status.map((st) => st.steps_done).join(",");
     const wasClip = ovi.files.map((m) => m.clip_written).join(",");
-    const last = readable(0);
+    const last = commonSteps();
     const atEnd = ovi.state.step === last[last.length - 1];
     ovi.status = d.files;
     d.files.forEach((st, i) => { ovi.files[i].clip_written = st.clip_written; });
@@ -533,7 +540,7 @@ async function pollStatus() {
     const grew = before !== d.files.map((st) => st.steps_done).join(",");
     const clip = wasClip !== ovi.files.map((m) => m.clip_written).join(",");
     if (grew || clip) {
-      const now = readable(0);
+      const now = commonSteps();
       if ((atEnd || ovi.state.step === null) && now.length) ovi.state.step = now[now.length - 1];
       syncControls();
       redraw();
@@ -568,7 +575,7 @@ async function start() {
   ovi.status = d.files.map((m) => ({ ...m.status, readable_steps: m.readable_steps }));
   const m = ovi.files[0];
   const firstWord = m.groups.find((g, i) => !["eos", "pad"].includes(m.group_kinds[i]));
-  const steps = m.readable_steps;
+  const steps = commonSteps();
   ovi.state = {
     tokens: firstWord ? [firstWord] : [], frame: Math.floor(m.num_pixel_frames / 2),
     step: steps.length ? steps[steps.length - 1] : null, layerMode: "all", layer: 0,
