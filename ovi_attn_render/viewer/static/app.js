@@ -46,6 +46,20 @@ async function getFloats(path, params, fileIndex) {
   return { data: new Float32Array(buf), shape, headers };
 }
 
+// answers that do not depend on some parameters (the grid holds every step and layer),
+// kept across moves of those; cleared when a running capture gains steps
+const answerCache = new Map();
+async function cached(path, params, fileIndex, kind, ignored) {
+  const q = new URLSearchParams(query(params, fileIndex));
+  for (const k of ignored) q.delete(k);
+  const key = `${path}?${q}`;
+  if (!answerCache.has(key)) {
+    if (answerCache.size > 200) answerCache.delete(answerCache.keys().next().value);
+    answerCache.set(key, kind === "floats" ? getFloats(path, params, fileIndex) : get(path, params, fileIndex, kind));
+  }
+  try { return await answerCache.get(key); } catch (e) { answerCache.delete(key); throw e; }
+}
+
 const frameCache = new Map();  // url -> ImageData of a decoded frame at display size
 async function frameImage(fileIndex) {
   const meta = ovi.files[fileIndex];
@@ -263,16 +277,22 @@ ovi.set = set;
 
 function message(text) { $("message").textContent = text || ""; }
 
+// set() resolves when the frame canvas shows the new state; the side panels (grid, patch,
+// audio, sync) follow without holding it up. ovi.idle() waits for those too.
 async function redraw() {
   const ticket = ++drawTicket;
   ovi.busy++;
+  let drawn = false;
   try {
-    await drawAll(ticket);
-    if (ticket === drawTicket) { message(""); ovi.draws++; ovi.painted = true; }
+    const per = await drawMain(ticket);
+    drawn = ticket === drawTicket;
+    if (drawn) { message(""); ovi.draws++; ovi.painted = true; }
+    if (drawn) drawSide(ticket, per).catch((e) => { if (ticket === drawTicket) message(String(e.message || e).split("\n")[0]); })
+      .finally(() => { ovi.busy--; });
   } catch (e) {
     if (ticket === drawTicket) message(String(e.message || e).split("\n")[0]);
   } finally {
-    ovi.busy--;
+    if (!drawn) ovi.busy--;
   }
 }
 
@@ -280,17 +300,16 @@ ovi.idle = async () => {  // resolves once no draw is in flight (for tests and t
   while (ovi.busy > 0) await new Promise((r) => setTimeout(r, 5));
 };
 
-async function drawAll(ticket) {
+async function drawMain(ticket) {
   const s = ovi.state, n = ovi.files.length;
-  const table = await lut();
-  // every file's frame and maps first, so two files can share one colour scale
-  const per = await Promise.all(ovi.files.map(async (m, i) => {
+  // every file's frame and maps first (all requests at once), so two files can share one colour scale
+  const [table, per] = await Promise.all([lut(), Promise.all(ovi.files.map(async (m, i) => {
     try {
-      const frame = await frameImage(i);
-      const maps = await Promise.all(s.tokens.map((t) => getFloats("/api/map", { token: t }, i)));
+      const [frame, maps] = await Promise.all([frameImage(i),
+        Promise.all(s.tokens.map((t) => getFloats("/api/map", { token: t }, i)))]);
       return { frame, maps };
     } catch (e) { return { error: String(e.message || e).split("\n")[0] }; }
-  }));
+  }))]);
   if (ticket !== drawTicket) return;
   const ranges = s.tokens.map((_, k) => {
     const ok = per.filter((p) => !p.error);
@@ -318,6 +337,10 @@ async function drawAll(ticket) {
     drawLegend(i);
     $(`caption-${i}`).textContent = caption(i);
   });
+  return per;
+}
+
+async function drawSide(ticket, per) {
   // a second file that lacks this step or token says so in its own panel; the rest still draws
   const perFile = (i) => drawAudio(i, ticket).catch((e) => {
     if (i === 0) throw e;
@@ -361,7 +384,7 @@ function drawLegend(i) {
 async function drawGrid(ticket) {
   const s = ovi.state, c = $("grid"), g = c.getContext("2d");
   if (!s.tokens.length) { g.clearRect(0, 0, c.width, c.height); return; }
-  const { blob, headers } = await get("/api/grid", { token: s.tokens[0] }, 0, "blob");
+  const { blob, headers } = await cached("/api/grid", { token: s.tokens[0] }, 0, "blob", ["step", "layers", "alpha"]);
   const bmp = await createImageBitmap(blob);
   if (ticket !== drawTicket) return;
   const [S, L, h, w] = headers.get("X-Cells").split(",").map(Number);
@@ -434,7 +457,7 @@ async function drawAudio(i, ticket) {
   const wave = waveCache.get(key);
   const table = await lut();
   let strips = null;
-  if (s.tokens.length && m.variables.includes("text_audio")) strips = await getFloats("/api/audio_strips", { token: s.tokens[0] }, i);
+  if (s.tokens.length && m.variables.includes("text_audio")) strips = await cached("/api/audio_strips", { token: s.tokens[0] }, i, "floats", ["step", "alpha", "norm"]);
   let sync = null;
   if (m.variables.includes("video_audio") || m.variables.includes("audio_video")) sync = await getFloats("/api/sync", {}, i);
   if (ticket !== drawTicket) return;
@@ -540,6 +563,7 @@ async function pollStatus() {
     const grew = before !== d.files.map((st) => st.steps_done).join(",");
     const clip = wasClip !== ovi.files.map((m) => m.clip_written).join(",");
     if (grew || clip) {
+      answerCache.clear();
       const now = commonSteps();
       if ((atEnd || ovi.state.step === null) && now.length) ovi.state.step = now[now.length - 1];
       syncControls();
@@ -590,9 +614,8 @@ async function start() {
     set({ step: readable(0)[col], layerMode: "one", layer: row });
   });
   syncControls();
-  await pollStatus();
-  await redraw();
   showCommand();
+  await Promise.all([redraw(), pollStatus()]);
 }
 
 start().catch((e) => message(String(e.message || e)));

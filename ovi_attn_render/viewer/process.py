@@ -1,4 +1,8 @@
-"""A real `ovi-attn view` server in its own process, for the viewer's tests and benchmark."""
+"""A real `ovi-attn view` server in its own process, and a small client for its API.
+
+Used by the viewer's tests and bench/view_latency.py; handy from a notebook or script too.
+Only the standard library and numpy: no torch, no web client package.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +17,13 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (or site-packages) holding ovi_attn_render
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
-class Server:
+class ViewerProcess:
     """`python -m ovi_attn_render.cli view FILES --no-browser --port 0` and its address."""
 
     def __init__(self, files, *extra: str, preamble: str | None = None, timeout: float = 60.0):
