@@ -60,3 +60,14 @@ def test_a_failed_measurement_exits_non_zero(tmp_path):
                            "--file", str(tmp_path / "missing.h5")], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode != 0
+
+
+def test_view_latency_drives_the_viewer_api(tmp_path):
+    pytest.importorskip("uvicorn")
+    stdout, data = run_bench("view_latency", tmp_path, "--no-browser")
+    names = [t["name"] for t in data["server"]]
+    assert names[:3] == ["new step", "new layer (one)", "new layer range"]
+    assert all(t["p95_ms"] > 0 for t in data["server"])
+    assert data["peak_rss"] > 0 and data["bytes_read"] > 0
+    assert [c[0] for c in data["cli"]] == ["render GIF over steps", "render --view grid"]
+    assert "ratios: server new-step p95" in stdout

@@ -31,7 +31,7 @@ from .sources import Source
 from .state import ViewState
 
 DISPLAY_SIDE = 512  # the CLI's default --size: frames are served at the size render draws them
-CACHE_BYTES = 192 * 2**20
+CACHE_BYTES = 128 * 2**20  # ~24 layer stacks at real size (5.4 MB each)
 
 
 class ArrayCache:

@@ -56,7 +56,7 @@ def file_meta(src: Source) -> dict:
         "display_size": list(draw.display_size(*cap.frame_size, compute.DISPLAY_SIDE)),
         "num_pixel_frames": cap.num_pixel_frames, "fps": cap.fps, "stride": cap.stride,
         "audio_tokens": cap.audio_tokens, "sample_rate": cap.sample_rate, "samples_per_token": cap.samples_per_token,
-        "variables": cap.variables(), "has_audio": bool(cap.has_audio and cap.clip_written),
+        "variables": cap.variables(), "has_audio": bool(cap.has_audio),
         "clip_written": cap.clip_written, "status": src.status(),
     }
 

@@ -75,9 +75,9 @@ class Source:
 
     def refresh(self) -> bool:
         """Reopen when a not-finished capture's file changed. Returns whether it did."""
+        if self.cap.status in FINISHED and not self.cap.partial:
+            return False  # a finished file never changes: no lock, no stat
         with self.lock:
-            if self.cap.status in FINISHED and not self.cap.partial:
-                return False
             try:
                 stamp = self._file_stamp()
             except OSError:

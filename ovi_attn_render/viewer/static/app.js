@@ -253,7 +253,7 @@ function buildPanels() {
       <div class="legend" id="legend-${i}"></div>
       <canvas class="strip" id="strip-${i}" width="${W + 68}" height="90"></canvas>
       <canvas class="strip" id="sync-${i}" width="${W + 68}" height="110"></canvas>
-      ${m.has_audio ? `<audio id="audio-${i}" preload="auto" src="/api/audio?${query({}, i)}"></audio>` : ""}`;
+      <audio id="audio-${i}" preload="auto"></audio>`;
     box.appendChild(div);
     const canvas = div.querySelector("canvas.main");
     canvas.addEventListener("click", (e) => {
@@ -286,7 +286,11 @@ async function redraw() {
   try {
     const per = await drawMain(ticket);
     drawn = ticket === drawTicket;
-    if (drawn) { message(""); ovi.draws++; ovi.painted = true; }
+    if (drawn) {
+      message(""); ovi.draws++;
+      if (!ovi.painted) { ovi.paintedAt = performance.now(); loadAudio(); }  // the map first, then the clip's audio
+      ovi.painted = true;
+    }
     if (drawn) drawSide(ticket, per).catch((e) => { if (ticket === drawTicket) message(String(e.message || e).split("\n")[0]); })
       .finally(() => { ovi.busy--; });
   } catch (e) {
@@ -466,7 +470,7 @@ async function drawAudio(i, ticket) {
   const mid = 25;
   for (let x = 0; x < W; x++) { g.beginPath(); g.moveTo(x + 0.5, mid - wave.data[x] * 24); g.lineTo(x + 0.5, mid - wave.data[W + x] * 24); g.stroke(); }
   g.fillStyle = "#aaa"; g.font = "10px sans-serif";
-  g.fillText(m.has_audio ? "waveform" : "waveform (not written yet)", 2, 10);
+  g.fillText(m.clip_written ? "waveform" : "waveform (not written yet)", 2, 10);
   if (strips) {
     const [S, La] = strips.shape, pos = Math.max(0, readable(i).indexOf(s.step));
     const row = strips.data.subarray(pos * La, (pos + 1) * La);
@@ -504,6 +508,13 @@ async function drawAudio(i, ticket) {
 }
 
 // ------------------------------------------------------------------ playback
+function loadAudio() {
+  ovi.files.forEach((m, i) => {
+    const el = $(`audio-${i}`);
+    if (el && m.has_audio && m.clip_written && !el.getAttribute("src")) el.src = `/api/audio?${query({}, i)}`;
+  });
+}
+
 let playing = null;
 function play(mode) {
   const wasMode = playing && playing.mode;
@@ -512,7 +523,7 @@ function play(mode) {
   $(`play-${mode}`).classList.add("on");
   $(`play-${mode}`).textContent = "stop";
   playing = { mode, t0: performance.now(), frame0: ovi.state.frame };
-  const audio = $("audio-0");
+  const audio = ovi.files[0].has_audio && $("audio-0").getAttribute("src") ? $("audio-0") : null;
   if (mode === "frames" && audio) {
     audio.currentTime = ovi.state.frame / ovi.files[0].fps;
     audio.play().catch(() => { playing.noAudio = true; });
@@ -562,6 +573,7 @@ async function pollStatus() {
       `<span class="state-${st.state}">${ovi.files.length > 1 ? escapeHtml(ovi.files[i].name) + ": " : ""}${escapeHtml(st.text)}</span>`).join("");
     const grew = before !== d.files.map((st) => st.steps_done).join(",");
     const clip = wasClip !== ovi.files.map((m) => m.clip_written).join(",");
+    if (clip) loadAudio();
     if (grew || clip) {
       answerCache.clear();
       const now = commonSteps();
