@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
+import sys
 import shutil
 import time
 
@@ -217,8 +219,16 @@ def test_the_server_works_where_torch_cannot_be_imported(capture):
     with Server([capture], preamble=BLOCK_TORCH) as s:
         for path, params in (("/api/files", {}), ("/api/map", {"token": "red"}), ("/api/grid", {"token": "red"}),
                              ("/api/patch", {"y": 1, "x": 1}), ("/api/audio_strips", {"token": "red"}),
-                             ("/api/sync", {}), ("/api/audio", {})):
+                             ("/api/sync", {}), ("/api/audio", {}), ("/api/waveform", {}), ("/api/spectrogram", {})):
             assert s.get(path, params)[0] == 200, path
+
+
+def test_view_without_its_extra_says_which_to_install(capture):
+    block = BLOCK_TORCH.replace('name == "torch" or name.startswith("torch.")', 'name in ("starlette", "uvicorn")')
+    code = block + "\nfrom ovi_attn_render.cli import main\nsys.exit(main(sys.argv[1:]))"
+    r = subprocess.run([sys.executable, "-c", code, "view", str(capture), "--no-browser"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "pip install 'ovi-attn[view]'" in r.stderr and "Traceback" not in r.stderr
 
 
 def _grow(partial, ref, steps_done: int) -> None:

@@ -157,6 +157,11 @@ def token_map(src: Source, s: ViewState, token: str) -> tuple[np.ndarray, float,
     return maps[i], float(lo[i]), float(hi[i]), signed
 
 
+def cmap_name(s: ViewState) -> str:
+    """The colour map drawn: the chosen one, or the diverging map for the difference by default."""
+    return draw.DIVERGING_CMAP if s.branch == "diff" and s.cmap == "inferno" else s.cmap
+
+
 def grid_png(src: Source, s: ViewState, token: str) -> tuple[bytes, int, int, int, int]:
     """The layers x steps mini-grid as a PNG: one row per captured layer, one column per
     readable step, each cell the token's h x w map (1-pixel gaps), coloured under the
@@ -167,7 +172,7 @@ def grid_png(src: Source, s: ViewState, token: str) -> tuple[bytes, int, int, in
         stack = stack - layer_stack(src, s, token, "uncond")
     S, L, h, w = stack.shape
     lo, hi = views.limits(stack, s.norm, s.branch == "diff")  # [S, L]
-    lut = draw.colormap_lut(s.cmap if s.branch != "diff" or s.cmap != "inferno" else draw.DIVERGING_CMAP)
+    lut = draw.colormap_lut(cmap_name(s))
     img = np.full((L * (h + 1) - 1, S * (w + 1) - 1, 3), 40, np.uint8)
     for j in range(S):
         for i in range(L):
@@ -202,12 +207,18 @@ def patch(src: Source, s: ViewState) -> dict:
     key = ("patch", src.index, src.generation, cap.steps_done, latent, s.y, s.x, branch, s.heads, s.reduce)
 
     def make() -> np.ndarray:  # [G, S, L] reduced over heads
-        with src.lock:
-            picks = {"branch": [branch], "token": list(range(len(cap.groups))), "frame": [latent],
-                     "step": list(range(cap.steps_done)), "layer": list(range(len(cap.layers))),
-                     "head": list(range(len(cap.heads))) if heads is None else heads, "y": [s.y], "x": [s.x]}
-            x = _point_read(src, "text_video", picks, ("token", "step", "layer", "head", "branch", "frame", "y", "x"))
-        return np.ascontiguousarray(views._reduce(x[..., 0, 0, 0, 0], 3, s.reduce), np.float32)
+        out = np.empty((len(cap.groups), cap.steps_done, len(cap.layers)), np.float32)
+        picks = {"branch": [branch], "frame": [latent], "step": list(range(cap.steps_done)),
+                 "layer": list(range(len(cap.layers))),
+                 "head": list(range(len(cap.heads))) if heads is None else heads, "y": [s.y], "x": [s.x]}
+        # one group at a time: a single selection over every group's S x L chunks makes HDF5
+        # hold per-chunk bookkeeping for all of them at once (+140 MB at real size)
+        for g in range(len(cap.groups)):
+            with src.lock:
+                x = _point_read(src, "text_video", picks | {"token": [g]},
+                                ("token", "step", "layer", "head", "branch", "frame", "y", "x"))
+            out[g] = views._reduce(x[0, ..., 0, 0, 0, 0], 2, s.reduce)
+        return out
 
     mass = CACHE.get(key, make)  # [G, S, L]
     over_steps = views._reduce(mass[:, :, layers], 2, s.reduce)  # [G, S]
@@ -283,6 +294,25 @@ def waveform_envelope(src: Source, columns: int) -> np.ndarray:
             if len(seg):
                 out[0, c], out[1, c] = seg.min(), seg.max()
         return out
+
+    return CACHE.get(key, make)
+
+
+def spectrogram_db(src: Source) -> np.ndarray:
+    """[64, T] float32: the decoded audio's mel spectrogram in dB below its loudest cell (the
+    audio view's --background spectrogram), zeros before the clip is written."""
+    from ..audio_views import spectrogram
+
+    cap = src.cap
+    key = ("spectrogram", src.index, src.generation)
+
+    def make() -> np.ndarray:
+        if not (cap.has_audio and cap.clip_written):
+            return np.zeros((64, 1), np.float32)
+        with src.lock:
+            wav = cap.waveform()
+        db, _, _ = spectrogram(wav, cap.sample_rate, n_mels=64)
+        return np.ascontiguousarray(db[::-1], np.float32)  # highest frequency first (top row)
 
     return CACHE.get(key, make)
 

@@ -130,14 +130,17 @@ def create_app(sources: list[Source], save_folder: str, access_key: str | None =
         columns = int_param(request.query_params, "columns", 16, 4096) or 800
         return binary(compute.waveform_envelope(src, columns))
 
+    def spectrogram(request: Request) -> Response:
+        s, src = state_of(request)
+        return binary(compute.spectrogram_db(src))
+
     def audio(request: Request) -> Response:
         s, src = state_of(request)
         return Response(compute.audio_wav(src), media_type="audio/wav")
 
     def lut(request: Request) -> Response:
         s, _ = state_of(request)
-        name = draw.DIVERGING_CMAP if s.branch == "diff" and s.cmap == "inferno" else s.cmap
-        return Response(draw.colormap_lut(name).tobytes(), media_type="application/octet-stream")
+        return Response(draw.colormap_lut(compute.cmap_name(s)).tobytes(), media_type="application/octet-stream")
 
     async def save(request: Request) -> Response:
         s, _ = state_of(request)
@@ -152,7 +155,8 @@ def create_app(sources: list[Source], save_folder: str, access_key: str | None =
     routes = [Route("/", page), Route("/static/{name}", static_file), Route("/api/files", files),
               Route("/api/status", status), Route("/api/frame", frame), Route("/api/map", map_),
               Route("/api/grid", grid), Route("/api/patch", patch), Route("/api/audio_strips", audio_strips),
-              Route("/api/sync", sync), Route("/api/waveform", waveform), Route("/api/audio", audio),
+              Route("/api/sync", sync), Route("/api/waveform", waveform),
+              Route("/api/spectrogram", spectrogram), Route("/api/audio", audio),
               Route("/api/lut", lut), Route("/api/command", command), Route("/api/save", save, methods=["POST"])]
 
     async def user_mistake(request: Request, exc: Exception) -> Response:

@@ -152,7 +152,7 @@ function syncControls() {
   $("layer-label").textContent = `layers ${layersSpec()} (${s.reduce})`;
   $("layer-mode").value = s.layerMode; $("reduce").value = s.reduce; $("head").value = s.head;
   $("branch").value = s.branch; $("norm").value = s.norm; $("cmap").value = s.cmap;
-  $("alpha").value = s.alpha; $("renorm").checked = s.renorm;
+  $("alpha").value = s.alpha; $("renorm").checked = s.renorm; $("background").value = s.background;
   document.querySelectorAll("#groups .chip").forEach((el) => {
     const k = s.tokens.indexOf(el.dataset.group);
     el.classList.toggle("picked", k >= 0);
@@ -190,7 +190,7 @@ function buildControls() {
   on("layer", "input", (e) => set({ layer: +e.target.value }));
   on("layer-lo", "change", (e) => set({ layerLo: +e.target.value }));
   on("layer-hi", "change", (e) => set({ layerHi: +e.target.value }));
-  for (const id of ["reduce", "head", "branch", "norm", "cmap"]) on(id, "change", (e) => set({ [id]: e.target.value }));
+  for (const id of ["reduce", "head", "branch", "norm", "cmap", "background"]) on(id, "change", (e) => set({ [id]: e.target.value }));
   on("alpha", "input", (e) => set({ alpha: +e.target.value }));
   on("renorm", "change", (e) => set({ renorm: e.target.checked }));
   on("play-steps", "click", () => play("steps"));
@@ -459,6 +459,8 @@ async function drawAudio(i, ticket) {
   const key = `${i}:${m.clip_written}`;
   if (!waveCache.has(key)) waveCache.set(key, await getFloats("/api/waveform", { columns: W }, i));
   const wave = waveCache.get(key);
+  if (s.background === "spectrogram" && !waveCache.has(`spec:${key}`)) waveCache.set(`spec:${key}`, await getFloats("/api/spectrogram", {}, i));
+  const spec = s.background === "spectrogram" ? waveCache.get(`spec:${key}`) : null;
   const table = await lut();
   let strips = null;
   if (s.tokens.length && m.variables.includes("text_audio")) strips = await cached("/api/audio_strips", { token: s.tokens[0] }, i, "floats", ["step", "alpha", "norm"]);
@@ -466,11 +468,21 @@ async function drawAudio(i, ticket) {
   if (m.variables.includes("video_audio") || m.variables.includes("audio_video")) sync = await getFloats("/api/sync", {}, i);
   if (ticket !== drawTicket) return;
   g.fillStyle = "#0d0e11"; g.fillRect(0, 0, W, c.height);
-  g.strokeStyle = "#789";
-  const mid = 25;
-  for (let x = 0; x < W; x++) { g.beginPath(); g.moveTo(x + 0.5, mid - wave.data[x] * 24); g.lineTo(x + 0.5, mid - wave.data[W + x] * 24); g.stroke(); }
+  if (s.background === "spectrogram" && spec) {  // mel bands (high at the top) in dB, grey levels
+    const [B, T] = spec.shape, img = g.createImageData(W, 48);
+    for (let y = 0; y < 48; y++) for (let x = 0; x < W; x++) {
+      const db = spec.data[Math.floor(y * B / 48) * T + Math.min(T - 1, Math.floor(x * T / W))];
+      const v = Math.round(255 * Math.max(0, 1 + db / 80)), p = (y * W + x) * 4;
+      img.data[p] = img.data[p + 1] = img.data[p + 2] = v; img.data[p + 3] = 255;
+    }
+    g.putImageData(img, 0, 2);
+  } else {
+    g.strokeStyle = "#789";
+    const mid = 25;
+    for (let x = 0; x < W; x++) { g.beginPath(); g.moveTo(x + 0.5, mid - wave.data[x] * 24); g.lineTo(x + 0.5, mid - wave.data[W + x] * 24); g.stroke(); }
+  }
   g.fillStyle = "#aaa"; g.font = "10px sans-serif";
-  g.fillText(m.clip_written ? "waveform" : "waveform (not written yet)", 2, 10);
+  g.fillText(`${s.background}${m.clip_written ? "" : " (not written yet)"}`, 2, 10);
   if (strips) {
     const [S, La] = strips.shape, pos = Math.max(0, readable(i).indexOf(s.step));
     const row = strips.data.subarray(pos * La, (pos + 1) * La);
@@ -617,6 +629,7 @@ async function start() {
     step: steps.length ? steps[steps.length - 1] : null, layerMode: "all", layer: 0,
     layerLo: m.layers[0], layerHi: m.layers[m.layers.length - 1], reduce: "mean", head: "all",
     branch: m.branches[0], norm: "global", cmap: "inferno", alpha: 0.5, renorm: false, patch: null,
+    background: "waveform",
   };
   buildControls(); buildPrompts(); buildPanels();
   $("grid").addEventListener("click", (e) => {
