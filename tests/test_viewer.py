@@ -153,6 +153,26 @@ def test_frames_are_the_pictures_render_draws_on(server, capture):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("norm", ["global", "frame"])
+def test_the_grid_shows_every_layer_and_step_as_render_grid_scales_them(server, capture, norm):
+    import cv2
+
+    status, headers, body = server.get("/api/grid", {"token": "blue", "frame": 5, "norm": norm})
+    assert status == 200
+    S, L, h, w = (int(v) for v in headers["X-Cells"].split(","))
+    img = cv2.cvtColor(cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert img.shape == (L * (h + 1) - 1, S * (w + 1) - 1, 3)
+    o = views.Options(tokens=["blue"], frame=5, norm=norm)
+    with open_capture(capture) as cap:
+        p = views.pick(cap, o)
+        maps = views.token_maps(cap, p, o, p.tokens[0], [p.latent], keep_layers=True)[:, :, 0]  # [S, L, h, w]
+    lo, hi = views.limits(maps, norm)
+    lut = draw.colormap_lut("inferno")
+    for j, i in ((0, 0), (S - 1, L - 1), (S // 2, 1)):
+        cell = img[i * (h + 1):i * (h + 1) + h, j * (w + 1):j * (w + 1) + w]
+        np.testing.assert_array_equal(cell, draw.apply_lut(draw.normalise(maps[j, i], lo[j, i], hi[j, i]), lut))
+
+
 def test_a_map_request_reads_a_small_part_of_the_file(server, capture):
     def rchar() -> int:
         for line in open(f"/proc/{server.proc.pid}/io"):

@@ -173,12 +173,11 @@ def grid_png(src: Source, s: ViewState, token: str) -> tuple[bytes, int, int, in
     S, L, h, w = stack.shape
     lo, hi = views.limits(stack, s.norm, s.branch == "diff")  # [S, L]
     lut = draw.colormap_lut(cmap_name(s))
-    img = np.full((L * (h + 1) - 1, S * (w + 1) - 1, 3), 40, np.uint8)
-    for j in range(S):
-        for i in range(L):
-            v = draw.normalise(stack[j, i], lo[j, i], hi[j, i])
-            img[i * (h + 1):i * (h + 1) + h, j * (w + 1):j * (w + 1) + w] = draw.apply_lut(v, lut)
-    return encode_png(img), S, L, h, w
+    rgb = draw.apply_lut(draw.normalise(stack, lo[..., None, None], hi[..., None, None]), lut)  # [S, L, h, w, 3]
+    cells = np.full((L, h + 1, S, w + 1, 3), 40, np.uint8)  # one grey gap row/column after each cell
+    cells[:, :h, :, :w] = rgb.transpose(1, 2, 0, 3, 4)
+    img = cells.reshape(L * (h + 1), S * (w + 1), 3)[:-1, :-1]
+    return encode_png(np.ascontiguousarray(img)), S, L, h, w
 
 
 # ---------------------------------------------------------------------- a clicked patch
@@ -358,7 +357,7 @@ def frame_png(src: Source, s: ViewState) -> bytes:
 def render_command(sources: list[Source], s: ViewState, out: str | None = None) -> list[str]:
     """The `ovi-attn render` (one file) or `compare` (two) command line of a state."""
     o = options(s)
-    cmd = ["ovi-attn", "render" if len(sources) == 1 else "compare", *[src.path for src in sources]]
+    cmd = ["ovi-attn", "render" if len(sources) == 1 else "compare", *[src.given for src in sources]]
     if o.view != "steps":
         cmd += ["--view", o.view]
     for t in o.tokens:

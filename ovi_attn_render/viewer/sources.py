@@ -62,6 +62,7 @@ class Source:
 
     def __init__(self, index: int, path: str):
         self.index = index
+        self.given = str(path)  # as typed: what the page's `ovi-attn render` command line shows
         self.path = os.path.abspath(path)
         self.name = os.path.basename(path)
         self.lock = threading.RLock()  # one reader of the handle at a time; reopen swaps it

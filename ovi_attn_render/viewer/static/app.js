@@ -393,7 +393,8 @@ async function drawGrid(ticket) {
   if (ticket !== drawTicket) return;
   const [S, L, h, w] = headers.get("X-Cells").split(",").map(Number);
   const scale = Math.max(1, Math.min(8, Math.floor(300 / bmp.width)));
-  const cw = Math.min(300 / S, (w + 1) * scale), ch = cw * (h + 1) / (w + 1);
+  // square cells where they fit; a few layers get taller rows so they stay clickable
+  const cw = Math.min(300 / S, (w + 1) * scale), ch = Math.max(cw * (h + 1) / (w + 1), Math.min(16, 240 / L));
   c.width = Math.ceil(cw * S); c.height = Math.ceil(ch * L);
   g.imageSmoothingEnabled = false;
   g.drawImage(bmp, 0, 0, c.width, c.height);
