@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
-import shutil
 import time
 
 import h5py
@@ -21,9 +21,10 @@ from ovi_attn_render import draw, views
 from ovi_attn_render.cli import main
 from ovi_attn_render.format import MAP_DIMS
 from ovi_attn_render.reader import open_capture
+from ovi_attn_render.viewer.process import CHROMIUM, CHROMIUM_ARGS, ViewerProcess as Server
 
 from synthetic import Synth, write_synthetic
-from ovi_attn_render.viewer.process import CHROMIUM, CHROMIUM_ARGS, ViewerProcess as Server
+from test_cli import BLOCK_TORCH  # runs the CLI with torch unimportable
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -90,6 +91,16 @@ def test_the_map_route_serves_the_arrays_the_cli_draws(server, capture, params, 
         np.testing.assert_array_equal(got, maps[i].astype(np.float32))
         assert float(headers["X-Lo"]) == pytest.approx(float(lo[i]), rel=1e-6, abs=1e-9)
         assert float(headers["X-Hi"]) == pytest.approx(float(hi[i]), rel=1e-6, abs=1e-9)
+
+
+def test_one_head_of_a_capture_with_every_head_is_the_cli_s(tmp_path):
+    path = tmp_path / "heads.h5"
+    write_synthetic(path, Synth(heads=2))
+    with Server([path]) as s:
+        maps, lo, hi, steps = cli_steps_maps(path, "man", 4, heads="1")
+        got, headers = s.floats("/api/map", {"token": "man", "frame": 4, "step": steps[-1], "heads": "1"})
+        np.testing.assert_array_equal(got, maps[-1])
+        assert s.json("/api/files")["files"][0]["heads_mode"] == "all"
 
 
 def test_a_patch_puts_mass_one_on_the_captured_groups_at_every_step_and_layer(server, capture):
@@ -220,18 +231,10 @@ def test_a_host_other_than_loopback_warns_and_needs_the_access_key(capture):
         assert "warning" in s.proc.stderr.read()
 
 
-BLOCK_TORCH = """
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked for this test")
-sys.meta_path.insert(0, Block())
-"""
 
 
 def test_the_server_works_where_torch_cannot_be_imported(capture):
-    with Server([capture], preamble=BLOCK_TORCH) as s:
+    with Server([capture], program=BLOCK_TORCH) as s:
         for path, params in (("/api/files", {}), ("/api/map", {"token": "red"}), ("/api/grid", {"token": "red"}),
                              ("/api/patch", {"y": 1, "x": 1}), ("/api/audio_strips", {"token": "red"}),
                              ("/api/sync", {}), ("/api/audio", {}), ("/api/waveform", {}), ("/api/spectrogram", {})):
@@ -239,8 +242,8 @@ def test_the_server_works_where_torch_cannot_be_imported(capture):
 
 
 def test_view_without_its_extra_says_which_to_install(capture):
-    block = BLOCK_TORCH.replace('name == "torch" or name.startswith("torch.")', 'name in ("starlette", "uvicorn")')
-    code = block + "\nfrom ovi_attn_render.cli import main\nsys.exit(main(sys.argv[1:]))"
+    code = BLOCK_TORCH.replace('name == "torch" or name.startswith("torch.")', 'name in ("starlette", "uvicorn")')
+    assert code != BLOCK_TORCH
     r = subprocess.run([sys.executable, "-c", code, "view", str(capture), "--no-browser"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "pip install 'ovi-attn[view]'" in r.stderr and "Traceback" not in r.stderr
@@ -384,6 +387,9 @@ def test_the_page_draws_what_render_draws_as_token_step_layer_and_frame_change(b
     page.slide("norm", "frame")
     page.slide("alpha", 0.8)
     seen.append(assert_canvas_is(page, server))
+    page.page.click("#groups .chip[data-group='circle']")  # back to one token, another colour map
+    page.slide("cmap", "viridis")
+    seen.append(assert_canvas_is(page, server))
     for a, b in zip(seen, seen[1:]):
         assert not np.array_equal(a, b)  # every change redrew different pixels
     assert "--layers 2" in page.page.text_content("#command")
@@ -400,7 +406,14 @@ def test_clicking_a_patch_shows_bars_that_sum_to_one(browser, server):
     d = page.page.evaluate("ovi.lastPatch")
     assert len(d["bars"]) == len(d["groups"]) and sum(d["bars"]) == pytest.approx(1.0, abs=1e-4)
     assert "sum 1.000" in page.page.text_content("#patch-where")
-    assert page.errors == []
+    page.page.hover("#groups .chip[data-group='blue']")  # hovering a group lights its prompt tokens
+    lit = page.page.eval_on_selector_all(".tok.hl", "els => els.map(e => e.textContent.trim())")
+    assert lit == ["blue"]
+    page.page.click("#save")
+    page.page.wait_for_function("window.ovi.lastSave", timeout=60000)
+    saved = page.page.evaluate("ovi.lastSave")
+    assert os.path.exists(saved["path"]) and page.page.text_content("#command").startswith("ovi-attn render ")
+    assert page.errors == [] and page.message() == ""
     page.page.close()
 
 

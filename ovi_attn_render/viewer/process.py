@@ -26,13 +26,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 class ViewerProcess:
     """`python -m ovi_attn_render.cli view FILES --no-browser --port 0` and its address."""
 
-    def __init__(self, files, *extra: str, preamble: str | None = None, timeout: float = 60.0):
+    def __init__(self, files, *extra: str, program: str | None = None, timeout: float = 60.0):
         env = dict(os.environ, PYTHONUNBUFFERED="1",
                    PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         args = ["view", *[str(f) for f in files], "--no-browser", "--port", "0", *extra]
-        if preamble:  # code run before the CLI in the server process (e.g. an import blocker)
-            cmd = [sys.executable, "-c", preamble + "\nfrom ovi_attn_render.cli import main\nsys.exit(main(sys.argv[1:]))",
-                   *args]
+        if program:  # Python code that runs the CLI on sys.argv[1:] (e.g. behind an import blocker)
+            cmd = [sys.executable, "-c", program, *args]
         else:
             cmd = [sys.executable, "-m", "ovi_attn_render.cli", *args]
         self.t_start = time.perf_counter()
