@@ -227,6 +227,7 @@ def test_a_host_other_than_loopback_warns_and_needs_the_access_key(capture):
         key, s.key = s.key, None
         assert s.get("/api/files")[0] == 403 and s.get("/")[0] == 403
         assert s.get("/api/files", {"key": key[:-1] + "x"})[0] == 403
+        assert s.get("/static/app.js")[0] == 200  # the page's own code carries no data
         s.stop()
         assert "warning" in s.proc.stderr.read()
 
@@ -472,4 +473,11 @@ def test_a_running_capture_gains_steps_on_the_page(browser, tmp_path):
         page.idle()
         assert page.page.evaluate("document.getElementById('step').max") == "2"
         assert page.errors == [] and page.message() == ""
+        page.page.close()
+
+
+def test_the_page_works_behind_the_access_key(browser, capture):
+    with Server([capture], "--host", "0.0.0.0") as s:
+        page = Page(browser, s.url.replace("0.0.0.0", "127.0.0.1"))
+        assert page.state()["tokens"] and page.errors == [] and page.message() == ""
         page.page.close()

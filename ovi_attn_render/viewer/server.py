@@ -168,7 +168,8 @@ def create_app(sources: list[Source], save_folder: str, access_key: str | None =
         inner = app
 
         async def guarded(scope, receive, send):
-            if scope["type"] == "http":
+            # the page's own code (static/) holds no capture data and loads without the key
+            if scope["type"] == "http" and not scope.get("path", "").startswith("/static/"):
                 from urllib.parse import parse_qs
 
                 given = parse_qs(scope.get("query_string", b"").decode()).get("key", [""])[0]
