@@ -391,6 +391,14 @@ def test_the_page_draws_what_render_draws_as_token_step_layer_and_frame_change(b
     page.page.click("#groups .chip[data-group='circle']")  # back to one token, another colour map
     page.slide("cmap", "viridis")
     seen.append(assert_canvas_is(page, server))
+    page.page.click("#groups .chip[data-group='blue']")
+    page.slide("branch", "diff")  # cond - uncond: one token, the diverging colours
+    assert page.state()["tokens"] == ["blue"]
+    page.slide("cmap", "inferno")
+    got = page.canvas()
+    want = expected_canvas(server, {**page.state(), "cmap": "diverging"})
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 2
+    seen.append(got)
     for a, b in zip(seen, seen[1:]):
         assert not np.array_equal(a, b)  # every change redrew different pixels
     assert "--layers 2" in page.page.text_content("#command")

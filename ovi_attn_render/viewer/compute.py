@@ -67,7 +67,8 @@ CACHE = ArrayCache()
 def options(s: ViewState, view: str = "steps") -> views.Options:
     """The render Options of a state (the `steps` view, or `diff` for the difference branch)."""
     diff = s.branch == "diff"
-    return views.Options(view="diff" if diff else view, tokens=list(s.tokens), frame=s.frame, layers=s.layers,
+    tokens = list(s.tokens[-1:] if diff else s.tokens)  # the page draws one token's difference
+    return views.Options(view="diff" if diff else view, tokens=tokens, frame=s.frame, layers=s.layers,
                          heads=s.heads, branch="cond" if diff else s.branch, reduce=s.reduce, norm=s.norm,
                          renorm=s.renorm, cmap=None if s.cmap == "inferno" else s.cmap, alpha=s.alpha)
 

@@ -269,6 +269,8 @@ function buildPanels() {
 let drawTicket = 0;
 function set(patch) {
   Object.assign(ovi.state, patch);
+  // the difference draws one token (render's diff view would put several side by side)
+  if (ovi.state.branch === "diff" && ovi.state.tokens.length > 1) ovi.state.tokens = ovi.state.tokens.slice(-1);
   syncControls();
   showCommand();
   return redraw();
