@@ -165,9 +165,13 @@ def write_clip_mp4(path: Path, frames: np.ndarray, waveform: np.ndarray, sample_
 
 
 def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None, progress: bool = True,
-                comp: Components | None = None, mp4: bool = True) -> CaptureSummary:
+                comp: Components | None = None, mp4: bool = True, sp=None) -> CaptureSummary | None:
+    """sp: a sequence_parallel.SequenceParallel group to run across; only its rank 0 writes
+    (and decodes); the other ranks compute their heads' maps and return None."""
     output = Path(output)
-    check_output(output, force)
+    writes = sp is None or sp.rank == 0
+    if writes:
+        check_output(output, force)
     asked = (run.height, run.width) if run.height or run.width else None
     run = resolve_model_defaults(run, **model_facts(run.model))  # bad layers/steps fail here, with their line
     device = resolve_device(run.device)
@@ -191,16 +195,18 @@ def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None
         raise UserError(
             f"the capture would take about {size / 1e9:.1f} GB, over the {run.max_file_gb} GB budget; "
             f"capture fewer steps/layers/tokens or raise `max_file_gb`.")
-    if output.exists():  # --force: remove only now that the run is known to be valid
+    if writes and output.exists():  # --force: remove only now that the run is known to be valid
         output.unlink()
 
     started = _dt.datetime.now(_dt.timezone.utc)
     layout.attrs = _run_attrs(run, comp, texts, started, device)
     from .writer import AsyncCaptureWriter
 
-    writer = AsyncCaptureWriter(output, layout)
-    probe = CaptureProbe(plan, writer)
+    writer = AsyncCaptureWriter(output, layout) if writes else None
+    probe = CaptureProbe(plan, writer, sp)
     comp.model.attach_probe(probe)
+    if sp is not None:
+        comp.model.attach_sequence_parallel(sp)
     settings = SamplerSettings(steps=run.steps, solver=run.solver, shift=run.shift,
                                video_guidance_scale=run.video_guidance_scale,
                                audio_guidance_scale=run.audio_guidance_scale,
@@ -211,7 +217,7 @@ def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None
     try:
         with _progress(progress, console, run.steps) as advance:
             def on_step(i, timestep, sigma):
-                if i in step_pos:
+                if writer is not None and i in step_pos:
                     writer.step_done(step_pos[i] + 1, step_pos[i], timestep, sigma)
                 advance(i, probe.maps_written)
 
@@ -220,6 +226,9 @@ def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None
                                           settings, device, probe=probe, first_frame=comp.first_frame,
                                           on_step=on_step)
         comp.model.attach_probe(None)
+        if writer is None:  # a helper rank of a sequence-parallel group: the group's writer decodes
+            status = "complete"
+            return None
         frames, waveform = comp.decode(video_lat, audio_lat)
         gen_seconds = time.time() - t0
         writer.write_clip(frames, waveform)
@@ -228,7 +237,10 @@ def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None
         status = "complete"
     finally:
         comp.model.attach_probe(None)
-        writer.close(status)
+        if sp is not None:
+            comp.model.attach_sequence_parallel(None)
+        if writer is not None:
+            writer.close(status)
     clip = None
     if mp4:
         clip = output.parent / clip_name(run.prompt, run.seed, started)
