@@ -30,7 +30,11 @@ from .probe import CapturePlan, CaptureProbe, key_groups
 from .prompt_file import RunSpec, resolve_model_defaults
 from .token_groups import group_for_other_text, group_words, resolve_groups, words_of
 
-MAP_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+# The dtype maps leave the device in: float16 maps are stored as they come; every other
+# encoding gets float32 and encodes on the writer thread (packing from float16 would add
+# float16's rounding to the packing's).
+def transfer_dtype(map_dtype: str) -> torch.dtype:
+    return torch.float16 if map_dtype == "float16" else torch.float32
 
 
 @dataclass
@@ -126,7 +130,7 @@ def build_plan(run: RunSpec, comp: Components, device) -> tuple[CapturePlan, Cap
 
     plan = CapturePlan(
         steps=steps, layers=layers, kinds=list(cap.kinds), branches=branches,
-        keep_heads=cap.heads == "all", map_dtype=MAP_DTYPES[cap.dtype], video_grid=grid, groups=kg)
+        keep_heads=cap.heads == "all", map_dtype=transfer_dtype(cap.dtype), video_grid=grid, groups=kg)
     layout = CaptureLayout(
         grid=grid, audio_tokens=comp.audio_tokens, steps=steps, layers=layers,
         groups=[g.label for g in groups], group_kinds=[g.kind for g in groups],
@@ -254,7 +258,7 @@ def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None
 def _extra_memory_mb(layout: CaptureLayout) -> float:
     from .maps import CHUNK_BYTES
 
-    itemsize = np.dtype(layout.map_dtype).itemsize
+    itemsize = transfer_dtype(layout.map_dtype).itemsize
     F, h, w = layout.grid
     one_layer = len(layout.groups) * layout.heads * (F * h * w + layout.audio_tokens) * itemsize
     return (CHUNK_BYTES + 4 * one_layer) / 1e6

@@ -84,8 +84,8 @@ def capture(
     branch: Optional[str] = typer.Option(None, metavar="<name>", help=_flag(
         "Guidance pass to capture: cond (the prompt), uncond (the negative prompts) or both.", "cond")),
     heads: Optional[str] = typer.Option(None, metavar="<mode>", help=_flag("mean over heads, or all heads.", "mean")),
-    map_dtype: Optional[str] = typer.Option(None, "--map-dtype", metavar="<dtype>",
-                                            help=_flag("float16 or float32 maps.", "float16")),
+    map_dtype: Optional[str] = typer.Option(None, "--map-dtype", metavar="<enc>", help=_flag(
+        "Map encoding: int16 (CF-packed), float32, float32-deflate or float16.", "int16")),
     model: Optional[str] = typer.Option(None, metavar="<name>", help=_flag(
         "toy, tiny, 720x720_5s, 960x960_5s or 960x960_10s; overriding the file's model drops its "
         "model-only keys (ckpt_dir, fp8, size, slg_layer, layers).", "toy")),

@@ -160,6 +160,27 @@ def _compare_pictures(paths: list[str], titles: list[str], out: str, fps: float)
         draw.write_png(out, frame_at(count - 1))
 
 
+def _render_then_move(render, cap, opts, target: str):
+    """Draw into a temporary folder beside `target`, then move what was drawn into place:
+    a read that fails half-way (a damaged map or frame) leaves no partial picture and no
+    damaged earlier output."""
+    folder = os.path.dirname(os.path.abspath(target))
+    with tempfile.TemporaryDirectory(prefix=".ovi-attn-render-", dir=folder) as tmp:
+        drawn = render(cap, opts, os.path.join(tmp, os.path.basename(target)))
+        moved = []
+        for p in drawn.paths:
+            final = os.path.join(os.path.dirname(target), os.path.relpath(p, tmp))  # as the user wrote it
+            if os.path.isdir(p):  # the mask export's frame PNGs
+                from .masks import move_export_folder
+
+                move_export_folder(p, final)
+            else:
+                os.replace(p, final)
+            moved.append(final)
+        drawn.paths = moved
+    return drawn
+
+
 def run_render(paths: list[Path], opts, out: Optional[Path], fmt: Optional[str], force: bool) -> list[str]:
     """Render one capture, or two side by side (compare). Returns the paths written."""
     from . import views
@@ -180,7 +201,7 @@ def run_render(paths: list[Path], opts, out: Optional[Path], fmt: Optional[str],
         target = output_path(caps, opts, out, fmt, force, allowed)
         notes: set = set()
         if len(caps) == 1:
-            drawn = views.render(caps[0], opts, target)
+            drawn = _render_then_move(views.render, caps[0], opts, target)
             _print_result(drawn, notes)
             for p in drawn.paths:
                 console.print(f"[green]wrote[/] {p}", soft_wrap=True)  # a path is never wrapped
@@ -281,6 +302,7 @@ def info(path: Path = typer.Argument(..., help="The capture file (.h5)."),
         rows = [
             ("file", f"{cap.path} ({format_bytes(os.path.getsize(cap.path))})"),
             ("status", f"[{colour}]{status}[/]"),
+            ("format", _describe_format(cap)),
             ("prompt", str(a.get("prompt", ""))),
             ("model", f"{a.get('model', '?')}  mode {a.get('mode', '?')}  solver {a.get('solver', '?')}  "
                       f"shift {a.get('shift', '?')}"),
@@ -314,6 +336,15 @@ def info(path: Path = typer.Argument(..., help="The capture file (.h5)."),
             for r in cap.token_table():
                 tt.add_row(str(r["index"]), r["piece"], r["word"], f"{r['start']}:{r['end']}", ", ".join(r["groups"]))
             console.print(tt)
+
+
+def _describe_format(cap) -> str:
+    """Which format version the file is, and how its maps are stored."""
+    a = cap.attrs
+    if cap.format_version < 2:
+        return f"version {cap.format_version} (HDF5, {a.get('map_dtype', '?')} maps, no checksums)"
+    checks = "Fletcher-32 checksums" if a.get("checksums") == "fletcher32" else "no checksums"
+    return f"version {cap.format_version} (netCDF-4, {a.get('Conventions', '?')}; {a.get('map_dtype', '?')} maps, {checks})"
 
 
 def register(app: typer.Typer) -> None:

@@ -302,8 +302,7 @@ def write_mask_export(da, npz_path: str | Path, frame_size: tuple[int, int]) -> 
     npz_path = Path(npz_path)
     folder = npz_path.with_suffix("")
     folder.mkdir(exist_ok=True)
-    for stale in folder.glob("frame_[0-9][0-9][0-9][0-9].png"):  # an earlier export's frames (--force)
-        stale.unlink()
+    _remove_frames(folder)  # an earlier export's frames (the caller checked --force)
     H, W = frame_size
     for n, m in zip(da["pixel_frame"].values, da.values):
         png = folder / f"frame_{int(n):04d}.png"
@@ -313,3 +312,18 @@ def write_mask_export(da, npz_path: str | Path, frame_size: tuple[int, int]) -> 
     np.savez(npz_path, masks=da.values, pixel_frame=da["pixel_frame"].values,
              latent_frame=da["latent_frame"].values, threshold_used=da["threshold"].values, **attrs)
     return str(folder)
+
+
+def _remove_frames(folder: Path) -> None:
+    for stale in Path(folder).glob("frame_[0-9][0-9][0-9][0-9].png"):
+        stale.unlink()
+
+
+def move_export_folder(drawn: str | Path, final: str | Path) -> None:
+    """Move a freshly drawn folder of frame PNGs into place: the earlier export's frames at
+    `final` go, anything else a user keeps there stays."""
+    final = Path(final)
+    final.mkdir(exist_ok=True)
+    _remove_frames(final)
+    for item in Path(drawn).iterdir():
+        item.replace(final / item.name)

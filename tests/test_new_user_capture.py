@@ -143,7 +143,7 @@ def test_capture_help_names_every_option_in_full_with_help_and_defaults(capsys, 
     for flag, shown in [("--seed", "100"), ("--num-steps", "50"), ("--solver", "unipc"), ("--shift", "5.0"),
                         ("--video-guidance-scale", "4.0"), ("--audio-guidance-scale", "3.0"),
                         ("--max-file-gb", "20"), ("--model", "toy"), ("--branch", "cond"), ("--heads", "mean"),
-                        ("--map-dtype", "float16"), ("--device", "auto"), ("--dtype", "bfloat16")]:
+                        ("--map-dtype", "int16"), ("--device", "auto"), ("--dtype", "bfloat16")]:
         assert f"[default: {shown}]" in helps[flag], (flag, helps[flag])
         default = KEYS[OVERRIDABLE[flag]].default
         assert shown == (f"{default:g}" if isinstance(default, float) and flag == "--max-file-gb" else str(default))

@@ -40,7 +40,7 @@ capture:
 def both(tmp_path_factory) -> Path:
     """Both branches; 'park' is absent from the negative prompt (its uncond maps are NaN, as capture writes)."""
     path = tmp_path_factory.mktemp("cap") / "both.h5"
-    write_synthetic(path, Synth(branches=("cond", "uncond")))
+    write_synthetic(path, Synth(branches=("cond", "uncond"), map_dtype="float32"))  # raw floats: NaN writes as is
     with h5py.File(path, "a") as f:
         f["text_video"][1, 1] = np.nan  # [branch uncond, token park]
         f.attrs["video_negative_prompt"] = "a man"
