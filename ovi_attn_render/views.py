@@ -261,10 +261,11 @@ def check_computed(cap: Capture, x: np.ndarray, token: int, branch: int, tower: 
 
 
 def token_maps(cap: Capture, p: Pick, o: Options, token: int, latents: list[int], branch: int | None = None,
-               keep_layers: bool = False, check: bool = True) -> np.ndarray:
+               keep_layers: bool = False, check: bool = False) -> np.ndarray:
     """[S, F', h, w] (or [S, L, F', h, w] with keep_layers) for one token at some latent frames.
 
-    check: refuse a map that was never computed (see check_computed); False returns the NaNs."""
+    check: refuse a map that was never computed (see check_computed), as the CLI's views do;
+    False (the default, for callers that draw NaN themselves) returns the NaNs."""
     b = p.branch if branch is None else branch
     x = cap.text_video(token, p.steps, p.layers, b, p.heads, latents)  # [S, L, Hd, F', h, w]
     if check:
@@ -377,10 +378,11 @@ def view_steps(cap: Capture, o: Options, out: str, signed: bool = False) -> Draw
             raise UserError(f"--view diff needs both branches, but this capture has only "
                             f"{', '.join(cap.branches)}; capture with `branch: both`.")
         cond, uncond = cap.branch_index("cond"), cap.branch_index("uncond")
-        maps = [token_maps(cap, p, o, t, [p.latent], cond)[:, 0] - token_maps(cap, p, o, t, [p.latent], uncond)[:, 0]
+        maps = [token_maps(cap, p, o, t, [p.latent], cond, check=True)[:, 0]
+                - token_maps(cap, p, o, t, [p.latent], uncond, check=True)[:, 0]
                 for t in p.tokens]  # each [S, h, w]
     else:
-        maps = [token_maps(cap, p, o, t, [p.latent])[:, 0] for t in p.tokens]  # each [S, h, w]
+        maps = [token_maps(cap, p, o, t, [p.latent], check=True)[:, 0] for t in p.tokens]  # each [S, h, w]
     lims = [limits(m, o.norm, signed) for m in maps]  # each ([S], [S])
     lut = draw.colormap_lut(o.cmap or (draw.DIVERGING_CMAP if signed else draw.DEFAULT_CMAP))
     bg = background(cap, p.pixel_frame, _display_size(cap, o), p.notes)
@@ -418,7 +420,7 @@ def view_frames(cap: Capture, o: Options, out: str) -> Drawn:
     frames = [int(n) for n in np.arange(cap.num_pixel_frames)[resolve(o.frames, np.arange(cap.num_pixel_frames),
                                                                       "frames", what="decoded frames")]]
     latents = sorted({int(latent_frame_of(n, cap.stride)) for n in frames})
-    maps = [_reduce(token_maps(cap, p, o, t, latents), 0, "mean") for t in p.tokens]  # each [F', h, w]
+    maps = [_reduce(token_maps(cap, p, o, t, latents, check=True), 0, "mean") for t in p.tokens]  # each [F', h, w]
     lims = [limits(m[None], "global" if o.norm == "step" else o.norm) for m in maps]  # each ([1, F'], ...)
     lut = draw.colormap_lut(o.cmap or draw.DEFAULT_CMAP)
     size = _display_size(cap, o)
@@ -458,7 +460,7 @@ def view_grid(cap: Capture, o: Options, out: str) -> Drawn:
     if len(p.tokens) > 1:
         raise UserError("--view grid draws one token; give a single --token (or use --layout side with the "
                         "default view).")
-    maps = token_maps(cap, p, o, p.tokens[0], [p.latent], keep_layers=True)[:, :, 0]  # [S, L, h, w]
+    maps = token_maps(cap, p, o, p.tokens[0], [p.latent], keep_layers=True, check=True)[:, :, 0]  # [S, L, h, w]
     S, L = maps.shape[:2]
     lo, hi = limits(maps, o.norm)  # [S, L]
     lut = draw.colormap_lut(o.cmap or draw.DEFAULT_CMAP)
@@ -657,7 +659,7 @@ def view_mask(cap: Capture, o: Options, out: str) -> Drawn:
     if len(p.tokens) > 1:
         raise UserError("--view mask draws one token; give a single --token.")
     threshold = parse_threshold(o.threshold)
-    m = token_maps(cap, p, o, p.tokens[0], [p.latent])[:, 0]  # [S, h, w]
+    m = token_maps(cap, p, o, p.tokens[0], [p.latent], check=True)[:, 0]  # [S, h, w]
     lo, hi = limits(m, o.norm)
     normed = np.where(np.isnan(m), np.nan, draw.normalise(m, lo[:, None, None], hi[:, None, None]))
     binary, _ = masks.binarise_steps(normed, threshold)

@@ -381,13 +381,14 @@ def render_command(sources: list[Source], s: ViewState, out: str | None = None) 
 def save_view(sources: list[Source], s: ViewState, folder: str) -> dict:
     """Write the CLI's picture of this state (the steps view over every readable step, whose
     frame for the current step is what the page shows) into `folder`, never over a file."""
+    from .. import views
     from ..commands import output_name, run_render
 
     if not s.tokens:
         raise UserError("pick at least one token before saving the view.")
     o = options(s)
-    frame = pixel_frame(sources[0], s)
-    stem = output_name([Path(src.path).stem for src in sources], o, frame)
+    with sources[0].lock:  # the CLI's own name for this picture (canonical selection)
+        stem = output_name([Path(src.path).stem for src in sources], views.canonical(sources[0].cap, o, "gif"))
     target = os.path.join(folder, stem + ".gif")
     k = 2
     while os.path.exists(target):
