@@ -102,9 +102,13 @@ def _print_summary(s) -> None:
             f"kinds: {', '.join(s.kinds)}; {s.maps_written} map sets written\n"
             f"clip: {s.video_frames} frames, {s.audio_seconds:.2f} s of audio; took {s.seconds:.1f} s"
             + (f"\nmp4: {s.clip_path}" if s.clip_path else ""))
+    from rich.markup import escape
+
+    from .outputs import render_hint, shell_command
+
     console.print(Panel(body, title="capture complete", expand=False))
-    console.print(f"next: [cyan]ovi-attn info {s.path}[/] or [cyan]ovi-attn render {s.path} --token "
-                  f"{s.groups[0]!s}[/]", highlight=False)
+    console.print(f"next: [cyan]{escape(shell_command('ovi-attn', 'info', s.path))}[/] or "
+                  f"[cyan]{escape(render_hint(s.path, s.groups))}[/]", highlight=False)
 
 
 def tokens(
@@ -119,35 +123,17 @@ def tokens(
     from .token_groups import render_token_table, resolve_groups, token_table_rows
 
     run = load_prompt_file(prompt_file, _overrides(model=model, ckpt_dir=ckpt_dir, tokens=select))
-    encoder = _tokenizer_for(run)
-    from .text_encoder import clean_text
+    from .preflight import formatted_prompt, tokenizer_for, tokens_cut
 
-    text = clean_text(_formatted_prompt(run))
+    encoder = tokenizer_for(run)
+    text = formatted_prompt(run)
     toks = encoder.tokenize(text)
     groups = resolve_groups(run.capture.tokens, text, toks, text_len=encoder.text_len)
     render_token_table(token_table_rows(text, toks, groups), Console())
-
-
-def _formatted_prompt(run) -> str:
-    if run.model in ("tiny", "toy"):
-        return run.prompt
-    from .checkpoints import MODELS
-
-    return MODELS[run.model].format_prompt(run.prompt)
-
-
-def _tokenizer_for(run):
-    from .text_encoder import TextEncoder
-
-    if run.model == "tiny":
-        return TextEncoder.tiny()
-    if run.model == "toy":
-        from .toy.components import toy_tokenizer_only
-
-        return toy_tokenizer_only()
-    if not run.ckpt_dir:
-        raise UserError(f"model {run.model} needs `ckpt_dir:` to find its tokenizer; set it or pass --ckpt-dir.")
-    return TextEncoder.tokenizer_only(run.ckpt_dir)
+    cut = tokens_cut(encoder, text)
+    if cut:
+        console.print(f"[yellow]note:[/] the prompt has {encoder.text_len + cut} tokens; the text encoder reads "
+                      f"{encoder.text_len}, so the last {cut} are cut (not shown, never seen by the model).")
 
 
 def register(app: typer.Typer) -> None:

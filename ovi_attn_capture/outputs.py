@@ -1,0 +1,126 @@
+"""Where a capture writes, so that nothing already on disk is lost.
+
+- The capture file appears at its path whole: its skeleton is created and flushed under a
+  hidden temporary name in the same folder, then renamed (a kill before that leaves no
+  file at the path, a kill after leaves one that opens).
+- `--force` onto an existing capture writes the new one beside it as `<name>.partial.h5`
+  and renames it over the old file only once it is complete: an interrupted or killed
+  forced run leaves the old file as it was.
+- The clip MP4 goes beside the capture with its name (`run.h5` -> `run.mp4`), refuses to
+  overwrite without `--force` like the capture, and is written under a temporary name.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ovi_attn_render import atomic, hooks
+from ovi_attn_render.errors import UserError
+from ovi_attn_render.format import CaptureLayout
+from ovi_attn_render.liveness import process_alive
+
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass
+class OutputPlan:
+    final: Path  # the capture's path
+    writing: Path  # where it is written while it runs: `final`, or the partial file beside it
+    clip: Path | None  # the clip MP4, None with --no-mp4
+
+    @property
+    def replaces(self) -> bool:
+        """The new capture replaces an existing file only when it completes."""
+        return self.writing != self.final
+
+
+def plan_outputs(output: Path, force: bool, mp4: bool) -> OutputPlan:
+    output = Path(output)
+    if not output.parent.exists():
+        raise UserError(f"the output folder {output.parent} does not exist; create it or choose another path with -o.")
+    if output.suffix.lower() == ".mp4":
+        raise UserError(f"the capture output {output} ends in .mp4; give an .h5 path (the clip MP4 is written beside it).")
+    clip = output.with_suffix(".mp4") if mp4 else None
+    for path in (output, clip):
+        if path is not None and path.exists() and not force:
+            raise UserError(f"{path} already exists; pass --force to overwrite it (the old file stays until the new "
+                            f"capture completes) or choose another path with -o.")
+    if output.is_dir():
+        raise UserError(f"{output} is a folder; give the capture's file name with -o.")
+    writing = output.with_name(output.stem + PARTIAL_SUFFIX + output.suffix) if output.exists() else output
+    for path in (output, writing, clip):
+        if path is not None:
+            remove_stale_temporaries(path)
+    return OutputPlan(output, writing, clip)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Temporary files of earlier runs at this path whose process is gone (a kill -9 leaves them)."""
+    stem, ext = os.path.splitext(path.name)
+    for tmp in path.parent.glob(f".{stem}.*{ext}"):
+        parts = tmp.name[len(stem) + 2:].split(".")
+        if len(parts) >= 2 and parts[0].isdigit() and not process_alive(int(parts[0])):
+            atomic.discard(tmp)
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise UserError(f"the capture needs about {human(needed)} but {folder.resolve()} has {human(free)} free; "
+                        f"free some space, capture fewer steps, layers or tokens, or write elsewhere with -o.")
+
+
+def create_capture_file(path: Path, layout: CaptureLayout):
+    """The capture's writer, its file created and flushed under a temporary name and then
+    renamed to `path`. A full disk here is one sentence and leaves nothing behind."""
+    from .writer import AsyncCaptureWriter, is_disk_full
+
+    tmp = atomic.temp_name(path, "creating")
+    try:
+        writer = AsyncCaptureWriter(tmp, layout)
+    except BaseException as e:
+        atomic.discard(tmp)
+        if is_disk_full(e):
+            raise UserError(f"the disk filled up while creating {path} (it takes about "
+                            f"{human(_estimate(layout))}, {human(shutil.disk_usage(path.parent).free)} were free "
+                            f"after the attempt); free some space or write elsewhere with -o.") from None
+        raise
+    try:
+        hooks.at("created")
+        os.replace(tmp, path)
+        writer.file.path = str(path)
+    except BaseException:
+        writer.close("failed", timeout=30)
+        atomic.discard(tmp)
+        raise
+    hooks.at("appeared")
+    return writer
+
+
+def _estimate(layout: CaptureLayout) -> int:
+    from ovi_attn_render.format import estimate_bytes
+
+    return estimate_bytes(layout)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} GB"
+
+
+def shell_command(*words) -> str:
+    """A command line to paste: every word shell-quoted."""
+    return " ".join(shlex.quote(str(w)) for w in words)
+
+
+def render_hint(path: Path, groups) -> str:
+    token = next((g for g in groups if not g.startswith("<")), groups[0] if groups else None)
+    words = ["ovi-attn", "render", path] + (["--token", token] if token else [])
+    return shell_command(*words)
