@@ -117,10 +117,16 @@ def _compare_pictures(paths: list[str], titles: list[str], out: str, fps: float)
         draw.write_png(out, frame_at(count - 1))
 
 
+def _say_state(cap) -> None:
+    """One line for a capture whose status says running: is its writer alive or dead?"""
+    if cap.status == "running":
+        err.print(f"[yellow]note:[/] {Path(cap.path).name} is {cap.state()}.")
+
+
 def run_render(paths: list[Path], opts, out: Optional[Path], fmt: Optional[str], force: bool) -> list[str]:
     """Render one capture, or two side by side (compare). Returns the paths written."""
-    from . import views
-    from .reader import open_capture
+    from . import atomic, views
+    from .reader import open_capture, reading
 
     views.check_options(opts)
     allowed = views.VIEW_FORMATS[opts.view]
@@ -133,8 +139,12 @@ def run_render(paths: list[Path], opts, out: Optional[Path], fmt: Optional[str],
         frame = opts.frame if opts.frame is not None else caps[0].num_pixel_frames // 2
         target = output_path([str(p) for p in paths], opts, out, fmt, frame, force, allowed)
         notes: set = set()
+        for cap in caps:
+            _say_state(cap)
         if len(caps) == 1:
-            drawn = views.render(caps[0], opts, target)
+            with reading(caps[0].path), atomic.replacing(target) as tmp:
+                drawn = views.render(caps[0], opts, tmp)
+            drawn.paths = [target if p == tmp else p for p in drawn.paths]
             _print_result(drawn, notes)
             for p in drawn.paths:
                 console.print(f"[green]wrote[/] {p}")
@@ -144,11 +154,13 @@ def run_render(paths: list[Path], opts, out: Optional[Path], fmt: Optional[str],
         with tempfile.TemporaryDirectory(prefix="ovi-attn-compare-") as tmp:
             sides = []
             for k, cap in enumerate(caps):
-                drawn = views.render(cap, opts, os.path.join(tmp, f"side{k}{ext}"))
+                with reading(cap.path):
+                    drawn = views.render(cap, opts, os.path.join(tmp, f"side{k}{ext}"))
                 _print_result(drawn, notes)
                 console.print(f"  {Path(cap.path).name}: drew {drawn.summary}")
                 sides.append(drawn.paths[0])
-            _compare_pictures(sides, [Path(c.path).name for c in caps], target, opts.fps or 8.0)
+            with atomic.replacing(target) as part:
+                _compare_pictures(sides, [Path(c.path).name for c in caps], part, opts.fps or 8.0)
         console.print(f"[green]wrote[/] {target}")
         return [target]
     finally:
@@ -219,25 +231,34 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def _seconds(v) -> str:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return "not finished"
+    return f"{x:.1f} s" if x == x else "not finished"  # NaN until the capture finishes
+
+
 def info(path: Path = typer.Argument(..., help="The capture file (.h5)."),
          tokens: bool = typer.Option(True, "--tokens/--no-tokens", help="Print the token table.")) -> None:
     """Print what a capture holds: prompt, model, sizes, status, captured maps, tokens."""
+    from rich.markup import escape
     from rich.table import Table
 
-    from .reader import open_capture
+    from .reader import open_capture, reading
     from .selection import describe_values
 
-    with open_capture(path) as cap:
+    with open_capture(path) as cap, reading(cap.path):
         a = cap.attrs
         F, h, w = cap.grid
-        status = cap.status + (f" ({cap.steps_done} of {len(cap.steps)} captured steps written)" if cap.partial
-                               else f" ({cap.steps_done} steps)")
+        status = cap.state() + (f" ({cap.steps_done} of {len(cap.steps)} captured steps written)" if cap.partial
+                                else f" ({cap.steps_done} steps)")
         colour = "green" if not cap.partial else "yellow"
         t = Table(show_header=False, box=None, pad_edge=False)
         t.add_column(style="bold")
         t.add_column()
         rows = [
-            ("file", f"{cap.path} ({_human_bytes(os.path.getsize(cap.path))})"),
+            ("file", f"{escape(cap.path)} ({_human_bytes(os.path.getsize(cap.path))})"),
             ("status", f"[{colour}]{status}[/]"),
             ("prompt", str(a.get("prompt", ""))),
             ("model", f"{a.get('model', '?')}  mode {a.get('mode', '?')}  solver {a.get('solver', '?')}  "
@@ -255,10 +276,13 @@ def info(path: Path = typer.Argument(..., help="The capture file (.h5)."),
                       f"{describe_values(cap.readable_steps)})"),
             ("layers", f"{describe_values(cap.layers)} of {a.get('num_layers', '?')}"),
             ("groups", ", ".join(f"{g}" for g in cap.groups)),
-            ("generation", f"{float(a['generation_seconds']):.1f} s" if a.get("generation_seconds") not in (None, "")
-             else "not finished"),
+            ("generation", _seconds(a.get("generation_seconds"))),
             ("started", f"{a.get('started_at', '?')}  finished {a.get('finished_at', '') or '-'}"),
         ]
+        cut = int(a.get("text_tokens_cut", 0) or 0)
+        if cut:
+            rows.insert(3, ("prompt cut", f"[yellow]the last {cut} tokens were past the text encoder's limit; "
+                                          f"the model never saw them[/]"))
         if cap.partial:
             rows.append(("note", "[yellow]partial capture: render draws the steps written; the decoded clip "
                                  "is missing until the capture finishes.[/]"))
