@@ -203,12 +203,24 @@ def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None
         # The capture is complete (and in place): a signal now stops the MP4 alone.
         stop.now(f"while writing the clip MP4; {out.final} is complete, the MP4 was not written")
         if out.clip is not None:
-            with atomic.replacing(out.clip) as tmp:
-                write_clip_mp4(Path(tmp), summary.frames, summary.waveform, comp.audio.sample_rate)
+            _write_clip(out, summary, comp.audio.sample_rate)
             summary.clip_path = out.clip
     summary.frames = summary.waveform = None
     summary.bytes = out.final.stat().st_size
     return summary
+
+
+def _write_clip(out: OutputPlan, summary: CaptureSummary, sample_rate: int) -> None:
+    """The clip MP4 beside the capture, atomically; a full disk here is one sentence."""
+    try:
+        with atomic.replacing(out.clip) as tmp:
+            write_clip_mp4(Path(tmp), summary.frames, summary.waveform, sample_rate)
+    except Exception as e:  # PyAV reports a full disk as its own error type, with the errno
+        if not (is_disk_full(e) or getattr(e, "errno", None) == 28):
+            raise
+        raise UserError(f"the disk filled up while writing the clip MP4; {out.final} is complete, {out.clip} was "
+                        f"not written: free some space and draw the clip with "
+                        f"`{render_hint(out.final, summary.groups, '--view', 'frames')}`.") from None
 
 
 def _check_prompt_length(shapes: Shapes, say) -> int:

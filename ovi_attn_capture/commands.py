@@ -108,7 +108,7 @@ def _print_summary(s) -> None:
 
     console.print(Panel(body, title="capture complete", expand=False))
     console.print(f"next: [cyan]{escape(shell_command('ovi-attn', 'info', s.path))}[/] or "
-                  f"[cyan]{escape(render_hint(s.path, s.groups))}[/]", highlight=False)
+                  f"[cyan]{escape(render_hint(s.path, s.groups))}[/]", highlight=False, soft_wrap=True)
 
 
 def tokens(

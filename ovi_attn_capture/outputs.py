@@ -120,7 +120,8 @@ def shell_command(*words) -> str:
     return " ".join(shlex.quote(str(w)) for w in words)
 
 
-def render_hint(path: Path, groups) -> str:
+def render_hint(path: Path, groups, *more: str) -> str:
+    """`ovi-attn render PATH --token WORD ...`, shell-quoted, for the first real token group."""
     token = next((g for g in groups if not g.startswith("<")), groups[0] if groups else None)
-    words = ["ovi-attn", "render", path] + (["--token", token] if token else [])
+    words = ["ovi-attn", "render", path] + (["--token", token] if token else []) + list(more)
     return shell_command(*words)
