@@ -179,14 +179,17 @@ def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None
         shapes = preflight_shapes(run, text=comp.text if comp is not None else None)
         cut = _check_prompt_length(shapes, say)
         layout = build_plan(run, shapes, torch.device("cpu"))[1]
-        size = _check_size(run, layout, out)
+        _check_size(run, layout, out)
         if comp is None:
             comp = load_components(run, device, say)
         hooks.at("loaded")
         loaded = shapes_of(comp)
         plan, layout, texts = build_plan(run, loaded, device)
-        if loaded.key() != shapes.key():  # a checkpoint of other shapes than its config: check again
-            size = _check_size(run, layout, out)
+        started = _dt.datetime.now(_dt.timezone.utc)
+        layout.attrs = _run_attrs(run, comp, texts, started, device) | {"text_tokens_cut": cut}
+        # Again with the run's attributes (and shapes as loaded, should a checkpoint differ
+        # from its config): in memory, milliseconds.
+        size = _check_size(run, layout, out)
         if asked is not None and tuple(comp.pixel_size) != (run.height, run.width):
             say(f"[yellow]note:[/] {run.height}x{run.width} was rescaled to the model's area and snapped to "
                 f"multiples of 32: {comp.pixel_size[0]}x{comp.pixel_size[1]}")
@@ -195,8 +198,7 @@ def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None
         say(f"capture: {len(plan.steps)} steps x {len(plan.layers)} layers x {len(layout.groups)} groups "
             f"({', '.join(plan.kinds)}; {', '.join(plan.branches)}) -> file {size / 1e6:,.1f} MB, "
             f"extra memory for maps <= {_extra_memory_mb(layout):,.0f} MB")
-        started = _dt.datetime.now(_dt.timezone.utc)
-        layout.attrs = _run_attrs(run, comp, texts, started, device) | {"text_tokens_cut": cut}
+        hooks.at("checked")
         writer = create_capture_file(out.writing, layout)
         stop.defer(f"{out.writing} is readable with the steps flushed so far (its status still says running)")
         summary = _generate(run, comp, plan, layout, texts, writer, out, stop, device, console, progress, t_load)

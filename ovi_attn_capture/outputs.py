@@ -21,7 +21,6 @@ from pathlib import Path
 from ovi_attn_render import atomic, hooks
 from ovi_attn_render.errors import UserError
 from ovi_attn_render.format import CaptureLayout
-from ovi_attn_render.liveness import process_alive
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -54,17 +53,8 @@ def plan_outputs(output: Path, force: bool, mp4: bool) -> OutputPlan:
     writing = output.with_name(output.stem + PARTIAL_SUFFIX + output.suffix) if output.exists() else output
     for path in (output, writing, clip):
         if path is not None:
-            remove_stale_temporaries(path)
+            atomic.remove_stale(path)
     return OutputPlan(output, writing, clip)
-
-
-def remove_stale_temporaries(path: Path) -> None:
-    """Temporary files of earlier runs at this path whose process is gone (a kill -9 leaves them)."""
-    stem, ext = os.path.splitext(path.name)
-    for tmp in path.parent.glob(f".{stem}.*{ext}"):
-        parts = tmp.name[len(stem) + 2:].split(".")
-        if len(parts) >= 2 and parts[0].isdigit() and not process_alive(int(parts[0])):
-            atomic.discard(tmp)
 
 
 def check_free_space(folder: Path, needed: int) -> None:

@@ -4,7 +4,8 @@ The file's layout (and so its size), every token selection and the prompt's leng
 the text limit depend only on the tokenizer, the model's config (patch, heads, layers,
 latent lengths) and the frame size. Capture resolves all of them here, refuses what is
 wrong, and only then reads the tens of GB of weights. After loading, `shapes_of(comp)`
-gives the same facts from the loaded components; capture checks that they agree.
+gives the same facts from the loaded components, and capture checks size and selections
+again from those (in memory, milliseconds).
 """
 
 from __future__ import annotations
@@ -28,11 +29,6 @@ class Shapes:
     pixel_size: tuple[int, int]
     samples_per_latent: int
     sample_rate: int
-
-    def key(self) -> tuple:
-        """Everything but the tokenizer object, for comparing preflight with the loaded model."""
-        return (self.prompt_text, self.video_grid, self.audio_tokens, self.num_heads, self.num_layers,
-                self.pixel_frames, self.pixel_size, self.samples_per_latent, self.sample_rate)
 
 
 def formatted_prompt(run) -> str:

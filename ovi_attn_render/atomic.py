@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from . import hooks
@@ -23,6 +24,7 @@ def temp_name(path: str | os.PathLike, tag: str = "tmp") -> str:
 def replacing(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path to write; on success it replaces `path` in one rename, on any
     failure (or exception, KeyboardInterrupt included) it is removed and `path` is untouched."""
+    remove_stale(path)
     tmp = temp_name(path)
     try:
         yield tmp
@@ -31,6 +33,18 @@ def replacing(path: str | os.PathLike) -> Iterator[str]:
     except BaseException:
         discard(tmp)
         raise
+
+
+def remove_stale(path: str | os.PathLike) -> None:
+    """Temporary files beside `path` left by runs whose process is gone (a kill -9 leaves them)."""
+    from .liveness import process_alive
+
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    stem, ext = os.path.splitext(name)
+    for tmp in Path(folder).glob(f".{stem}.*{ext}"):
+        parts = tmp.name[len(stem) + 2:].split(".")
+        if len(parts) >= 2 and parts[0].isdigit() and not process_alive(int(parts[0])):
+            discard(tmp)
 
 
 def discard(path: str | os.PathLike) -> None:

@@ -266,8 +266,21 @@ class CaptureFileWriter:
                                libver="earliest")
         else:
             self.f = h5py.File(self.path, "w", libver="earliest", locking=False)  # readers may follow the run
-        self._create(layout)
-        self.heartbeat()
+        try:
+            self._create(layout)
+            self.heartbeat()
+        except BaseException:
+            self.abandon()
+            raise
+
+    def abandon(self) -> None:
+        """Close after a failure (a full disk at creation, say) without raising again, so
+        nothing is left for a destructor to trip over at exit."""
+        self.allocated.clear()
+        try:
+            self.f.close()
+        except Exception:  # noqa: BLE001 - the first error is the one reported
+            pass
 
     # ------------------------------------------------------------------ creation
     def _scale(self, name: str, data=None, size: int | None = None, dtype=None):

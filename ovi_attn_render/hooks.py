@@ -5,8 +5,10 @@ inject a full disk there. Off unless OVI_ATTN_TEST_HOOK is set; costs one dict l
 
 `pause@P`: at phase P, create DIR/P and wait (up to 10 min) until DIR/P.go exists.
 `enospc@P`: at phase P, raise OSError(ENOSPC) as a full disk would.
-Phases: loaded (weights loaded, no file yet), created (file under its temporary name),
-appeared (file at its path), step-N (after captured step N was queued), clip (before the
+Phases: loaded (weights loaded, no file yet), checked (size and free space checked, just
+before creation), created (file under its temporary name),
+appeared (file at its path), step-N (after captured step N was queued), write-step-N (the
+writer thread, before it flushes step N), clip (before the
 decoded clip is written), complete (file closed complete), before-replace (a finished
 temporary file about to be renamed into place: render outputs, the clip MP4, forced captures).
 """

@@ -70,16 +70,16 @@ def test_free_space_check_with_an_injected_small_disk(monkeypatch, tmp_path, cap
     monkeypatch.setattr(outputs.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
     prompt = write_toy_prompt(tmp_path, steps=4)
     assert main(["capture", str(prompt), "-o", str(tmp_path / "run.h5"), "--no-progress"]) == 2
-    assert "has 1,000 B free" in capsys.readouterr().err and not (tmp_path / "run.h5").exists()
+    assert "has 1.0 KB free" in capsys.readouterr().err and not (tmp_path / "run.h5").exists()
 
 
 def test_a_disk_that_fills_before_creation_is_one_sentence_and_leaves_nothing(small_fs, tmp_path):
     folder = small_fs("3m")
     prompt = write_toy_prompt(tmp_path, steps=4)
-    p = Proc(["capture", prompt, "-o", folder / "run.h5", "--no-progress"], tmp_path / "hooks", pause="loaded")
-    p.wait_for("loaded")  # the free-space check passed; now someone else takes the space
+    p = Proc(["capture", prompt, "-o", folder / "run.h5", "--no-progress"], tmp_path / "hooks", pause="checked")
+    p.wait_for("checked")  # the free-space check passed; now someone else takes the space
     _fill(folder, leave=20_000)
-    p.release("loaded")
+    p.release("checked")
     rc, _, err = p.finish()
     assert rc == 2, err
     assert "disk filled up while creating" in err and "Traceback" not in err and len(err.strip().splitlines()) <= 12
@@ -145,7 +145,7 @@ def test_a_long_prompt_says_how_many_tokens_were_cut_records_it_and_hints_are_sh
     out = tmp_path / "we ird;$(touch pwned).h5"
     assert main(["capture", str(prompt), "-o", str(out), "--no-progress", "--no-mp4"]) == 0
     err = capsys.readouterr().err
-    assert "the last 91 are cut" in err  # 602 words + EOS = 603 tokens, 512 kept
+    assert "the last 91 are cut" in " ".join(err.split())  # 602 words + EOS = 603 tokens, 512 kept
     with h5py.File(out, "r") as f:
         assert int(f.attrs["text_tokens_cut"]) == 91
     hint = next(line for line in err.splitlines() if line.startswith("next:"))
