@@ -54,14 +54,20 @@ def test_sigint_stops_at_the_next_boundary_marks_interrupted_and_exits_130(refer
     assert "Traceback" not in err and not out.with_suffix(".mp4").exists()
 
 
-def test_sigterm_on_a_forced_capture_keeps_the_old_file_and_names_the_partial_one(reference, tmp_path):
+def _forced_run_paused(reference, tmp_path, phase: str):
+    """A forced capture onto a copy of the reference, paused at `phase`: (process, path, old digest)."""
     prompt, ref = reference
     out = tmp_path / "run.h5"
     out.write_bytes(ref.read_bytes())
     before = _digest(out)
-    p = Proc(["capture", prompt, "-o", out, "--force", "--no-progress"], tmp_path / "hooks", pause="step-1")
-    p.wait_for("step-1")
+    p = Proc(["capture", prompt, "-o", out, "--force", "--no-progress"], tmp_path / "hooks", pause=phase)
+    p.wait_for(phase)
     assert _digest(out) == before  # while the forced run runs, the old file is untouched
+    return p, out, before
+
+
+def test_sigterm_on_a_forced_capture_keeps_the_old_file_and_names_the_partial_one(reference, tmp_path):
+    p, out, before = _forced_run_paused(reference, tmp_path, "step-1")
     p.signal(signal.SIGTERM)
     p.release("step-1")
     rc, _, err = p.finish()
@@ -117,12 +123,7 @@ def test_kill_9_leaves_no_file_or_a_readable_one(reference, tmp_path, phase, exp
 
 
 def test_kill_9_during_a_forced_capture_keeps_the_old_file(reference, tmp_path):
-    prompt, ref = reference
-    out = tmp_path / "run.h5"
-    out.write_bytes(ref.read_bytes())
-    before = _digest(out)
-    p = Proc(["capture", prompt, "-o", out, "--force", "--no-progress"], tmp_path / "hooks", pause="step-3")
-    p.wait_for("step-3")
+    p, out, before = _forced_run_paused(reference, tmp_path, "step-3")
     p.kill()
     assert _digest(out) == before
     assert opens_everywhere(tmp_path / "run.partial.h5") >= 2
