@@ -5,12 +5,14 @@ x_sigma = (1 - sigma) * x0 + sigma * noise and the model predicts the velocity
 v = noise - x0, so x0 = x - sigma * v. Three solvers, as upstream's
 `get_scheduler_time_steps` builds them:
 
-- "unipc" (default): UniPC, order 2, B(h) = e^h - 1 ("bh2"), on the x0 prediction, with
-  a first-order final step. Upstream ships its own scheduler for it; diffusers'
-  UniPCMultistepScheduler gives a different schedule (its unshifted sigmas start at 1.0,
-  upstream's at 0.999), so we write it here from the formulas.
+- "unipc" (default): diffusers' UniPCMultistepScheduler (order 2, B(h) = e^h - 1 "bh2",
+  x0 prediction, first-order final step) given upstream's own unshifted sigmas, which
+  reproduces upstream's copy of that scheduler bit for bit (tested).
 - "dpm++": DPM-Solver++ 2M (midpoint form) on the x0 prediction, first order at the
-  first and last steps; schedule from a plain linspace(1, 0) shifted.
+  first and last steps; schedule from a plain linspace(1, 0) shifted. This one stays
+  ours: upstream's schedule starts at sigma = 1 exactly (timestep 1000, log-SNR -inf),
+  which diffusers' DPMSolverMultistepScheduler cannot express (its set_timesteps takes no
+  sigmas, and its flow sigmas start at 1 - 1e-6).
 - "euler": diffusers' FlowMatchEulerDiscreteScheduler, used as is (upstream's choice).
 
 Notation: alpha = 1 - sigma, lambda = log(alpha) - log(sigma) (the log-SNR),
@@ -41,17 +43,6 @@ NUM_TRAIN_TIMESTEPS = 1000
 def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
     """The timestep shift s*sigma / (1 + (s-1)*sigma) in float64, which spends more steps at high noise."""
     return shift * sigmas / (1 + (shift - 1) * sigmas)
-
-
-def unipc_schedule(steps: int, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Upstream UniPC's schedule: timesteps int64 [steps], sigmas float32 [steps + 1] ending in 0.
-
-    The unshifted sigmas run linearly from the largest training sigma, float32(1 - 1/1000)
-    = 0.999, down to 0 (excluded); timesteps truncate sigma * 1000 toward zero.
-    """
-    sigma_max = float(np.float32(1.0 - 1.0 / NUM_TRAIN_TIMESTEPS))
-    sigmas = shift_sigmas(np.linspace(sigma_max, 0.0, steps + 1)[:-1], shift)  # float64 [steps]
-    return _to_schedule(sigmas)
 
 
 def dpmpp_schedule(steps: int, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,99 +109,36 @@ class FlowScheduler:
                              "call step once per timestep, in order, with one scheduler per tower")
 
 
-class UniPCScheduler(FlowScheduler):
-    """UniPC-2 (bh2) in x0 form: a corrector on the sample the model just saw, then a predictor.
+class DiffusersScheduler(FlowScheduler):
+    """A diffusers scheduler behind our interface: `inner` does the arithmetic, we check the order of calls."""
 
-    At step i the model has evaluated x_i (at sigmas[i]) giving x0_i. UniC refines x_i using
-    x0_i, the predictor UniP then moves the refined x_i to sigmas[i+1]. The model is not
-    rerun on the corrected sample: that is what makes UniPC free.
+    inner: object
+
+    def _advance(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        timestep = self.timesteps[self.step_index]
+        return self.inner.step(model_output, timestep, sample, return_dict=False)[0]
+
+
+class UniPCScheduler(DiffusersScheduler):
+    """diffusers' UniPCMultistepScheduler set up to reproduce upstream's UniPC-2 (bh2, x0 form) bit for bit.
+
+    Upstream ships its own copy of this scheduler; diffusers' default flow schedule differs from it
+    (its unshifted sigmas start at 1.0), so we pass upstream's unshifted sigmas ourselves:
+    linspace from the largest training sigma, float32(1 - 1/1000) (not the float64 0.999), to 0
+    excluded; diffusers applies the shift in float64 and truncates sigma * 1000 to the timesteps,
+    as upstream does. `lower_order_final` makes the final step first order, as upstream.
     """
-
-    order = 2
 
     def __init__(self, steps: int, shift: float, device: torch.device | str = "cpu") -> None:
         super().__init__()
-        timesteps, self.sigmas = unipc_schedule(steps, shift)  # sigmas stay on the CPU, as upstream
-        self.timesteps = timesteps.to(device)
-        self.x0_history: list[torch.Tensor] = []  # the last `order` x0 predictions, oldest first
-        self.last_sample: torch.Tensor | None = None  # where the previous predictor started
-        self.last_order = 0  # the previous predictor's order = the corrector's order now
+        from diffusers import UniPCMultistepScheduler  # only the capture side needs diffusers
 
-    def _advance(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        i = self.step_index
-        x0 = sample - self.sigmas[i] * model_output  # x0 from the sample the model saw
-        if i > 0:
-            sample = self._correct(x0)
-        self.x0_history = (self.x0_history + [x0])[-self.order:]
-        # Order ramps up 1, 2, 2, ... (needs history) and drops to 1 for the final step.
-        order = min(self.order, self.num_steps - i, len(self.x0_history))
-        self.last_sample, self.last_order = sample, order
-        return self._predict(sample, order)
-
-    def _predict(self, x: torch.Tensor, order: int) -> torch.Tensor:
-        """UniP-`order`: x at sigmas[i] -> sigmas[i+1] from x0_i (and x0_{i-1} when order is 2)."""
-        i = self.step_index
-        sigma_t, sigma_s0 = self.sigmas[i + 1], self.sigmas[i]
-        alpha_t = 1 - sigma_t
-        h = log_snr(sigma_t) - log_snr(sigma_s0)
-        hh = -h  # x0 form integrates in -h
-        h_phi_1 = torch.expm1(hh)  # e^{-h} - 1
-        B_h = torch.expm1(hh)  # bh2
-        m0 = self.x0_history[-1]
-        if order == 2:
-            rk = (log_snr(self.sigmas[i - 1]) - log_snr(sigma_s0)) / h  # < 0: x0_{i-1} lies behind
-            D1s = torch.stack([(self.x0_history[-2] - m0) / rk], dim=1)  # [B, 1, C, ...]
-            rhos_p = torch.tensor([0.5], dtype=x.dtype, device=x.device)  # order 2 needs no solve
-            pred_res = torch.einsum("k,bkc...->bc...", rhos_p, D1s)  # = 0.5 * D1, as upstream
-        else:
-            pred_res = 0
-        x_t_ = sigma_t / sigma_s0 * x - alpha_t * h_phi_1 * m0  # the first-order (DDIM) part
-        x_t = x_t_ - alpha_t * B_h * pred_res
-        return x_t.to(x.dtype)
-
-    def _correct(self, model_t: torch.Tensor) -> torch.Tensor:
-        """UniC: redo the last predictor step sigmas[i-1] -> sigmas[i], now also using x0_i (model_t).
-
-        The predicted sample itself is not needed: only where that step started (last_sample).
-        """
-        i, order, x = self.step_index, self.last_order, self.last_sample
-        sigma_t, sigma_s0 = self.sigmas[i], self.sigmas[i - 1]
-        alpha_t = 1 - sigma_t
-        lambda_s0 = log_snr(sigma_s0)
-        h = log_snr(sigma_t) - lambda_s0
-        hh = -h
-        h_phi_1 = torch.expm1(hh)
-        B_h = torch.expm1(hh)
-        m0 = self.x0_history[-1]  # x0_{i-1}: the history does not hold x0_i yet
-        if order == 1:
-            rhos_c = torch.tensor([0.5], dtype=x.dtype, device=x.device)
-            corr_res = 0
-        else:
-            rk = (log_snr(self.sigmas[i - 2]) - lambda_s0) / h
-            D1s = torch.stack([(self.x0_history[-2] - m0) / rk], dim=1)  # [B, 1, C, ...]
-            rhos_c = unic_weights(rk, h_phi_1, hh, B_h, x.device).to(x.dtype)
-            corr_res = torch.einsum("k,bkc...->bc...", rhos_c[:-1], D1s)
-        D1_t = model_t - m0
-        x_t_ = sigma_t / sigma_s0 * x - alpha_t * h_phi_1 * m0
-        x_t = x_t_ - alpha_t * B_h * (corr_res + rhos_c[-1] * D1_t)
-        return x_t.to(x.dtype)
-
-
-def unic_weights(rk: torch.Tensor, h_phi_1: torch.Tensor, hh: torch.Tensor, B_h: torch.Tensor,
-                 device: torch.device) -> torch.Tensor:
-    """UniC-2's weights rho [2]: solve [[1, 1], [rk, 1]] rho = b, in float32 on `device` as upstream.
-
-    b_k = k! * g_k / B(h) with g_k = (e^hh - sum_{j<=k} hh^j / j!) / hh^k, the scaled Taylor
-    remainder of e^hh, built by the recurrence g_1 = h_phi_1/hh - 1, g_{k+1} = g_k/hh - 1/(k+1)!.
-    """
-    h_phi_k = h_phi_1 / hh - 1
-    b1 = h_phi_k * 1 / B_h
-    h_phi_k = h_phi_k / hh - 1 / 2
-    b2 = h_phi_k * 2 / B_h
-    one = torch.ones((), dtype=rk.dtype)
-    R = torch.stack([torch.stack([one, one]), torch.stack([rk, one])]).to(device)  # rows: rk^0, rk^1
-    b = torch.stack([b1, b2]).to(device)
-    return torch.linalg.solve(R, b)
+        self.inner = UniPCMultistepScheduler(
+            num_train_timesteps=NUM_TRAIN_TIMESTEPS, solver_order=2, solver_type="bh2", predict_x0=True,
+            lower_order_final=True, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)
+        sigma_max = float(np.float32(1.0 - 1.0 / NUM_TRAIN_TIMESTEPS))
+        self.inner.set_timesteps(sigmas=np.linspace(sigma_max, 0.0, steps + 1)[:-1], device=device)
+        self.timesteps, self.sigmas = self.inner.timesteps, self.inner.sigmas  # int64 [steps], float32 [steps + 1]
 
 
 class DPMSolverPPScheduler(FlowScheduler):
@@ -261,7 +189,7 @@ class DPMSolverPPScheduler(FlowScheduler):
                 - 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * D1)
 
 
-class EulerScheduler(FlowScheduler):
+class EulerScheduler(DiffusersScheduler):
     """diffusers' FlowMatchEulerDiscreteScheduler(shift=shift), exactly as upstream builds it.
 
     Its timesteps are float32 and not whole numbers; the shift is applied twice at the low
@@ -275,10 +203,6 @@ class EulerScheduler(FlowScheduler):
         self.inner = FlowMatchEulerDiscreteScheduler(shift=shift)
         self.inner.set_timesteps(steps, device=device)
         self.timesteps, self.sigmas = self.inner.timesteps, self.inner.sigmas
-
-    def _advance(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        timestep = self.timesteps[self.step_index]
-        return self.inner.step(model_output, timestep, sample, return_dict=False)[0]
 
 
 def make_scheduler(name: str, steps: int = 50, shift: float = 5.0,

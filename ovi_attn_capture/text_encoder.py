@@ -172,13 +172,6 @@ class TextEncoder:
         self.model.to(device)
         return self
 
-    def offload(self) -> "TextEncoder":
-        """Move the weights to CPU (upstream's cpu_offload) and free the accelerator's cache."""
-        self.model.to("cpu")
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return self
-
     def tokenize(self, text: str) -> list[Token]:
         """The real tokens of clean_text(text), EOS last (its span is empty, at the end of the text)."""
         cleaned = clean_text(text)

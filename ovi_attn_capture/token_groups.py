@@ -34,9 +34,7 @@ from typing import Any, Sequence
 
 from ovi_attn_render.errors import UserError
 
-TAGS = ("<S>", "<E>", "<AUDCAP>", "<ENDAUDCAP>")
 SPAN_NAMES = ("speech", "audio_caption")
-GROUP_KINDS = ("word", "phrase", "span", "index", "eos", "pad", "all-word")
 EOS_LABEL, PAD_LABEL = "<eos>", "<pad>"
 
 # Tags first so "<S>" is one word; [^\W_] is a letter or digit; apostrophes only inside.
@@ -76,7 +74,7 @@ class Word:
 @dataclass
 class TokenGroup:
     label: str  # the `token` coordinate in the capture file
-    kind: str  # one of GROUP_KINDS
+    kind: str  # "word", "phrase", "span", "index", "eos", "pad" or "all-word"
     token_indices: list[int]  # text keys summed for this group (pad: the padding keys)
 
 

@@ -1,7 +1,8 @@
 """The `ovi-attn` command: a thin Typer layer over the two packages' library APIs.
 
 Render-side commands (render, info, compare) live in `ovi_attn_render.commands`; the
-GPU-side ones (capture, tokens, eval) in `ovi_attn_capture.commands`, which declares its
+GPU-side ones (capture, tokens, eval) in `ovi_attn_capture.commands`, found through the
+entry-point hook COMMAND_HOOK (render never imports capture). That module declares its
 options without importing torch, so `ovi-attn --help` and rendering work where torch is
 not installed.
 """
@@ -42,15 +43,20 @@ def _root(
     _state["debug"] = debug
 
 
+COMMAND_HOOK = "ovi_attn.commands"  # entry-point group: `register(app)` functions of other packages
+
+
 def _register_commands() -> None:
+    """Render's own commands, then those of any installed package that names a `register(app)`
+    function under the entry-point group COMMAND_HOOK (ovi_attn_capture adds capture, tokens
+    and eval this way), so render never imports the capture side and works without it."""
+    from importlib.metadata import entry_points
+
     from . import commands as render_commands
 
     render_commands.register(app)
-    try:
-        from ovi_attn_capture import commands as capture_commands
-    except ImportError:  # a render-only install without the capture package
-        return
-    capture_commands.register(app)
+    for hook in sorted(entry_points(group=COMMAND_HOOK), key=lambda e: e.name):
+        hook.load()(app)
 
 
 _register_commands()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import h5py
@@ -10,19 +9,11 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest_render import Synth, write_synthetic  # noqa: E402
+from synthetic import Synth, write_synthetic
 
-from ovi_attn_render.cli import main  # noqa: E402
-from ovi_attn_render.errors import UserError  # noqa: E402
-from ovi_attn_render.reader import open_capture  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cap") / "run.h5"
-    write_synthetic(path)
-    return path
+from ovi_attn_render.cli import main
+from ovi_attn_render.errors import UserError
+from ovi_attn_render.reader import open_capture
 
 
 def fails(capsys, *args) -> str:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest_render import BASE, Synth, hot_value, write_synthetic  # noqa: E402
+from synthetic import BASE, Synth, hot_value, write_synthetic
 
-from ovi_attn_render.errors import UserError  # noqa: E402
-from ovi_attn_render.reader import open_capture, read_hyperslab  # noqa: E402
-from ovi_attn_render.selection import describe_values, parse_spec, resolve  # noqa: E402
+from ovi_attn_render.errors import UserError
+from ovi_attn_render.reader import open_capture, read_hyperslab
+from ovi_attn_render.selection import describe_values, parse_spec, resolve
 
 
 @pytest.fixture(scope="module")

@@ -6,29 +6,20 @@ known token cell of one latent frame, so the tests can name the pixels that must
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest_render import GREY, Synth, cell_box, hot_value, write_synthetic  # noqa: E402
+from synthetic import GREY, Synth, cell_box, hot_value, write_synthetic
 
-from ovi_attn_render import draw  # noqa: E402
-from ovi_attn_render.cli import main  # noqa: E402
-from ovi_attn_render.views import spatial_stats  # noqa: E402
+from ovi_attn_render import draw
+from ovi_attn_render.cli import main
+from ovi_attn_render.views import spatial_stats
 
 ALPHA = 0.5
 SIZE = (256, 256)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cap") / "run.h5"
-    write_synthetic(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ from ovi_attn_capture.solvers import SOLVERS, make_scheduler
 from ovi_attn_render.errors import UserError
 
 DATA = Path(__file__).parent / "data"
-OVI_MIRROR = Path(os.environ.get("OVI_MIRROR", "/work/.mirror/character-ai+Ovi/repo"))
+# A git checkout of character-ai/Ovi, from the environment only; the tests that need it skip without it.
+OVI_MIRROR = Path(os.environ["OVI_MIRROR"]) if os.environ.get("OVI_MIRROR") else None
 
 
 def shifted(sigma: float, shift: float) -> float:
@@ -41,8 +42,8 @@ def test_unipc_schedule_equals_upstream_json():
     assert torch.equal(sched.sigmas, torch.tensor(expected["sigmas"], dtype=torch.float32))
 
 
-def test_diffusers_unipc_does_not_reproduce_upstream_schedule():
-    """Why we write UniPC ourselves: diffusers' flow-sigma UniPC starts its unshifted sigmas at 1.0, upstream at 0.999."""
+def test_diffusers_default_unipc_schedule_is_not_upstreams():
+    """Why UniPCScheduler passes its own sigmas: diffusers' default flow-sigma schedule starts at 1.0, upstream's at 0.999."""
     from diffusers import UniPCMultistepScheduler
 
     expected = json.loads((DATA / "unipc_schedule_50_shift5.json").read_text())["unipc_50_shift5"]
@@ -297,7 +298,7 @@ def test_euler_is_diffusers_flow_match_euler():
 
 def load_upstream_module(tmp_path: Path, repo_path: str):
     """Import one of upstream's files from the read-only mirror, copied to tmp_path at test time."""
-    if not OVI_MIRROR.exists():
+    if OVI_MIRROR is None or not OVI_MIRROR.exists():
         pytest.skip(f"the upstream Ovi mirror is not at {OVI_MIRROR} (set OVI_MIRROR); cannot compare bit for bit")
     source = subprocess.run(["git", "-C", str(OVI_MIRROR), "show", f"HEAD:{repo_path}"],
                             check=True, capture_output=True, text=True).stdout
@@ -323,7 +324,8 @@ def upstream_scheduler(tmp_path: Path, name: str, steps: int, shift: float):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("name, steps, shift", [("unipc", 50, 5.0), ("unipc", 3, 2.0), ("dpm++", 50, 5.0),
+@pytest.mark.parametrize("name, steps, shift", [("unipc", 50, 5.0), ("unipc", 30, 5.0), ("unipc", 3, 2.0),
+                                                ("dpm++", 50, 5.0),
                                                 ("dpm++", 3, 2.0)])
 def test_bit_identical_to_upstream(tmp_path, name, steps, shift, dtype):
     theirs, timesteps = upstream_scheduler(tmp_path, name, steps, shift)

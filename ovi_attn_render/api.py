@@ -1,0 +1,284 @@
+"""The Python API of the render side: a capture's maps as xarray DataArrays with named dims.
+
+    import ovi_attn_render as oa
+    cap = oa.open_capture("run.h5")
+    cap.groups                                   # ['circle', 'red', ..., '<eos>', '<pad>']
+    m = cap.text_video("red", frame=8)           # DataArray (step, layer, y, x)
+    m.sel(step=29).mean("layer")                 # select by name and value, never by axis number
+    oa.render(cap, "grid", token="red", frame=8, out="grid.png")   # the CLI's picture -> its path
+    img = oa.render(cap, "steps", token="red")   # out=None: the picture itself, uint8 [N, H, W, 3]
+
+Selections take the CLI's grammar and values (`steps="0:30:5"`, `layers="1-2"`, `steps=-1`
+for the last readable step, an int, a list of values, or None for all); a value that was not
+captured is a UserError, as on the command line. The arrays are read lazily: only the chunks
+of the selection leave the file. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from . import reader
+from .errors import UserError
+from .format import MAP_DESCRIPTIONS, latent_frame_of, pixel_frames_of
+from .selection import resolve
+
+REDUCTIONS = ("mean", "max", None)  # over heads; None keeps the `head` dimension
+
+
+def _spec(selection) -> str | None:
+    """None, an int, a list of values or a spec string -> the selection grammar's text."""
+    if selection is None or isinstance(selection, str):
+        return selection
+    if isinstance(selection, (int, np.integer)):
+        return str(int(selection))
+    return ",".join(str(int(v)) for v in selection)
+
+
+class Capture:
+    """An open capture file. Use `open_capture(path)`; close it, or use it in a `with` block.
+
+    Attributes: path, status ('complete', 'running', ...), partial, groups (token-group names),
+    tokens (the token table, one dict a text token), steps (readable sampler step numbers),
+    layers (captured block indices), heads, branches, kinds, attrs (every file attribute).
+    """
+
+    def __init__(self, file: reader.Capture):
+        self.file = file  # the low-level reader (positions, numpy arrays)
+
+    # ----------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "Capture":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        F, h, w = self.grid
+        return (f"<ovi-attn Capture {os.path.basename(self.path)}: {self.status}, {len(self.steps)} readable steps, "
+                f"{len(self.layers)} layers, grid {F}x{h}x{w}, groups {', '.join(self.groups)}>")
+
+    # ----------------------------------------------------------------- what the file holds
+    path = property(lambda self: self.file.path)
+    status = property(lambda self: self.file.status)
+    partial = property(lambda self: self.file.partial)
+    groups = property(lambda self: list(self.file.groups))
+    branches = property(lambda self: list(self.file.branches))
+    kinds = property(lambda self: list(self.file.kinds))
+    attrs = property(lambda self: dict(self.file.attrs))
+    steps = property(lambda self: np.asarray(self.file.readable_steps))
+    layers = property(lambda self: np.asarray(self.file.layers))
+    heads = property(lambda self: np.asarray(self.file.heads))
+    grid = property(lambda self: tuple(self.file.grid))  # (latent frames, rows, cols) of the video tokens
+    num_pixel_frames = property(lambda self: self.file.num_pixel_frames)
+
+    @property
+    def tokens(self) -> list[dict]:
+        """The positive prompt's token table: index, id, piece, word, word_index, start, end, groups."""
+        return self.file.token_table()
+
+    def settings(self) -> dict:
+        """The generation settings the capture ran with (the prompt file after overrides)."""
+        return self.file.settings()
+
+    def latent_frame_of(self, pixel_frame: int) -> int:
+        """The latent frame holding decoded frame `pixel_frame` (checked against the clip)."""
+        return self.file.latent_frame(pixel_frame)
+
+    def pixel_frames_of(self, latent_frame: int) -> list[int]:
+        return [n for n in pixel_frames_of(int(latent_frame), self.file.stride) if n < self.num_pixel_frames]
+
+    # ----------------------------------------------------------------- decoded clip
+    def frame(self, pixel_frame: int) -> xr.DataArray:
+        """Decoded frame as uint8 DataArray (y, x, rgb)."""
+        img = self.file.frame(pixel_frame)
+        return xr.DataArray(img, dims=("y", "x", "rgb"), name="video",
+                            coords={"pixel_frame": int(pixel_frame), "rgb": ["r", "g", "b"]})
+
+    def waveform(self) -> xr.DataArray:
+        """Decoded audio as float32 DataArray (sample), with `time` in seconds."""
+        wav = self.file.waveform()
+        t = np.arange(len(wav)) / self.file.sample_rate
+        return xr.DataArray(wav, dims=("sample",), coords={"time": ("sample", t)}, name="audio",
+                            attrs={"sample_rate": self.file.sample_rate, "units": "1"})
+
+    # ----------------------------------------------------------------- maps
+    def text_video(self, token: str, frame: int | None = None, steps=None, layers=None, heads=None,
+                   branch: str = "cond", reduce: str | None = "mean", renorm: bool = False) -> xr.DataArray:
+        """Where the video looks at one token group: (step, layer[, head], frame, y, x).
+
+        frame: a decoded (pixel) frame; its latent frame is selected and the `frame` dim
+        dropped (kept as coordinates `frame` and `pixel_frame`). renorm: divide by the mass
+        on real tokens, 1 - <eos> - <pad>, so groups compare across maps whose padding differs."""
+        t = self.file.token_index(token)
+        latents = list(range(self.grid[0])) if frame is None else [self.latent_frame_of(frame)]
+        pos = self._positions(steps, layers, heads, branch)
+        read = lambda g: self.file.text_video(g, pos["step"], pos["layer"], pos["branch"], pos["head"], latents)
+        x = self._renormalised(read, t, renorm)  # [S, L, Hd, F', h, w]
+        da = self._array(x, ("step", "layer", "head", "frame", "y", "x"), pos, token, "text_video", reduce,
+                         frame=np.asarray(latents))
+        if frame is not None:
+            da = da.isel(frame=0).assign_coords(pixel_frame=int(frame))
+        return da
+
+    def text_audio(self, token: str, steps=None, layers=None, heads=None, branch: str = "cond",
+                   reduce: str | None = "mean", renorm: bool = False) -> xr.DataArray:
+        """How much each audio token looks at one token group: (step, layer[, head], audio_time)."""
+        t = self.file.token_index(token)
+        pos = self._positions(steps, layers, heads, branch)
+        read = lambda g: self.file.text_audio(g, pos["step"], pos["layer"], pos["branch"], pos["head"])
+        x = self._renormalised(read, t, renorm)  # [S, L, Hd, La]
+        return self._array(x, ("step", "layer", "head", "audio_time"), pos, token, "text_audio", reduce)
+
+    def video_audio(self, steps=None, layers=None, heads=None, branch: str = "cond",
+                    reduce: str | None = "mean") -> xr.DataArray:
+        """Each latent frame's attention over the audio tokens: (step, layer[, head], frame, audio_time)."""
+        pos = self._positions(steps, layers, heads, branch)
+        x = self.file.video_audio(pos["step"], pos["layer"], pos["branch"], pos["head"])
+        return self._array(x, ("step", "layer", "head", "frame", "audio_time"), pos, None, "video_audio", reduce)
+
+    def audio_video(self, steps=None, layers=None, heads=None, branch: str = "cond",
+                    reduce: str | None = "mean") -> xr.DataArray:
+        """Each audio token's attention mass per latent frame: (step, layer[, head], audio_time, frame)."""
+        pos = self._positions(steps, layers, heads, branch)
+        x = self.file.audio_video(pos["step"], pos["layer"], pos["branch"], pos["head"])
+        return self._array(x, ("step", "layer", "head", "audio_time", "frame"), pos, None, "audio_video", reduce)
+
+    def audio_video_spatial(self, frame: int | None = None, steps=None, layers=None, heads=None,
+                            branch: str = "cond", reduce: str | None = "mean") -> xr.DataArray:
+        """Where the audio looks in the video: (step, layer[, head], frame, y, x)."""
+        latents = list(range(self.grid[0])) if frame is None else [self.latent_frame_of(frame)]
+        pos = self._positions(steps, layers, heads, branch)
+        x = self.file.audio_video_spatial(pos["step"], pos["layer"], pos["branch"], pos["head"], latents)
+        da = self._array(x, ("step", "layer", "head", "frame", "y", "x"), pos, None, "audio_video_spatial",
+                         reduce, frame=np.asarray(latents))
+        if frame is not None:
+            da = da.isel(frame=0).assign_coords(pixel_frame=int(frame))
+        return da
+
+    # ----------------------------------------------------------------- helpers
+    def _positions(self, steps, layers, heads, branch) -> dict:
+        """Selections (values, the CLI's grammar) -> positions into the file's coordinates."""
+        f = self.file
+        if f.steps_done == 0:
+            raise UserError(f"{os.path.basename(f.path)} has no complete step yet (status {f.status}); "
+                            f"wait for the capture to write its first step.")
+        if heads is not None and f.heads_mode == "mean":
+            raise UserError("this capture stored the mean over heads only; capture with `heads: all` to select heads.")
+        return {
+            "step": resolve(_spec(steps), f.readable_steps, "steps",
+                            what=f"readable steps ({f.steps_done} of {len(f.steps)} written)"),
+            "layer": resolve(_spec(layers), f.layers, "layers", what="captured layers"),
+            "head": None if heads is None else resolve(_spec(heads), f.heads, "heads", what="captured heads"),
+            "branch": f.branch_index(branch),
+        }
+
+    def _renormalised(self, read, group: int, renorm: bool) -> np.ndarray:
+        x = read(group)
+        if not renorm:
+            return x
+        kinds = self.file.group_kinds
+        for kind in ("eos", "pad"):
+            if kind not in kinds:
+                raise UserError(f"renorm needs the <{kind}> group, which this capture lacks; use renorm=False.")
+        rest = 1.0 - read(kinds.index("eos")) - read(kinds.index("pad"))
+        return x / np.maximum(rest, 1e-6)
+
+    def _array(self, x: np.ndarray, dims: tuple[str, ...], pos: dict, token: str | None, kind: str,
+               reduce: str | None, **extra_coords) -> xr.DataArray:
+        f = self.file
+        heads = list(range(len(f.heads))) if pos["head"] is None else pos["head"]
+        coords = {
+            "step": f.steps[pos["step"]],
+            "timestep": ("step", f.timesteps[pos["step"]]),
+            "sigma": ("step", f.sigmas[pos["step"]]),
+            "layer": f.layers[pos["layer"]],
+            "head": f.heads[heads],
+            **extra_coords,
+        }
+        if "audio_time" in dims:
+            coords["audio_time"] = np.arange(x.shape[dims.index("audio_time")])
+            coords["time"] = ("audio_time", coords["audio_time"] * f.samples_per_token / f.sample_rate)
+        if "frame" in dims and "frame" not in coords:
+            coords["frame"] = np.arange(x.shape[dims.index("frame")])
+        attrs = {"kind": kind, "branch": f.branches[pos["branch"]], "units": "1",
+                 "long_name": MAP_DESCRIPTIONS.get(kind, kind)}
+        if token is not None:
+            attrs["token"] = f.groups[f.token_index(token)]
+        da = xr.DataArray(x, dims=dims, coords=coords, name=kind, attrs=attrs)
+        if reduce not in REDUCTIONS:
+            raise UserError(f"unknown reduce {reduce!r}; use 'mean' or 'max' over heads, or None to keep them.")
+        if reduce is not None:
+            da = (da.max("head", skipna=True) if reduce == "max" else da.mean("head", skipna=True))
+            over = "every head (the capture stored their mean)" if f.heads_mode == "mean" else \
+                f"heads {', '.join(str(int(h)) for h in f.heads[heads])}"
+            da.attrs = {**attrs, "heads": f"{reduce} over {over}"}
+        return da
+
+
+def open_capture(path) -> Capture:
+    """Open a capture file for reading; a running capture can be followed (reopen to see new steps).
+
+    A missing, foreign or damaged file raises a UserError whose message names the problem."""
+    return Capture(reader.open_capture(path))
+
+
+def render(cap: Capture | str | os.PathLike, view: str = "steps", out=None, *, force: bool = False,
+           format: str | None = None, **options):
+    """Draw the picture `ovi-attn render` draws, with the same option names (token=, frame=, steps=...).
+
+    out: a file (its suffix picks the format), a folder (the CLI's file name), or None to get
+    the picture back as uint8 [H, W, 3] (PNG views) or [N, H, W, 3] (animations) without
+    keeping a file. Returns the path written when out is given."""
+    from . import views
+    from .commands import output_path
+
+    names = {f.name for f in fields(views.Options)} - {"view", "tokens"}
+    unknown = sorted(set(options) - names - {"token"})
+    if unknown:
+        raise UserError(f"render() has no option {unknown[0]!r}; options: token, {', '.join(sorted(names))}.")
+    token = options.pop("token", None)
+    tokens = options.pop("tokens", None) or ([] if token is None else [token] if isinstance(token, str) else token)
+    for key in ("steps", "layers", "heads", "frames"):
+        options[key] = _spec(options.get(key))
+    o = views.Options(view=view, tokens=list(tokens), **options)
+    views.check_options(o)
+    allowed = views.VIEW_FORMATS[o.view]
+    owned = not isinstance(cap, Capture)
+    cap = open_capture(cap) if owned else cap
+    try:
+        frame = o.frame if o.frame is not None else cap.num_pixel_frames // 2
+        if out is not None:
+            target = output_path([cap.path], o, Path(out), format, frame, force, allowed)
+            drawn = views.render(cap.file, o, target)
+            return drawn.paths[0] if len(drawn.paths) == 1 else drawn.paths
+        raster = [x for x in allowed if x in ("gif", "png")]
+        if not raster:
+            raise UserError(f"--view {o.view} draws no raster picture; give out= to write its file.")
+        with tempfile.TemporaryDirectory(prefix="ovi-attn-render-") as tmp:
+            path = os.path.join(tmp, f"picture.{format or raster[0]}")
+            views.render(cap.file, o, path)
+            return _read_picture(path)
+    finally:
+        if owned:
+            cap.close()
+
+
+def _read_picture(path: str) -> np.ndarray:
+    import imageio.v3 as iio
+
+    if path.endswith(".gif"):
+        return np.asarray(iio.imread(path, index=None))[..., :3]  # [N, H, W, 3]
+    return np.asarray(iio.imread(path))[..., :3]  # [H, W, 3]
+
+
+__all__ = ["Capture", "open_capture", "render", "REDUCTIONS", "latent_frame_of"]
