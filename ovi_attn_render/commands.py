@@ -117,6 +117,27 @@ def _compare_pictures(paths: list[str], titles: list[str], out: str, fps: float)
         draw.write_png(out, frame_at(count - 1))
 
 
+def render_file(cap, opts, target: str):
+    """views.render into `target`, atomically (a temporary name beside it, renamed when
+    whole: a kill or an error never leaves a torn or 0-byte picture, --force never loses
+    the old one), with HDF5 read errors as one sentence naming the file."""
+    from . import atomic, views
+    from .reader import reading
+
+    with reading(cap.path), atomic.replacing(target) as tmp:
+        drawn = views.render(cap, opts, tmp)
+        # Side files a view names after its output (mask: `<out>_area.png`) take the final name too.
+        tmp_stem, target_stem = os.path.splitext(tmp)[0], os.path.splitext(target)[0]
+        paths = []
+        for p in drawn.paths:
+            if p != tmp and p.startswith(tmp_stem):
+                os.replace(p, target_stem + p[len(tmp_stem):])
+                p = target_stem + p[len(tmp_stem):]
+            paths.append(target if p == tmp else p)
+    drawn.paths = paths
+    return drawn
+
+
 def _say_state(cap) -> None:
     """One line for a capture whose status says running: is its writer alive or dead?"""
     if cap.status == "running":
@@ -142,9 +163,7 @@ def run_render(paths: list[Path], opts, out: Optional[Path], fmt: Optional[str],
         for cap in caps:
             _say_state(cap)
         if len(caps) == 1:
-            with reading(caps[0].path), atomic.replacing(target) as tmp:
-                drawn = views.render(caps[0], opts, tmp)
-            drawn.paths = [target if p == tmp else p for p in drawn.paths]
+            drawn = render_file(caps[0], opts, target)
             _print_result(drawn, notes)
             for p in drawn.paths:
                 console.print(f"[green]wrote[/] {p}")

@@ -14,19 +14,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from synthetic import Synth, write_synthetic
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest_render import Synth, write_synthetic  # noqa: E402
-
-from ovi_attn_render.cli import main  # noqa: E402
-from ovi_attn_render.liveness import describe_writer, process_start_ticks  # noqa: E402
+from ovi_attn_render.cli import main
+from ovi_attn_render.liveness import describe_writer, process_start_ticks
 
 
-@pytest.fixture(scope="module")
-def good(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("good") / "run.h5"
-    write_synthetic(path)
-    return path
+@pytest.fixture
+def good(run) -> Path:
+    return run  # the session's synthetic capture (tests/conftest.py); tests copy it before damaging
 
 
 def _damaged(good: Path, tmp_path: Path, **attrs) -> Path:
