@@ -177,3 +177,35 @@ def test_sigint_before_the_file_exists_writes_nothing(reference, tmp_path):
     rc, _, err = p.finish()
     assert rc == 130 and "nothing was written" in err and "Traceback" not in err
     assert list(tmp_path.glob("*.h5")) == [] and list(tmp_path.glob(".*")) == []
+
+
+def _tiny_layout():
+    from ovi_attn_render.format import CaptureLayout, TokenRow
+
+    tokens = [TokenRow(0, 10, "▁a", 0, 1, "a", 0), TokenRow(1, 1, "</s>", 1, 1, "", -1)]
+    return CaptureLayout(grid=(2, 2, 2), audio_tokens=3, steps=[0, 1], layers=[0], groups=["a", "<eos>", "<pad>"],
+                         group_kinds=["word", "eos", "pad"], group_members=np.array([[1, 0], [0, 1], [0, 0]]),
+                         tokens=tokens, kinds=["text_video"])
+
+
+def test_the_writer_beats_while_idle_and_its_join_is_bounded(tmp_path, monkeypatch):
+    import torch
+
+    import ovi_attn_capture.writer as writer_module
+
+    monkeypatch.setattr(writer_module, "HEARTBEAT_SECONDS", 0.05)
+    w = writer_module.AsyncCaptureWriter(tmp_path / "w.h5", _tiny_layout())
+    with h5py.File(tmp_path / "w.h5", "r", locking=False) as f:
+        first = float(f.attrs["heartbeat"])
+    time.sleep(0.5)  # no step comes: the writer still says it is alive
+    with h5py.File(tmp_path / "w.h5", "r", locking=False) as f:
+        assert float(f.attrs["heartbeat"]) > first
+    # A writer stuck inside a write: close gives up after its bound instead of hanging.
+    release = __import__("threading").Event()
+    monkeypatch.setattr(w.file, "write_map", lambda *a: release.wait(30))
+    w.put("text_video", 0, 0, 0, torch.zeros(3, 1, 2, 2, 2))
+    t0 = time.time()
+    assert w.close("complete", timeout=0.3) is False and time.time() - t0 < 2
+    release.set()
+    w.thread.join(10)
+    assert status_of(tmp_path / "w.h5") == ("complete", 0)
