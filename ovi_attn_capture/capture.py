@@ -217,8 +217,8 @@ def _write_clip(out: OutputPlan, summary: CaptureSummary, sample_rate: int) -> N
     try:
         with atomic.replacing(out.clip) as tmp:
             write_clip_mp4(Path(tmp), summary.frames, summary.waveform, sample_rate)
-    except Exception as e:  # PyAV reports a full disk as its own error type, with the errno
-        if not (is_disk_full(e) or getattr(e, "errno", None) == 28):
+    except Exception as e:  # PyAV reports a full disk as its own OSError subclass
+        if not is_disk_full(e):
             raise
         raise UserError(f"the disk filled up while writing the clip MP4; {out.final} is complete, {out.clip} was "
                         f"not written: free some space and draw the clip with "

@@ -78,6 +78,9 @@ def create_capture_file(path: Path, layout: CaptureLayout):
             raise UserError(f"the disk filled up while creating {path} (it takes about "
                             f"{human(_estimate(layout))}, {human(shutil.disk_usage(path.parent).free)} were free "
                             f"after the attempt); free some space or write elsewhere with -o.") from None
+        if isinstance(e, OSError):
+            raise UserError(f"cannot create {path} ({str(e).splitlines()[0]}); check that its folder is writable "
+                            f"or write elsewhere with -o.") from None
         raise
     try:
         hooks.at("created")
