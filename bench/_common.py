@@ -303,7 +303,7 @@ def smooth_maps(spec: SyntheticSpec, seed: int = 0):
 @dataclass
 class WriteStats:
     path: str
-    raw_bytes: int  # what the arrays hold: maps + frames + audio (format.estimate_bytes)
+    raw_bytes: int  # what the arrays hold: maps + frames + audio (format.raw_bytes)
     map_bytes: int
     file_bytes: int  # st_size
     disk_bytes: int  # allocated blocks
@@ -326,7 +326,7 @@ def write_synthetic_capture(path: str | Path, spec: SyntheticSpec = REAL, fsync:
     the page cache (and lets a cold-cache reader evict the file)."""
     import numpy as np
 
-    from ovi_attn_render.format import CaptureFileWriter, estimate_bytes, map_shape
+    from ovi_attn_render.format import CaptureFileWriter, map_shape, raw_bytes
 
     layout = synthetic_layout(spec)
     base = smooth_maps(spec)
@@ -359,7 +359,7 @@ def write_synthetic_capture(path: str | Path, spec: SyntheticSpec = REAL, fsync:
     st = os.stat(path)
     map_bytes = sum(int(np.prod(map_shape(v, layout))) * np.dtype(spec.map_dtype).itemsize
                     for v in spec.kinds)
-    return WriteStats(str(path), estimate_bytes(layout), map_bytes, st.st_size, st.st_blocks * 512,
+    return WriteStats(str(path), raw_bytes(layout), map_bytes, st.st_size, st.st_blocks * 512,
                       t1 - t0, t2 - t1, t3 - t2, t4 - t3, spec.steps)
 
 

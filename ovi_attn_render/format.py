@@ -165,6 +165,15 @@ def chunk_shape(var: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     return (1,) * (len(shape) - k) + tuple(max(1, s) for s in shape[-k:])
 
 
+def raw_bytes(layout: CaptureLayout) -> int:
+    """What the arrays hold (maps, frames, audio), without any of the file's metadata."""
+    itemsize = np.dtype(layout.map_dtype).itemsize
+    total = sum(int(np.prod(map_shape(var, layout))) * itemsize
+                for kind in layout.kinds for var in KIND_VARIABLES[kind])
+    total += layout.video_frames * layout.video_size[0] * layout.video_size[1] * 3
+    return total + layout.audio_samples * 4
+
+
 def estimate_bytes(layout: CaptureLayout) -> int:
     """Bytes the finished file takes on disk, from the file's own dataset definitions.
 
