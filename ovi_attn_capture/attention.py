@@ -8,17 +8,25 @@ cannot change a single bit of the output.
 
 Backends, in order of preference: flash-attn 3, flash-attn 2, PyTorch's SDPA kernels
 (flash / efficient on CUDA, the flash kernel on CPU), and `math`, the reference.
-Layout everywhere: q [B, Lq, H, D], k and v [B, Lk, H, D] (Wan's layout).
+Layout everywhere: q [B, Lq, H, D], k and v [B, Lk, H, D] (Wan's layout). Each kernel's
+calling convention and return layout, per version, is written beside its wrapper below and
+held to by CPU stand-ins in tests/test_kernel_contracts.py; bench/gpu_check.py runs the
+real kernels on a GPU.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
+import warnings
 
 import torch
 
-try:  # flash-attn 3 (Hopper)
+from ovi_attn_render.errors import UserError
+
+try:  # flash-attn 3 (Hopper): its wheel installs the top-level module flash_attn_interface
     import flash_attn_interface as _fa3  # type: ignore
 except ImportError:  # pragma: no cover - not installed on CPU machines
     _fa3 = None
@@ -27,8 +35,16 @@ try:  # flash-attn 2
 except ImportError:  # pragma: no cover
     _fa2 = None
 
+# PyTorch's SDPA kernels, reached through one name so the contract tests can swap in CPU
+# stand-ins of the CUDA ops (tests/test_kernel_contracts.py).
+_aten = torch.ops.aten
+
 BACKENDS = ("flash3", "flash2", "sdpa", "math")
 _forced: str | None = os.environ.get("OVI_ATTN_BACKEND") or None
+
+
+class NoLogSumExp(UserError):
+    """The installed kernel returns no log-sum-exp, which capture needs (an environment to fix)."""
 
 
 def set_backend(name: str | None) -> None:
@@ -71,8 +87,20 @@ def attention(q, k, v, k_lens=None, *, backend: str | None = None):
         k_lens = None  # every key valid: the unmasked kernel computes the same thing
     name = backend or backend_for(q.device, q.dtype)
     fn = {"flash3": _flash3, "flash2": _flash2, "sdpa": _sdpa, "math": _math}[name]
-    out, lse = fn(q, k, v, k_lens)
+    try:
+        out, lse = fn(q, k, v, k_lens)
+    except NoLogSumExp as e:
+        if backend is not None or _forced is not None:
+            raise  # the user asked for this kernel by name: say so rather than switch
+        _drop_flash3(str(e))  # once, before any output exists: every later call agrees
+        return attention(q, k, v, k_lens)
     return out.to(q.dtype), lse.float()
+
+
+def _drop_flash3(why: str) -> None:
+    global _fa3
+    warnings.warn(f"{why} Using the next attention backend instead.", RuntimeWarning, stacklevel=3)
+    _fa3 = None
 
 
 def key_mask(k_lens, Lk: int, device) -> torch.Tensor:
@@ -98,80 +126,141 @@ def _math(q, k, v, k_lens, compute_dtype=torch.float32):
 
 
 def reference_attention(q, k, v, k_lens=None):
-    """Float64 reference used by tests: (out float64, lse float64, probabilities)."""
+    """Float64 reference used by tests: (out float64 [B, Lq, H, D], lse float64 [B, H, Lq])."""
     out, lse = _math(q, k, v, k_lens, compute_dtype=torch.float64)
     return out, lse
 
 
 # ----------------------------------------------------------------------------- sdpa
+# Signatures as in PyTorch 2.4-2.13's native_functions.yaml (outputs by position):
+#   _scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, is_causal, *, attn_mask, scale)
+#       -> (output, logsumexp [B, H, Lq])
+#   _scaled_dot_product_flash_attention(q, k, v, dropout_p, is_causal, return_debug_mask, *, scale)
+#       -> (output, logsumexp [B, H, Lq], cum_seq_q, cum_seq_k, max_q, max_k, rng_state, unused, debug_mask)
+#   _scaled_dot_product_efficient_attention(q, k, v, attn_bias, compute_log_sumexp, dropout_p, is_causal, *, scale)
+#       -> (output, log_sumexp [B, H, ceil(Lq / 32) * 32], philox_seed, philox_offset)
+# q, k, v (and output) are [B, H, L, D] views with a contiguous last dim.
 def _additive_mask(k_lens, Lk, dtype, device):
     valid = key_mask(k_lens, Lk, device)  # [B, Lk]
     mask = torch.zeros(valid.shape, dtype=dtype, device=device)
     return mask.masked_fill(~valid, float("-inf"))[:, None, None, :]  # [B, 1, 1, Lk]
 
 
+def _is_cuda(t: torch.Tensor) -> bool:
+    return t.device.type == "cuda"
+
+
 def _sdpa(q, k, v, k_lens):
+    if not _is_cuda(q):
+        return _sdpa_cpu(q, k, v, k_lens)
+    if k_lens is None and q.dtype in (torch.float16, torch.bfloat16):
+        return _sdpa_flash(q, k, v)
+    return _sdpa_efficient(q, k, v, k_lens)  # the CUDA flash kernel takes no mask
+
+
+def _sdpa_cpu(q, k, v, k_lens):
+    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, D]
+    mask = None if k_lens is None else _additive_mask(k_lens, kh.shape[2], q.dtype, q.device)
+    out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(qh, kh, vh, attn_mask=mask)
+    return out.transpose(1, 2), lse
+
+
+def _sdpa_flash(q, k, v):
+    """The CUDA flash kernel (half precision, no mask)."""
+    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, D]
+    res = _aten._scaled_dot_product_flash_attention(qh, kh, vh)
+    return res[0].transpose(1, 2), res[1]  # lse [B, H, Lq]
+
+
+def _sdpa_efficient(q, k, v, k_lens):
+    """The CUDA memory-efficient kernel (any float dtype, additive key mask)."""
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, D]
     B, H, Lq, _ = qh.shape
     Lk = kh.shape[2]
-    if q.device.type == "cpu":
-        mask = None if k_lens is None else _additive_mask(k_lens, Lk, q.dtype, q.device)
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qh, kh, vh, attn_mask=mask)
-        return out.transpose(1, 2), lse
-    if k_lens is None and q.dtype in (torch.float16, torch.bfloat16):
-        res = torch.ops.aten._scaled_dot_product_flash_attention(qh, kh, vh)
-        out, lse = res[0], res[1]
-    else:
-        bias = None
-        if k_lens is not None:
-            # The efficient kernel wants the bias rows 16-element aligned: pad the keys with
-            # masked-out zeros up to a multiple of 16 (they get exactly zero weight).
-            pad = (-Lk) % 16
-            kh = torch.nn.functional.pad(kh, (0, 0, 0, pad))
-            vh = torch.nn.functional.pad(vh, (0, 0, 0, pad))
-            bias = _additive_mask(k_lens, Lk + pad, q.dtype, q.device).expand(B, H, Lq, Lk + pad)
-        res = torch.ops.aten._scaled_dot_product_efficient_attention(qh, kh, vh, bias, True)
-        out, lse = res[0], res[1]
-    return out.transpose(1, 2), lse.reshape(B, H, -1)[..., :Lq]
+    bias = None
+    if k_lens is not None:
+        # The kernel wants the bias rows 16-element aligned: pad the keys with masked-out
+        # zeros up to a multiple of 16 (they get exactly zero weight, also where a length
+        # runs past the keys: hence the clamp).
+        pad = (-Lk) % 16
+        kh = torch.nn.functional.pad(kh, (0, 0, 0, pad))
+        vh = torch.nn.functional.pad(vh, (0, 0, 0, pad))
+        bias = _additive_mask(k_lens.clamp(max=Lk), Lk + pad, q.dtype, q.device).expand(B, H, Lq, Lk + pad)
+    res = _aten._scaled_dot_product_efficient_attention(qh, kh, vh, bias, True)
+    return res[0].transpose(1, 2), res[1][..., :Lq]  # lse padded to a multiple of 32: cut
 
 
 # ----------------------------------------------------------------------------- flash-attn
+# flash-attn 2 (flash_attn/flash_attn_interface.py, v2.0-v2.8.3):
+#   flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, ...,
+#                   return_attn_probs=False) -> out | (out, softmax_lse [B, H, Lq], S_dmask)
+#   flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, ...,
+#                          return_attn_probs=False) -> out | (out, softmax_lse, S_dmask)
+#   varlen softmax_lse: [H, total_q] since v2.6.0, [B, H, max_seqlen_q] in v2.0-v2.5.
+# flash-attn 3 (hopper/flash_attn_interface.py), by the dates of its sources:
+#   2024-07 .. 2025-05: both functions return (out, softmax_lse), no return_attn_probs;
+#   2025-01-07 .. 2025-02-16: varlen takes seqused_q, seqused_k as required arguments
+#       placed before max_seqlen_q (hence keyword arguments below);
+#   2025-07-11 .. 2025-08-29: both return out alone (no lse at all);
+#   2025-08-29 on: return_attn_probs=True -> (out, softmax_lse).
+#   softmax_lse: [B, H, Lq] dense, [H, total_q] varlen, in every version.
 def _varlen_inputs(q, k, v, k_lens):
     """Pack keys of different lengths the way flash-attn's varlen API wants them."""
     B, Lq, H, D = q.shape
     Lk = k.shape[1]
-    lens = [int(n) for n in k_lens.cpu()] if k_lens is not None else [Lk] * B
+    lens = [min(int(n), Lk) for n in k_lens.cpu()] if k_lens is not None else [Lk] * B
     cu_q = torch.arange(0, (B + 1) * Lq, Lq, dtype=torch.int32, device=q.device)
     cu_k = torch.tensor([0] + lens, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(q.device)
-    kp = torch.cat([k[b, :n] for b, n in enumerate(lens)])
+    kp = torch.cat([k[b, :n] for b, n in enumerate(lens)])  # [total_k, H, D]
     vp = torch.cat([v[b, :n] for b, n in enumerate(lens)])
-    return q.reshape(B * Lq, H, D), kp, vp, cu_q, cu_k, Lq, Lk
+    packed = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=Lq, max_seqlen_k=Lk)
+    return q.reshape(B * Lq, H, D), kp, vp, packed
 
 
-def _flash2(q, k, v, k_lens):  # pragma: no cover - needs CUDA and flash-attn
+def _varlen_lse(lse, B, H, Lq):
+    """A varlen call's lse -> [B, H, Lq], from either layout flash-attn has returned."""
+    if lse.dim() == 3:  # flash-attn 2.0-2.5: [B, H, max_seqlen_q], each sequence padded
+        return lse[:, :, :Lq]
+    return lse.reshape(H, B, Lq).transpose(0, 1)  # [H, total_q], queries packed batch-major
+
+
+def _flash2(q, k, v, k_lens):
     B, Lq, H, D = q.shape
     if k_lens is None:
         out, lse, _ = _fa2.flash_attn_func(q, k, v, return_attn_probs=True)
         return out, lse  # lse [B, H, Lq]
-    qp, kp, vp, cu_q, cu_k, mq, mk = _varlen_inputs(q, k, v, k_lens)
-    out, lse, _ = _fa2.flash_attn_varlen_func(qp, kp, vp, cu_q, cu_k, mq, mk, return_attn_probs=True)
-    return out.view(B, Lq, H, D), lse.view(H, B, Lq).transpose(0, 1)  # varlen lse: [H, total_q]
+    qp, kp, vp, packed = _varlen_inputs(q, k, v, k_lens)
+    out, lse, _ = _fa2.flash_attn_varlen_func(qp, kp, vp, **packed, return_attn_probs=True)
+    return out.view(B, Lq, H, D), _varlen_lse(lse, B, H, Lq)
 
 
-def _fa3_call(fn, *args):
-    """flash-attn 3 returns (out, lse) with return_attn_probs=True; early betas always did."""
+@functools.lru_cache(maxsize=None)
+def _parameters(fn) -> frozenset:
     try:
-        res = fn(*args, return_attn_probs=True)
-    except TypeError:
-        res = fn(*args)
+        return frozenset(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):  # a builtin without a signature: assume the newest API
+        return frozenset({"return_attn_probs"})
+
+
+def _fa3_call(fn, *args, **kwargs):
+    """Call a flash-attn 3 function the way its installed version wants; (out, lse)."""
+    params = _parameters(fn)
+    if "return_attn_probs" in params:
+        kwargs["return_attn_probs"] = True
+    if "cu_seqlens_q" in kwargs and "seqused_q" in params:
+        kwargs.update(seqused_q=None, seqused_k=None)  # required (no default) in early 2025
+    res = fn(*args, **kwargs)
+    if isinstance(res, torch.Tensor):
+        raise NoLogSumExp("The installed flash-attn 3 returns no log-sum-exp (a build of its 2025-07-11 to "
+                          "2025-08-29 sources); update flash-attn 3 or set OVI_ATTN_BACKEND=sdpa.")
     return res[0], res[1]
 
 
-def _flash3(q, k, v, k_lens):  # pragma: no cover - needs Hopper and flash-attn 3
+def _flash3(q, k, v, k_lens):
     B, Lq, H, D = q.shape
     if k_lens is None:
         out, lse = _fa3_call(_fa3.flash_attn_func, q, k, v)
         return out, lse.view(B, H, Lq)
-    qp, kp, vp, cu_q, cu_k, mq, mk = _varlen_inputs(q, k, v, k_lens)
-    out, lse = _fa3_call(_fa3.flash_attn_varlen_func, qp, kp, vp, cu_q, cu_k, mq, mk)
-    return out.view(B, Lq, H, D), lse.view(H, B, Lq).transpose(0, 1)
+    qp, kp, vp, packed = _varlen_inputs(q, k, v, k_lens)
+    out, lse = _fa3_call(_fa3.flash_attn_varlen_func, qp, kp, vp, **packed)
+    return out.view(B, Lq, H, D), _varlen_lse(lse, B, H, Lq)
