@@ -36,11 +36,17 @@ def _same_steps(path, ref, done: int) -> None:
             assert np.array_equal(f[var][sl], r[var][sl], equal_nan=True), var
 
 
-def test_sigint_stops_at_the_next_boundary_marks_interrupted_and_exits_130(reference, tmp_path):
-    prompt, ref = reference
+def _capture_paused(reference, tmp_path, phase: str):
+    """A capture of the reference prompt to tmp_path/run.h5, paused at `phase`: (process, path)."""
     out = tmp_path / "run.h5"
-    p = Proc(["capture", prompt, "-o", out, "--no-progress"], tmp_path / "hooks", pause="step-2")
-    p.wait_for("step-2")
+    p = Proc(["capture", reference[0], "-o", out, "--no-progress"], tmp_path / "hooks", pause=phase)
+    p.wait_for(phase)
+    return p, out
+
+
+def test_sigint_stops_at_the_next_boundary_marks_interrupted_and_exits_130(reference, tmp_path):
+    ref = reference[1]
+    p, out = _capture_paused(reference, tmp_path, "step-2")
     p.signal(signal.SIGINT)
     time.sleep(0.3)
     p.release("step-2")
@@ -81,10 +87,8 @@ def test_sigterm_on_a_forced_capture_keeps_the_old_file_and_names_the_partial_on
 
 def test_a_second_sigint_exits_at_once_leaving_a_readable_file_that_says_its_writer_is_gone(reference, tmp_path,
                                                                                               capsys):
-    prompt, ref = reference
-    out = tmp_path / "run.h5"
-    p = Proc(["capture", prompt, "-o", out, "--no-progress"], tmp_path / "hooks", pause="step-2")
-    p.wait_for("step-2")
+    ref = reference[1]
+    p, out = _capture_paused(reference, tmp_path, "step-2")
     p.signal(signal.SIGINT)
     time.sleep(0.3)
     t0 = time.time()
@@ -107,9 +111,7 @@ def test_a_second_sigint_exits_at_once_leaving_a_readable_file_that_says_its_wri
 ])
 def test_kill_9_leaves_no_file_or_a_readable_one(reference, tmp_path, phase, expect):
     prompt, ref = reference
-    out = tmp_path / "run.h5"
-    p = Proc(["capture", prompt, "-o", out, "--no-progress"], tmp_path / "hooks", pause=phase)
-    p.wait_for(phase)
+    p, out = _capture_paused(reference, tmp_path, phase)
     p.kill()
     if expect == "absent":
         assert not out.exists()
@@ -130,10 +132,8 @@ def test_kill_9_during_a_forced_capture_keeps_the_old_file(reference, tmp_path):
 
 
 def test_the_clip_mp4_goes_beside_the_capture_and_a_kill_while_writing_it_leaves_none(reference, tmp_path):
-    prompt, _ = reference
-    out = tmp_path / "run.h5"
-    p = Proc(["capture", prompt, "-o", out, "--no-progress"], tmp_path / "hooks", pause="before-replace")
-    p.wait_for("before-replace")  # the MP4 is written under its temporary name, not yet renamed
+    # paused with the MP4 written under its temporary name, not yet renamed
+    p, out = _capture_paused(reference, tmp_path, "before-replace")
     p.kill()
     assert status_of(out) == ("complete", 4) and not out.with_suffix(".mp4").exists()
     assert [f.name for f in tmp_path.glob(".run.*.mp4")]  # the unfinished one is hidden beside it
@@ -169,10 +169,7 @@ def test_kill_9_during_a_forced_render_keeps_the_old_output(reference, tmp_path)
 
 
 def test_sigint_before_the_file_exists_writes_nothing(reference, tmp_path):
-    prompt, _ = reference
-    out = tmp_path / "run.h5"
-    p = Proc(["capture", prompt, "-o", out, "--no-progress"], tmp_path / "hooks", pause="loaded")
-    p.wait_for("loaded")
+    p, out = _capture_paused(reference, tmp_path, "loaded")
     p.signal(signal.SIGINT)
     rc, _, err = p.finish()
     assert rc == 130 and "nothing was written" in err and "Traceback" not in err
