@@ -166,8 +166,11 @@ def write_clip_mp4(path: Path, frames: np.ndarray, waveform: np.ndarray, sample_
 
 
 def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None, progress: bool = True,
-                comp: Components | None = None, mp4: bool = True) -> CaptureSummary:
-    out = plan_outputs(Path(output), force, mp4)
+                comp: Components | None = None, mp4: bool = True, sp=None) -> CaptureSummary | None:
+    """sp: a sequence_parallel.SequenceParallel group to run across; only its rank 0 writes
+    (and decodes); the other ranks compute their heads' maps and return None."""
+    writes = sp is None or sp.rank == 0
+    out = plan_outputs(Path(output), force, mp4) if writes else None
     asked = (run.height, run.width) if run.height or run.width else None
     run = resolve_model_defaults(run, **model_facts(run.model))  # bad layers/steps fail here, with their line
     device = resolve_device(run.device)
@@ -199,9 +202,13 @@ def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None
             f"({', '.join(plan.kinds)}; {', '.join(plan.branches)}) -> file {size / 1e6:,.1f} MB, "
             f"extra memory for maps <= {_extra_memory_mb(layout):,.0f} MB")
         hooks.at("checked")
-        writer = create_capture_file(out.writing, layout)
-        stop.defer(f"{out.writing} is readable with the steps flushed so far (its status still says running)")
-        summary = _generate(run, comp, plan, layout, texts, writer, out, stop, device, console, progress, t_load)
+        writer = create_capture_file(out.writing, layout) if writes else None
+        stop.defer(f"{out.writing} is readable with the steps flushed so far (its status still says running)"
+                   if writes else "this helper rank holds no file")
+        summary = _generate(run, comp, plan, layout, texts, writer, out, stop, device, console, progress, t_load,
+                            sp)
+        if summary is None:  # a helper rank of a sequence-parallel group
+            return None
         # The capture is complete (and in place): a signal now stops the MP4 alone.
         stop.now(f"while writing the clip MP4; {out.final} is complete, the MP4 was not written")
         if out.clip is not None:
@@ -235,23 +242,27 @@ def _check_prompt_length(shapes: Shapes, say) -> int:
     return cut
 
 
-def _check_size(run: RunSpec, layout: CaptureLayout, out: OutputPlan) -> int:
+def _check_size(run: RunSpec, layout: CaptureLayout, out: OutputPlan | None) -> int:
     size = estimate_bytes(layout)
     if size > float(run.max_file_gb) * 1e9:
         raise UserError(
             f"the capture would take about {human(size)}, over the {run.max_file_gb} GB budget; "
             f"capture fewer steps/layers/tokens or raise `max_file_gb`.")
-    check_free_space(out.final.parent, size)
+    if out is not None:  # the rank that writes
+        check_free_space(out.final.parent, size)
     return size
 
 
-def _generate(run, comp, plan, layout, texts, writer, out: OutputPlan, stop: StopRequests, device, console,
-              progress, t_load) -> CaptureSummary:
+def _generate(run, comp, plan, layout, texts, writer, out: OutputPlan | None, stop: StopRequests, device, console,
+              progress, t_load, sp=None) -> CaptureSummary | None:
     """Sample with the probe attached; close the file with how it ended. Raises Interrupted
-    (exit 130/143) or a UserError for a full disk after closing the file."""
-    probe = CaptureProbe(plan, writer)
+    (exit 130/143) or a UserError for a full disk after closing the file. A helper rank of
+    a sequence-parallel group (writer None) returns None."""
+    probe = CaptureProbe(plan, writer, sp)
     probe.stop_check = stop.check
     comp.model.attach_probe(probe)
+    if sp is not None:
+        comp.model.attach_sequence_parallel(sp)
     settings = SamplerSettings(steps=run.steps, solver=run.solver, shift=run.shift,
                                video_guidance_scale=run.video_guidance_scale,
                                audio_guidance_scale=run.audio_guidance_scale,
@@ -264,7 +275,7 @@ def _generate(run, comp, plan, layout, texts, writer, out: OutputPlan, stop: Sto
         with _progress(progress, console, run.steps) as advance:
             def on_step(i, timestep, sigma):
                 nonlocal done
-                if i in step_pos:
+                if writer is not None and i in step_pos:
                     writer.step_done(step_pos[i] + 1, step_pos[i], timestep, sigma)
                     done = step_pos[i] + 1
                     hooks.at(f"step-{done}")
@@ -277,6 +288,9 @@ def _generate(run, comp, plan, layout, texts, writer, out: OutputPlan, stop: Sto
                                           settings, device, probe=probe, first_frame=comp.first_frame,
                                           on_step=on_step)
         comp.model.attach_probe(None)
+        if writer is None:  # a helper rank of a sequence-parallel group: the group's writer decodes
+            status = "complete"
+            return None
         frames, waveform = comp.decode(video_lat, audio_lat)
         stop.check()
         gen_seconds = time.time() - t0
@@ -291,9 +305,16 @@ def _generate(run, comp, plan, layout, texts, writer, out: OutputPlan, stop: Sto
         status = "failed"  # the writer closes it as `failed: disk full` when that was the cause
     finally:
         comp.model.attach_probe(None)
-        if not writer.close(status, timeout=CLOSE_TIMEOUT_S):
+        if sp is not None:
+            comp.model.attach_sequence_parallel(None)
+        if writer is not None and not writer.close(status, timeout=CLOSE_TIMEOUT_S):
             _leave_now(f"the capture writer did not finish within {CLOSE_TIMEOUT_S:.0f} s; {out.writing} keeps "
                        f"the steps flushed before.", 128 + stopped if stopped else 1)
+    if writer is None:
+        if stopped is not None:
+            raise Interrupted(f"{signal.Signals(stopped).name}: this helper rank stopped (it holds no file).",
+                              stopped)
+        return None
     if writer.error is not None:
         if is_disk_full(writer.error):
             raise UserError(f"the disk filled up while writing {out.writing}: generation stopped and the "

@@ -40,10 +40,14 @@ def _overrides(**flags) -> dict:
 
 
 def capture(
-    prompt_file: Path = typer.Argument(..., help="The prompt YAML (see docs/PROMPT.md)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .h5 (default: the file's `output:` or <prompt-file>.h5 here)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+    prompt_files: list[Path] = typer.Argument(..., help="Prompt YAML files or folders of them (see docs/PROMPT.md); "
+                                              "several, a folder, a list of variants or `seeds:` make a batch."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .h5 (default: the file's `output:` or "
+                                          "<prompt-file>.h5 here); for a batch, the folder of its files (default: here)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file (a batch: redo complete ones too)."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
+    seeds: Optional[str] = typer.Option(None, help="A seed sweep, comma separated: 1,2,3 (one file per seed)."),
+    sp_size: Optional[int] = typer.Option(None, "--sp-size", help="Sequence parallel: processes per prompt (under torchrun)."),
     prompt: Optional[str] = typer.Option(None, help="Replace the prompt text."),
     video_negative_prompt: Optional[str] = typer.Option(None, "--video-negative-prompt"),
     audio_negative_prompt: Optional[str] = typer.Option(None, "--audio-negative-prompt"),
@@ -75,19 +79,33 @@ def capture(
     no_mp4: bool = typer.Option(False, "--no-mp4", help="Do not write the clip as MP4 beside the .h5."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
-    """Generate a clip and capture its cross-attention maps into one HDF5 file."""
+    """Generate a clip and capture its cross-attention maps into one HDF5 file (or a batch of them)."""
     _need_torch("capture")
+    from .batch import is_single
+    from .distributed import launched
     from .prompt_file import load_prompt_file
 
-    run = load_prompt_file(prompt_file, _overrides(
-        seed=seed, prompt=prompt, video_negative_prompt=video_negative_prompt,
+    overrides = _overrides(
+        seed=seed, seeds=seeds, sp_size=sp_size, prompt=prompt, video_negative_prompt=video_negative_prompt,
         audio_negative_prompt=audio_negative_prompt, tokens=tokens, layers=layers, capture_steps=capture_steps,
         kinds=kinds, branch=branch, heads=heads, map_dtype=map_dtype, model=model, ckpt_dir=ckpt_dir,
         num_steps=num_steps, solver=solver, shift=shift, height=height, width=width,
         video_guidance_scale=video_guidance_scale, audio_guidance_scale=audio_guidance_scale, slg_layer=slg_layer,
         mode=mode, image=image, device=device, dtype=dtype, cpu_offload=cpu_offload, fp8=fp8,
-        max_file_gb=max_file_gb))
+        max_file_gb=max_file_gb)
+    if not is_single(prompt_files, overrides):
+        from .batch_commands import capture_batch
+
+        raise SystemExit(capture_batch(prompt_files, overrides, output, force=force, mp4=not no_mp4,
+                                       progress=not no_progress, console=console))
+    prompt_file = prompt_files[0]
+    run = load_prompt_file(prompt_file, overrides)
     out = output or (Path(run.output) if run.output else Path(Path(prompt_file).with_suffix(".h5").name))
+    if launched() or run.sp_size > 1:  # one prompt across the launcher's processes
+        from .batch_commands import capture_one_distributed
+
+        raise SystemExit(capture_one_distributed(run, prompt_file, Path(out), force=force, mp4=not no_mp4,
+                                                 console=console))
     from .capture import run_capture
 
     summary = run_capture(run, Path(out), force=force, console=console, progress=not no_progress, mp4=not no_mp4)

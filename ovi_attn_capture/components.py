@@ -277,3 +277,49 @@ def describe(comp: Components) -> str:
     return (f"{comp.pixel_frames} frames of {comp.pixel_size[0]}x{comp.pixel_size[1]}, token grid {F}x{h}x{w}, "
             f"{comp.audio_tokens} audio tokens ({comp.audio_tokens * 512 / 16000:.2f} s)")
 
+
+
+# ----------------------------------------------------------------------------- batches
+# A batch loads the weights once and runs many prompts on them: what differs from prompt
+# to prompt (caption, frame size, i2v first frame, skip layer) is re-derived per run.
+
+LOAD_KEYS = ("model", "ckpt_dir", "dtype", "device", "fp8", "cpu_offload")  # runs that agree on these share weights
+
+
+def load_key(run) -> tuple:
+    return tuple(str(getattr(run, k)) for k in LOAD_KEYS)
+
+
+def _prompt_facts(model: str):
+    """(pixel area, default slg layer, caption formatter) of a model."""
+    from .text_encoder import clean_text
+
+    if model == "tiny":
+        return TINY.area, TINY.default_slg_layer, clean_text
+    if model == "toy":
+        from .toy.components import DEFAULT_SLG_LAYER, NATIVE_SIZE
+
+        return NATIVE_SIZE[0] * NATIVE_SIZE[1], DEFAULT_SLG_LAYER, clean_text
+    from .checkpoints import MODELS
+
+    spec = MODELS[model]
+    return spec.area, 11, lambda prompt: clean_text(spec.format_prompt(prompt))
+
+
+def bind_run(comp: Components, run) -> Components:
+    """The loaded components set up for another run of the same load_key: same weights,
+    this run's caption, frame size, slg layer and i2v first frame (as the loaders set them)."""
+    from dataclasses import replace
+
+    area, default_slg, caption = _prompt_facts(run.model)
+    out = replace(comp, prompt_text=caption(run.prompt), pixel_size=_pixel_size(run, area), first_frame=None,
+                  slg_layer=_slg(run, default_slg, comp.model.num_layers))
+    if comp.device.type == "cuda" and not comp.offload:
+        out.text.to(comp.device)  # the previous run parked the text encoder on the CPU after encoding
+    if run.mode == "i2v":
+        if comp.offload:
+            out.video_vae.to(comp.device)
+        _use_first_frame(out, run, area)
+        if comp.offload:
+            out.video_vae.to("cpu")
+    return out

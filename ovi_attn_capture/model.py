@@ -182,15 +182,21 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (Linear(dim, dim) for _ in range(4))
         self.norm_q = RMSNorm(dim, eps, compute_dtype)
         self.norm_k = RMSNorm(dim, eps, compute_dtype)
+        self.sp = None  # a SequenceParallel group, set by FusionModel.attach_sequence_parallel
 
     def heads(self, x):  # [B, L, C] -> [B, L, H, D]
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim)
 
     def forward(self, x, seq_lens, rope):
-        q = rope(self.heads(self.norm_q(self.q(x))))
-        k = rope(self.heads(self.norm_k(self.k(x))))
+        q = self.heads(self.norm_q(self.q(x)))  # [B, L, H, D] ([B, L/K, H, D] under sequence parallel)
+        k = self.heads(self.norm_k(self.k(x)))
         v = self.heads(self.v(x))
-        out, _ = attention(q, k, v, k_lens=seq_lens)
+        sp = self.sp
+        if sp is not None:  # Ulysses: all tokens, 1/K of the heads
+            q, k, v = (sp.to_heads(t, int(seq_lens.max())) for t in (q, k, v))
+        out, _ = attention(rope(q), rope(k), v, k_lens=seq_lens)
+        if sp is not None:
+            out = sp.to_sequence(out)
         return self.o(out.flatten(2))
 
 
@@ -216,19 +222,28 @@ class CrossAttention(SelfAttention):
         q = self.heads(self.norm_q(self.q(x)))
         k = self.heads(self.norm_k(self.k(context)))
         v = self.heads(self.v(context))
+        sp = self.sp
+        if sp is not None:  # queries swapped to all tokens / 1/K of the heads; text keys are local
+            q = sp.to_heads(q, sp.lengths[self.where[0]])
+            k, v = sp.local_heads(k), sp.local_heads(v)
         out, lse = attention(q, k, v)  # all 512 keys, no RoPE, no mask
         if self.probe is not None:
             self.probe.on_text_attention(self.where, q, k, lse)
         if target is not None:
             states, lens, target_rope = target
             t = self.pre_attn_norm_fusion(states)
-            k_t = target_rope(self.heads(self.norm_k_fusion(self.k_fusion(t))))
+            k_t = self.heads(self.norm_k_fusion(self.k_fusion(t)))
             v_t = self.heads(self.v_fusion(t))
+            if sp is not None:  # the other tower's local tokens, swapped like q
+                k_t, v_t = sp.to_heads(k_t, int(lens.max())), sp.to_heads(v_t, int(lens.max()))
+            k_t = target_rope(k_t)
             q_r = own_rope(q)
             fused, lse_t = attention(q_r, k_t, v_t, k_lens=lens)
             if self.probe is not None:
                 self.probe.on_fusion_attention(self.where, q_r, k_t, lse_t, lens)
             out = out + fused
+        if sp is not None:
+            out = sp.to_sequence(out)
         return self.o(out.flatten(2))
 
 
@@ -309,6 +324,7 @@ class Tower(nn.Module):
         )
         self.head = Head(dim, math.prod(self.patch_size) * self.out_dim, eps, compute_dtype)
         self._rope_cache: dict = {}
+        self.sp = None  # a SequenceParallel group, set by FusionModel.attach_sequence_parallel
 
     # RoPE tables are not parameters: rebuilt for whatever device the model is on.
     def rope_table(self, device) -> torch.Tensor:
@@ -361,7 +377,10 @@ class Tower(nn.Module):
 
     def unembed(self, x, e, grid):
         """Head and unpatchify: [1, L, C] -> video [48, F, H, W] or audio [La, 20]."""
-        out = self.head(x, e)[0]  # [L, prod(patch) * out_dim]
+        out = self.head(x, e)
+        if self.sp is not None:  # every rank gets every token back
+            out = self.sp.gather(out)
+        out = out[0]  # [L, prod(patch) * out_dim]
         if self.is_audio:
             return out[: grid[0]].to(self.compute_dtype)
         f, h, w = grid
@@ -411,6 +430,16 @@ class FusionModel(nn.Module):
                 for block in tower.blocks:
                     block.cross_attn.probe = probe
 
+    def attach_sequence_parallel(self, sp) -> None:
+        """Run every forward across a sequence-parallel group (sequence_parallel.py); None: one process."""
+        if sp is not None and (self.video_model is None or self.audio_model is None):
+            raise UserError("sequence parallel (sp_size > 1) needs the fusion model with both towers; set sp_size: 1.")
+        for tower in (self.video_model, self.audio_model):
+            if tower is not None:
+                tower.sp = sp
+                for block in tower.blocks:
+                    block.self_attn.sp = block.cross_attn.sp = sp
+
     def forward(self, video, audio, t, video_context, audio_context,
                 first_frame_is_clean: bool = False, slg_layer: int | None = None):
         """One denoising evaluation.
@@ -430,6 +459,12 @@ class FusionModel(nn.Module):
         xa, ea, e0a, grid_a, ctx_a = am.embed(audio, t, audio_context)
         lens_v = torch.tensor([xv.shape[1]])  # key lengths stay on the CPU: no GPU sync to read them
         lens_a = torch.tensor([xa.shape[1]])
+        sp = vm.sp
+        if sp is not None:  # from here on each rank holds its 1/K of the tokens (true lengths kept)
+            sp.lengths = {"video": xv.shape[1], "audio": xa.shape[1]}
+            xv, xa = sp.shard(xv), sp.shard(xa)
+            ev, e0v = sp.shard_if_per_token(ev), sp.shard_if_per_token(e0v)
+            ea, e0a = sp.shard_if_per_token(ea), sp.shard_if_per_token(e0a)
         rope_v, rope_a = vm.rope_fn(grid_v, xv.device), am.rope_fn(grid_a, xa.device)
 
         for i, (bv, ba) in enumerate(zip(vm.blocks, am.blocks)):

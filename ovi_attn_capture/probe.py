@@ -64,9 +64,10 @@ class CapturePlan:
 
 
 class CaptureProbe:
-    def __init__(self, plan: CapturePlan, sink):
+    def __init__(self, plan: CapturePlan, sink, sp=None):
         self.plan = plan
-        self.sink = sink
+        self.sink = sink  # None: compute and reduce but keep nothing (a sequence-parallel rank that does not write)
+        self.sp = sp  # sequence parallel: q, k, lse hold this rank's heads; maps are reduced across the group
         self._step_pos = {s: i for i, s in enumerate(plan.steps)}
         self._layer_pos = {l: i for i, l in enumerate(plan.layers)}
         self._branch_pos = {b: i for i, b in enumerate(plan.branches)}
@@ -91,8 +92,18 @@ class CaptureProbe:
         step_pos, branch_pos, branch = self.active
         return step_pos, branch_pos, branch, self._layer_pos[layer]
 
+    @property
+    def _keep_heads(self) -> bool:
+        """Per-head maps from the map functions: asked for, or needed for the reduction across ranks."""
+        return self.plan.keep_heads or self.sp is not None
+
+    def _heads(self, m: torch.Tensor) -> torch.Tensor:
+        """[Hd, ...] maps of this rank's heads -> the one-process result (identity without sequence parallel)."""
+        return m if self.sp is None else self.sp.reduce_maps(m, self.plan.keep_heads)
+
     def _emit(self, var, branch_pos, step_pos, layer_pos, values: torch.Tensor) -> None:
-        self.sink.put(var, branch_pos, step_pos, layer_pos, values.to(self.plan.map_dtype))
+        if self.sink is not None:
+            self.sink.put(var, branch_pos, step_pos, layer_pos, values.to(self.plan.map_dtype))
         self.maps_written += 1
 
     def text_target(self, where):
@@ -121,7 +132,7 @@ class CaptureProbe:
         if found is None:
             return
         kind, target, kg = found
-        m = maps.text_group_maps(q, k, lse, kg.key_index, kg.key_weight, self.plan.keep_heads)[0]  # [Hd, Lq, G]
+        m = self._heads(maps.text_group_maps(q, k, lse, kg.key_index, kg.key_weight, self._keep_heads)[0])  # [Hd, Lq, G]
         self.emit_text_groups(where, kind, target, kg, m)
 
     @torch.no_grad()
@@ -133,12 +144,12 @@ class CaptureProbe:
         if target is None:
             return
         step_pos, branch_pos, _, layer_pos = target
-        keep = self.plan.keep_heads
+        keep = self._keep_heads
         grid = self.plan.video_grid
         if tower == "video" and "video_audio" in self.plan.kinds:
-            m = maps.video_to_audio_maps(q, k, lse, k_lens, grid, keep)[0]  # [Hd, F, La]
+            m = self._heads(maps.video_to_audio_maps(q, k, lse, k_lens, grid, keep)[0])  # [Hd, F, La]
             self._emit("video_audio", branch_pos, step_pos, layer_pos, m)
         elif tower == "audio" and "audio_video" in self.plan.kinds:
             per_frame, spatial = maps.audio_to_video_maps(q, k, lse, k_lens, grid, keep)
-            self._emit("audio_video", branch_pos, step_pos, layer_pos, per_frame[0])  # [Hd, La, F]
-            self._emit("audio_video_spatial", branch_pos, step_pos, layer_pos, spatial[0])  # [Hd, F, h, w]
+            self._emit("audio_video", branch_pos, step_pos, layer_pos, self._heads(per_frame[0]))  # [Hd, La, F]
+            self._emit("audio_video_spatial", branch_pos, step_pos, layer_pos, self._heads(spatial[0]))  # [Hd, F, h, w]

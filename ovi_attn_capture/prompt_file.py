@@ -105,6 +105,8 @@ class RunSpec:
     fp8: bool = False
     output: Path | None = None
     max_file_gb: float = 20.0
+    seeds: list[int] | None = None  # a sweep: one capture per seed (batch.py expands it)
+    sp_size: int = 1  # ranks that run one prompt together (sequence parallel, under torchrun)
     capture: CaptureSpec = field(default_factory=CaptureSpec)
     source_path: Path | None = None
     source_text: str = ""
@@ -228,6 +230,20 @@ def _comma_list(value: Any) -> list:
     if isinstance(value, list):
         return value
     raise _Bad(f"must be a list such as [man, park], got {_show(value)}")
+
+
+def _seeds(value: Any) -> list[int]:
+    items = _comma_list(value)
+    if not items:
+        raise _Bad("is an empty list; list one seed or more, or use seed:")
+    one = _integer(0, 2**63 - 1)
+    try:
+        seeds = [one(int(item) if isinstance(item, str) and item.strip().isdigit() else item) for item in items]
+    except _Bad as bad:
+        raise _Bad(f"items {str(bad).replace('must be a whole number', 'must be whole numbers')}") from None
+    if len(set(seeds)) != len(seeds):
+        raise _Bad(f"lists a seed twice ({', '.join(map(str, seeds))}); each seed makes one file, list it once")
+    return seeds
 
 
 def _tokens(value: Any) -> list[str | int]:
@@ -394,6 +410,8 @@ _KEY_LIST = [
     _Key("fp8", False, _boolean, "fp8: false", True),
     _Key("output", None, _path, "output: run.h5"),
     _Key("max_file_gb", 20.0, _number(0, above=True), "max_file_gb: 20", True),
+    _Key("seeds", None, _seeds, "seeds: [1, 2, 3]"),
+    _Key("sp_size", 1, _integer(1, 1024), "sp_size: 2", True),
     _Key("capture.tokens", ["all"], _tokens, "tokens: [man, park]"),
     _Key("capture.layers", "all", _capture_index_set("layers"), 'layers: "10-19"'),
     _Key("capture.steps", "all", _capture_index_set("sampler steps"), "steps: {every: 5}"),
@@ -430,6 +448,8 @@ OVERRIDABLE: dict[str, str] = {
     "--fp8": "fp8",
     "--output": "output",
     "--max-file-gb": "max_file_gb",
+    "--seeds": "seeds",
+    "--sp-size": "sp_size",
     "--tokens": "capture.tokens",
     "--layers": "capture.layers",
     "--capture-steps": "capture.steps",
@@ -704,6 +724,7 @@ def _build(values: dict[str, Any], origins: dict[str, _Origin], text: str) -> Ru
 def _check_together(spec: RunSpec, origins: dict[str, _Origin], item_lines: list[_Origin]) -> None:
     """The checks that involve several keys, in the order a user would fix them."""
     _check_prompt(spec, origins["prompt"])
+    _check_seeds(spec, origins)
     _check_size(spec, origins)
     _check_image(spec, origins)
     _check_model(spec, origins)
@@ -721,6 +742,17 @@ def _check_prompt(spec: RunSpec, where: _Origin) -> None:
     if where.line or where.flag:
         raise where.error("prompt", f"is empty; write what the clip should show, e.g. {example}")
     raise UserError(f"{where.source} has no prompt; add a line such as {example}")
+
+
+def _check_seeds(spec: RunSpec, o: dict[str, _Origin]) -> None:
+    """seed and seeds together: a seed set on the command line wins; set twice in the file is a mistake."""
+    if spec.seeds is None:
+        return
+    if o["seed"].flag and not o["seeds"].flag:
+        spec.seeds = None  # --seed 5 on a sweep file: just that seed
+    elif o["seed"].line and o["seeds"].line:
+        raise o["seeds"].error("seeds", f"and seed (line {o['seed'].line}) are both set; keep seeds: for a sweep "
+                                        "or seed: for one run")
 
 
 def _check_size(spec: RunSpec, o: dict[str, _Origin]) -> None:

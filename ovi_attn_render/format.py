@@ -240,17 +240,16 @@ def _attr_value(v):
     return v
 
 
-# Lifecycle attributes: fixed-size slots made with the file and rewritten in place, so
-# marking progress or the end never allocates space (a full disk cannot stop the file from
-# saying how it ended). Readers tell a live writer from a dead one by host, pid and heartbeat.
-STATUS_BYTES = 64  # room for "failed: disk full" and the like
+# Lifecycle attributes: made with the file and rewritten in place (attrs.modify), the
+# numbers in their own bytes; the strings are a few bytes of HDF5's global heap. Readers
+# tell a live writer from a dead one by host, pid and heartbeat.
 LIFECYCLE_SLOTS = {  # name -> (dtype, initial value)
-    "status": (f"S{STATUS_BYTES}", b"running"),
+    "status": (h5py.string_dtype(), "running"),
     "steps_done": (np.int64, 0),
     "heartbeat": (np.float64, 0.0),  # Unix time of the last flush
     "writer_pid": (np.int64, 0),
     "writer_start_ticks": (np.int64, 0),  # the pid's start time (/proc, clock ticks): pid reuse shows
-    "finished_at": ("S32", b""),
+    "finished_at": (h5py.string_dtype(), ""),
     "generation_seconds": (np.float64, np.nan),
     "load_seconds": (np.float64, np.nan),
 }
@@ -440,15 +439,15 @@ class CaptureFileWriter:
 
     def set_attrs(self, **attrs) -> None:
         for k, v in attrs.items():
-            if k in LIFECYCLE_SLOTS:  # in place: no allocation
-                self.f.attrs.modify(k, v.encode() if isinstance(v, str) else v)
+            if k in LIFECYCLE_SLOTS:  # in place, keeping the slot's type
+                self.f.attrs.modify(k, v)
             else:
                 self.f.attrs[k] = _attr_value(v)
 
     def close(self, status: str = "complete") -> None:
         if self.f.id.valid:
             try:
-                self.f.attrs.modify("status", status.encode()[:STATUS_BYTES])
+                self.f.attrs.modify("status", status)
                 self.heartbeat()
             finally:
                 self.f.close()

@@ -67,7 +67,7 @@ class Proc:
 
 def status_of(path: Path) -> tuple[str, int]:
     with h5py.File(path, "r", locking=False) as f:
-        return f.attrs["status"].decode(), int(f.attrs["steps_done"])
+        return str(f.attrs["status"]), int(f.attrs["steps_done"])
 
 
 def opens_everywhere(path: Path) -> int:

@@ -57,7 +57,7 @@ def test_capture_from_the_official_folder_offline(tmp_path, small_720, no_networ
     out = tmp_path / "run.h5"
     assert main(["capture", str(prompt), "-o", str(out), "--no-progress"]) == 0
     with h5py.File(out, "r") as f:
-        assert f.attrs["status"] == b"complete" and f.attrs["model"] == "720x720_5s"
+        assert f.attrs["status"] == "complete" and f.attrs["model"] == "720x720_5s"
         # The 720 model takes the audio caption as <AUDCAP>...<ENDAUDCAP>: the prompt was rewritten.
         assert "<AUDCAP>a beep<ENDAUDCAP>" in f.attrs["prompt"]
         assert f["video"].shape == (5, 64, 64, 3) and f["audio"].shape == (8 * 512,)
