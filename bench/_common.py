@@ -95,6 +95,7 @@ class ChildRun:
     returncode: int
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0  # user + system time of the child (robust to other load on the machine)
 
 
 def run_child(args: Sequence[str], cwd: Path | None = None, env: dict | None = None, timeout: float = 600.0) -> ChildRun:
@@ -123,7 +124,8 @@ def run_child(args: Sequence[str], cwd: Path | None = None, env: dict | None = N
         proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from waiting again
         out.seek(0)
         err.seek(0)
-        return ChildRun(list(args), seconds, usage.ru_maxrss * 1024, proc.returncode, out.read(), err.read())
+        return ChildRun(list(args), seconds, usage.ru_maxrss * 1024, proc.returncode, out.read(), err.read(),
+                        usage.ru_utime + usage.ru_stime)
 
 
 # Runs a module as `python -m` would and writes its own peak RSS (VmHWM) to argv[1] at exit.
@@ -235,7 +237,8 @@ class SyntheticSpec:
     video_size: tuple[int, int] = (960, 960)
     audio_seconds: float = 5.0
     kinds: tuple[str, ...] = ("text_video", "text_audio")
-    map_dtype: str = "float16"
+    map_dtype: str = "int16"  # a key of format.MAP_ENCODINGS (format.DEFAULT_MAP_ENCODING)
+    checksums: bool = True  # Fletcher-32 (False only to measure what it costs)
 
     @property
     def words(self) -> list[str]:
@@ -271,7 +274,7 @@ def synthetic_layout(spec: SyntheticSpec):
         grid=spec.grid, audio_tokens=spec.audio_tokens, steps=list(range(spec.steps)),
         layers=list(range(spec.layers)), groups=groups, group_kinds=["word"] * len(words) + ["eos", "pad"],
         group_members=members, tokens=tokens, kinds=list(spec.kinds), branches=("cond",), heads=1,
-        map_dtype=spec.map_dtype, num_steps=spec.steps, num_layers=spec.layers,
+        map_dtype=spec.map_dtype, checksums=spec.checksums, num_steps=spec.steps, num_layers=spec.layers,
         video_frames=spec.video_frames, video_size=spec.video_size,
         audio_samples=int(spec.audio_seconds * sample_rate), audio_sample_rate=sample_rate,
         attrs={"prompt": text, "model": "synthetic", "seed": 0, "solver": "unipc", "mode": "t2v"},
@@ -303,12 +306,14 @@ def smooth_maps(spec: SyntheticSpec, seed: int = 0):
 @dataclass
 class WriteStats:
     path: str
-    raw_bytes: int  # what the arrays hold: maps + frames + audio (format.raw_bytes)
+    raw_bytes: int  # what the arrays hold as stored: maps + frames + audio
     map_bytes: int
+    estimated_bytes: int  # format.estimate_bytes: what capture prints before it starts
     file_bytes: int  # st_size
     disk_bytes: int  # allocated blocks
     create_seconds: float  # file creation: metadata + early allocation with NaN fill
     maps_seconds: float  # every write_map and finish_step (flush)
+    maps_cpu_seconds: float  # the same, CPU time of this process (robust to other load)
     clip_seconds: float  # decoded frames and audio
     close_seconds: float
     steps: int
@@ -326,7 +331,7 @@ def write_synthetic_capture(path: str | Path, spec: SyntheticSpec = REAL, fsync:
     the page cache (and lets a cold-cache reader evict the file)."""
     import numpy as np
 
-    from ovi_attn_render.format import CaptureFileWriter, map_shape, raw_bytes
+    from ovi_attn_render.format import CaptureFileWriter, big_variables, estimate_bytes
 
     layout = synthetic_layout(spec)
     base = smooth_maps(spec)
@@ -337,15 +342,17 @@ def write_synthetic_capture(path: str | Path, spec: SyntheticSpec = REAL, fsync:
     t0 = time.perf_counter()
     writer = CaptureFileWriter(path, layout)
     t1 = time.perf_counter()
+    c1 = time.process_time()
     for s in range(spec.steps):
         for layer in range(spec.layers):
             if "text_video" in spec.kinds:
-                writer.write_map("text_video", 0, s, layer, (base * amp[s, layer]).astype(np.float16))
+                writer.write_map("text_video", 0, s, layer, base * amp[s, layer])  # float32, as the probe sends
             if "text_audio" in spec.kinds:
-                writer.write_map("text_audio", 0, s, layer, text_audio.astype(np.float16))
+                writer.write_map("text_audio", 0, s, layer, text_audio)
         writer.set_timestep(s, 999 - 20 * s, 1 - s / spec.steps)
         writer.finish_step(s + 1)
     t2 = time.perf_counter()
+    maps_cpu = time.process_time() - c1
     writer.write_video(_synthetic_frames(spec))
     n = layout.audio_samples
     writer.write_audio(0.3 * np.sin(2 * np.pi * 220 * np.arange(n) / 16000).astype(np.float32))
@@ -357,10 +364,24 @@ def write_synthetic_capture(path: str | Path, spec: SyntheticSpec = REAL, fsync:
             os.fsync(fh.fileno())
     t4 = time.perf_counter()
     st = os.stat(path)
-    map_bytes = sum(int(np.prod(map_shape(v, layout))) * np.dtype(spec.map_dtype).itemsize
-                    for v in spec.kinds)
-    return WriteStats(str(path), raw_bytes(layout), map_bytes, st.st_size, st.st_blocks * 512,
-                      t1 - t0, t2 - t1, t3 - t2, t4 - t3, spec.steps)
+    stored = {v.name: int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in big_variables(layout)}
+    map_bytes = sum(b for name, b in stored.items() if name not in ("video", "audio"))
+    return WriteStats(str(path), sum(stored.values()), map_bytes, estimate_bytes(layout), st.st_size,
+                      st.st_blocks * 512, t1 - t0, t2 - t1, maps_cpu, t3 - t2, t4 - t3, spec.steps)
+
+
+def expected_map(spec: SyntheticSpec, group: int, step: int, layer: int):
+    """What the reader must return for one text_video map of write_synthetic_capture:
+    the float32 map written, through the encoding and back. [F, h, w] float32."""
+    import numpy as np
+
+    from ovi_attn_render.format import MAP_ENCODINGS, decode
+
+    base = smooth_maps(spec)
+    amp = np.random.default_rng(1).uniform(0.5, 1.5, size=(spec.steps, spec.layers, spec.groups, 1, 1, 1, 1))
+    values = base * amp.astype(np.float32)[step, layer]  # [G, 1, F, h, w]
+    enc = MAP_ENCODINGS[spec.map_dtype].for_variable("text_video")
+    return decode(enc.attrs("text_video"), enc.encode("text_video", values))[group, 0], values[group, 0]
 
 
 def _synthetic_frames(spec: SyntheticSpec):

@@ -187,14 +187,16 @@ class Bench:
         """The probe's plan for the cond branch: word g is token g, EOS the last real token."""
         import torch
 
+        from ovi_attn_capture.capture import transfer_dtype
         from ovi_attn_capture.probe import CapturePlan, key_groups
+        from ovi_attn_render.format import DEFAULT_MAP_ENCODING
 
         n_words = self.groups - 2
         members = [[g] for g in range(n_words)] + [[n_words], []]  # words, <eos>, <pad>
         kg = {("cond", tower): key_groups(members, self.groups - 1, n_words + 1, 512, self.device)
               for tower in ("video", "audio")}
         return CapturePlan(steps=list(range(steps)), layers=list(range(self.model.num_layers)), kinds=list(kinds),
-                           branches=["cond"], keep_heads=False, map_dtype=torch.float16,
+                           branches=["cond"], keep_heads=False, map_dtype=transfer_dtype(DEFAULT_MAP_ENCODING),
                            video_grid=self.size.grid, groups=kg)
 
     def sync(self) -> None:
@@ -271,9 +273,11 @@ def first_map_difference(ours_path: str, naive_path: str) -> float:
     import h5py
     import numpy as np
 
+    from ovi_attn_render.format import decode
+
     with h5py.File(ours_path, "r") as a, h5py.File(naive_path, "r") as b:
-        x = a["text_video"][0, :, :, 0, 0].astype(np.float32)  # [token, frame, head, y, x]
-        y = b["text_video"][0, :, :, 0, 0].astype(np.float32)
+        x = decode(a["text_video"].attrs, a["text_video"][0, :, :, 0, 0])  # [token, frame, head, y, x]
+        y = decode(b["text_video"].attrs, b["text_video"][0, :, :, 0, 0])
     return float(np.nanmax(np.abs(x - y)))
 
 

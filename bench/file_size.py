@@ -10,8 +10,9 @@ then reports:
   to write the maps step by step (with the per-step flush), the decoded clip, and to close
   and fsync; throughput of each.
 
-The layout is the one `format.py` chooses: one 2-D map per chunk, no compression (so a
-killed run leaves a readable file; see docs/FORMAT.md).
+The layout is the one `format.py` chooses: one 2-D map per chunk, the default map encoding
+(`--map-dtype` picks another), Fletcher-32 on every chunk (see docs/FORMAT.md).
+bench/encodings.py compares the encodings side by side.
 
     .venv/bin/python bench/file_size.py            # real size, ~1.7 GB in a temp dir
     .venv/bin/python bench/file_size.py --quick    # toy size, for the smoke test
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import _common as C
@@ -29,22 +30,21 @@ import _common as C
 
 def check_readback(stats: C.WriteStats, spec: C.SyntheticSpec) -> float:
     """Read one written map back through the reader and compare with what was written:
-    a benchmark of a file that does not hold the right bytes would measure nothing."""
+    a benchmark of a file that does not hold the right bytes would measure nothing.
+    Returns the map's max |stored - float32| (the encoding's error)."""
     import numpy as np
 
     from ovi_attn_render.reader import open_capture
 
-    base = C.smooth_maps(spec)
-    amp = np.random.default_rng(1).uniform(0.5, 1.5, size=(spec.steps, spec.layers, spec.groups, 1, 1, 1, 1))
-    expected = (base * amp.astype(np.float32)[-1, -1]).astype(np.float16)[0, 0]  # group 0, last step and layer
+    expected, exact = C.expected_map(spec, 0, spec.steps - 1, spec.layers - 1)  # group 0, last step and layer
     with open_capture(stats.path) as cap:
         if cap.status != "complete" or cap.steps_done != spec.steps:
             raise C.BenchFailure(f"the written file is {cap.status} with {cap.steps_done} steps")
         got = cap.text_video(0, steps=[spec.steps - 1], layers=[spec.layers - 1])[0, 0, 0]  # [F, h, w]
-    err = float(np.abs(got - expected.astype(np.float32)).max())
-    if err != 0.0:
-        raise C.BenchFailure(f"read-back of the last map differs from what was written by {err}")
-    return err
+    if not np.array_equal(got, expected):
+        raise C.BenchFailure(f"read-back of the last map differs from what was written by "
+                             f"{float(np.abs(got - expected).max())}")
+    return float(np.abs(got - exact).max())
 
 
 def report(stats: C.WriteStats, spec: C.SyntheticSpec, facts: dict) -> dict:
@@ -55,7 +55,9 @@ def report(stats: C.WriteStats, spec: C.SyntheticSpec, facts: dict) -> dict:
         ("decoded clip (raw)", C.human_bytes(clip), "", ""),
         ("raw total", C.human_bytes(stats.raw_bytes), "1.000", ""),
         ("file size", C.human_bytes(stats.file_bytes), f"{stats.file_bytes / stats.raw_bytes:.4f}",
-         f"+{C.human_bytes(stats.file_bytes - stats.raw_bytes)} metadata"),
+         f"+{C.human_bytes(stats.file_bytes - stats.raw_bytes)} chunk index, checksums, metadata"),
+        ("estimated before the run", C.human_bytes(stats.estimated_bytes), "",
+         f"estimate/file = {stats.estimated_bytes / stats.file_bytes:.4f}"),
         ("on disk (blocks)", C.human_bytes(stats.disk_bytes), f"{stats.disk_bytes / stats.raw_bytes:.4f}", ""),
         ("create (early alloc, NaN fill)", f"{stats.create_seconds:.2f} s",
          "", f"{stats.map_bytes / 2**20 / max(stats.create_seconds, 1e-9):,.0f} MiB/s"),
@@ -70,10 +72,11 @@ def report(stats: C.WriteStats, spec: C.SyntheticSpec, facts: dict) -> dict:
     F, h, w = spec.grid
     title = (f"file_size: {spec.steps} steps x {spec.layers} layers x {spec.groups} groups x {F}x{h}x{w} "
              f"{spec.map_dtype}, {spec.video_frames} frames {spec.video_size[0]}x{spec.video_size[1]}, "
-             f"{spec.audio_seconds:g} s audio; one map per chunk, no compression")
+             f"{spec.audio_seconds:g} s audio; one map per chunk, checksums {'on' if spec.checksums else 'off'}")
     C.print_table(title, ["what", "bytes / time", "ratio to raw", "note"], rows, caption=C.describe_machine(facts))
     print(f"ratios: file/raw = {stats.file_bytes / stats.raw_bytes:.4f}, disk/raw = "
-          f"{stats.disk_bytes / stats.raw_bytes:.4f}; map write {1000 * per_step:.0f} ms per captured step")
+          f"{stats.disk_bytes / stats.raw_bytes:.4f}, estimate/file = {stats.estimated_bytes / stats.file_bytes:.4f}; "
+          f"map write {1000 * per_step:.0f} ms per captured step")
     return {"spec": asdict(spec), "stats": asdict(stats), "machine": facts}
 
 
@@ -83,14 +86,17 @@ def main() -> None:
     ap.add_argument("--keep", metavar="PATH", help="write the capture here and keep it (default: a temp dir)")
     ap.add_argument("--no-fsync", action="store_true", help="stop at the page cache (skip the final fsync)")
     ap.add_argument("--out", metavar="JSON", help="also save the numbers as JSON")
+    ap.add_argument("--map-dtype", help="map encoding (format.MAP_ENCODINGS); default: the format's default")
     args = ap.parse_args()
     spec = C.QUICK if args.quick else C.REAL
+    if args.map_dtype:
+        spec = replace(spec, map_dtype=args.map_dtype)
     facts = C.machine_facts()
     with tempfile.TemporaryDirectory(prefix="ovi-attn-bench-") as tmp:
         path = Path(args.keep) if args.keep else Path(tmp) / "synthetic.h5"
         stats = C.write_synthetic_capture(path, spec, fsync=not args.no_fsync)
-        check_readback(stats, spec)
-        payload = report(stats, spec, facts)
+        err = check_readback(stats, spec)
+        payload = report(stats, spec, facts) | {"max_abs_error": err}
     C.save_json(args.out, payload)
 
 

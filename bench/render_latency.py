@@ -1,7 +1,7 @@
 """How fast `ovi-attn info` and `render` answer on a capture of real size.
 
 Writes, through the real `CaptureFileWriter`, a synthetic capture of the released
-960x960_5s size (50 steps x 30 layers x 16 groups x 31 x 30 x 30 fp16, 121 decoded 960x960
+960x960_5s size (50 steps x 30 layers x 16 groups x 31 x 30 x 30 int16 maps, 121 decoded 960x960
 frames, 5 s of audio; about 1.7 GB), then runs each command as its own process, the way a
 user runs it (`python -m ovi_attn_render.cli ...`, start-up included):
 
@@ -63,7 +63,7 @@ class Result:
 def commands(h5: str, spec: C.SyntheticSpec, out_dir: str, pixel_frame: int) -> list[Command]:
     """The five measured commands and the bytes each one needs to draw."""
     F, h, w = spec.grid
-    map_b = h * w * 2  # one fp16 map
+    map_b = h * w * _map_itemsize(spec)  # one stored map
     frame_b = spec.video_size[0] * spec.video_size[1] * 3
     S, L = spec.steps, spec.layers
     grid_steps = min(S, 10)  # the grid view's default: 10 steps spread over the run
@@ -81,6 +81,14 @@ def commands(h5: str, spec: C.SyntheticSpec, out_dir: str, pixel_frame: int) -> 
         Command("frames mp4", ["render", h5, "--view", "frames", "--token", TOKEN, "--force", "-o", o("frames.mp4")],
                 None, L * F * map_b + spec.video_frames * frame_b + audio_b, o("frames.mp4")),
     ]
+
+
+def _map_itemsize(spec: C.SyntheticSpec) -> int:
+    import numpy as np
+
+    from ovi_attn_render.format import MAP_ENCODINGS
+
+    return np.dtype(MAP_ENCODINGS[spec.map_dtype].dtype).itemsize
 
 
 # ----------------------------------------------------------------------------- counting reads
@@ -197,7 +205,8 @@ def print_results(results: list[Result], spec: C.SyntheticSpec, stats: C.WriteSt
             "-" if ratio != ratio else C.verdict(ratio, READ_TARGET),
         ))
     F, h, w = spec.grid
-    title = (f"render_latency: {spec.steps} steps x {spec.layers} layers x {spec.groups} groups x {F}x{h}x{w} fp16, "
+    title = (f"render_latency: {spec.steps} steps x {spec.layers} layers x {spec.groups} groups x {F}x{h}x{w} "
+             f"{spec.map_dtype}, "
              f"{spec.video_frames} frames {spec.video_size[0]}x{spec.video_size[1]}; file {C.human_bytes(file_bytes)}; "
              f"start-up floor (`ovi-attn --help`) {startup:.2f} s")
     C.print_table(title, ["command", "cold s", "warm s (median)", "target s", "time vs target", "peak RSS",

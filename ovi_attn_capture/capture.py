@@ -42,7 +42,11 @@ from .writer import WriterFailed, is_disk_full
 
 CLOSE_TIMEOUT_S = 120.0  # the writer drains and closes within this, or the process leaves without it
 
-MAP_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+# The dtype maps leave the device in: float16 maps are stored as they come; every other
+# encoding gets float32 and encodes on the writer thread (packing from float16 would add
+# float16's rounding to the packing's).
+def transfer_dtype(map_dtype: str) -> torch.dtype:
+    return torch.float16 if map_dtype == "float16" else torch.float32
 
 
 @dataclass
@@ -135,7 +139,7 @@ def build_plan(run: RunSpec, shapes: Shapes, device) -> tuple[CapturePlan, Captu
 
     plan = CapturePlan(
         steps=steps, layers=layers, kinds=list(cap.kinds), branches=branches,
-        keep_heads=cap.heads == "all", map_dtype=MAP_DTYPES[cap.dtype], video_grid=grid, groups=kg)
+        keep_heads=cap.heads == "all", map_dtype=transfer_dtype(cap.dtype), video_grid=grid, groups=kg)
     layout = CaptureLayout(
         grid=grid, audio_tokens=shapes.audio_tokens, steps=steps, layers=layers,
         groups=[g.label for g in groups], group_kinds=[g.kind for g in groups],
@@ -370,7 +374,7 @@ def _leave_now(message: str, code: int) -> None:
 def _extra_memory_mb(layout: CaptureLayout) -> float:
     from .maps import CHUNK_BYTES
 
-    itemsize = np.dtype(layout.map_dtype).itemsize
+    itemsize = transfer_dtype(layout.map_dtype).itemsize
     F, h, w = layout.grid
     one_layer = len(layout.groups) * layout.heads * (F * h * w + layout.audio_tokens) * itemsize
     return (CHUNK_BYTES + 4 * one_layer) / 1e6

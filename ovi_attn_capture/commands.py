@@ -57,7 +57,7 @@ def capture(
     kinds: Optional[str] = typer.Option(None, help="text_video,text_audio,video_audio,audio_video."),
     branch: Optional[str] = typer.Option(None, help="cond, uncond or both."),
     heads: Optional[str] = typer.Option(None, help="mean or all."),
-    map_dtype: Optional[str] = typer.Option(None, "--map-dtype", help="float16 or float32."),
+    map_dtype: Optional[str] = typer.Option(None, "--map-dtype", help="Map encoding: int16 (default, CF-packed), float32, float32-deflate or float16."),
     model: Optional[str] = typer.Option(None, help="tiny, 720x720_5s, 960x960_5s or 960x960_10s."),
     ckpt_dir: Optional[str] = typer.Option(None, "--ckpt-dir", help="Official checkpoint folder."),
     num_steps: Optional[int] = typer.Option(None, "--num-steps", help="Denoising steps."),

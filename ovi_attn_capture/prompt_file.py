@@ -36,7 +36,7 @@ DTYPES = ("bfloat16", "float32")
 KINDS = ("text_video", "text_audio", "video_audio", "audio_video")  # == format.KIND_VARIABLES keys
 BRANCHES = ("cond", "uncond", "both")
 HEADS = ("mean", "all")
-MAP_DTYPES = ("float16", "float32")
+MAP_DTYPES = ("int16", "float32", "float32-deflate", "float16")  # == format.MAP_ENCODINGS keys
 FP8_MODELS = ("720x720_5s",)  # the only checkpoint with an fp8 build
 TEXT_LEN = 512  # umT5 keys per prompt
 
@@ -71,7 +71,7 @@ class CaptureSpec:
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
     branch: str = "cond"
     heads: str = "mean"
-    dtype: str = "float16"
+    dtype: str = "int16"  # map encoding, a key of format.MAP_ENCODINGS
 
     @property
     def branches(self) -> tuple[str, ...]:
@@ -418,7 +418,7 @@ _KEY_LIST = [
     _Key("capture.kinds", list(KINDS), _kinds, "kinds: [text_video, text_audio]"),
     _Key("capture.branch", "cond", _choice(BRANCHES), "branch: cond"),
     _Key("capture.heads", "mean", _choice(HEADS), "heads: mean"),
-    _Key("capture.dtype", "float16", _choice(MAP_DTYPES), "dtype: float16"),
+    _Key("capture.dtype", "int16", _choice(MAP_DTYPES), "dtype: int16"),
 ]
 KEYS: dict[str, _Key] = {k.name: k for k in _KEY_LIST}
 _PATH_KEYS = ("ckpt_dir", "image", "output")

@@ -55,6 +55,9 @@ def _register_commands() -> None:
     from . import commands as render_commands
 
     render_commands.register(app)
+    from .viewer import command as view_command
+
+    view_command.register(app)
     for hook in sorted(entry_points(group=COMMAND_HOOK), key=lambda e: e.name):
         hook.load()(app)
 
@@ -65,7 +68,7 @@ _register_commands()
 def _command_of(args: list[str]) -> str:
     for a in args:
         if not a.startswith("-"):
-            return a + " " if a in ("capture", "render", "info", "compare", "tokens", "eval") else ""
+            return a + " " if a in ("capture", "render", "info", "compare", "tokens", "eval", "view") else ""
     return ""
 
 

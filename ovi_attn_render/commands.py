@@ -279,6 +279,7 @@ def info(path: Path = typer.Argument(..., help="The capture file (.h5)."),
         rows = [
             ("file", f"{escape(cap.path)} ({_human_bytes(os.path.getsize(cap.path))})"),
             ("status", f"[{colour}]{status}[/]"),
+            ("format", _describe_format(cap)),
             ("prompt", str(a.get("prompt", ""))),
             ("model", f"{a.get('model', '?')}  mode {a.get('mode', '?')}  solver {a.get('solver', '?')}  "
                       f"shift {a.get('shift', '?')}"),
@@ -315,6 +316,15 @@ def info(path: Path = typer.Argument(..., help="The capture file (.h5)."),
             for r in cap.token_table():
                 tt.add_row(str(r["index"]), r["piece"], r["word"], f"{r['start']}:{r['end']}", ", ".join(r["groups"]))
             console.print(tt)
+
+
+def _describe_format(cap) -> str:
+    """Which format version the file is, and how its maps are stored."""
+    a = cap.attrs
+    if cap.format_version < 2:
+        return f"version {cap.format_version} (HDF5, {a.get('map_dtype', '?')} maps, no checksums)"
+    checks = "Fletcher-32 checksums" if a.get("checksums") == "fletcher32" else "no checksums"
+    return f"version {cap.format_version} (netCDF-4, {a.get('Conventions', '?')}; {a.get('map_dtype', '?')} maps, {checks})"
 
 
 def register(app: typer.Typer) -> None:

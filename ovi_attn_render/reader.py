@@ -1,8 +1,10 @@
-"""Read a capture file (format version 1, see docs/FORMAT.md) without torch or xarray.
+"""Read a capture file (format versions 1 and 2, see docs/FORMAT.md) without torch or xarray.
 
 Everything here reads lazily: opening a file touches only its attributes and small
 coordinate arrays; map reads are h5py hyperslabs over exactly the chunks asked for (one
 chunk is one 2-D map), never a whole variable. Steps past `steps_done` are never read.
+Maps are decoded from their CF attributes (format 2 packs them into int16); a chunk whose
+Fletcher-32 checksum fails is named in a UserError, never returned.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from contextlib import contextmanager
 
 from .errors import UserError
-from .format import BRANCHES, FORMAT_NAME, FORMAT_VERSION, MAP_DIMS, latent_frame_of
+from .format import BRANCHES, FORMAT_NAME, FORMAT_VERSION, MAP_DIMS, READABLE_VERSIONS, decode, latent_frame_of
 from .liveness import describe_writer
 from .selection import describe_values
 
@@ -56,6 +58,16 @@ def _text(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def read_strings(ds: h5py.Dataset) -> list[str]:
+    """A string variable: a CF character array [N, strlen] of UTF-8 (format 2) or
+    variable-length strings (format 1)."""
+    data = ds[...]
+    if data.dtype.kind == "S" and data.ndim == 2:
+        rows = np.ascontiguousarray(data).view(f"S{max(1, data.shape[1])}").reshape(-1)  # NUL padding dropped
+        return [r.decode("utf-8") for r in rows]
+    return [_text(v) for v in data]
+
+
 def _as_pick(idx: Sequence[int]):
     """Positions -> the cheapest h5py selection: a slice for an arithmetic progression
     (one hyperslab), else a list (h5py allows one list per read)."""
@@ -69,7 +81,7 @@ def _as_pick(idx: Sequence[int]):
 
 
 def read_hyperslab(ds: h5py.Dataset, sels: Sequence[Sequence[int]]) -> np.ndarray:
-    """ds at the given positions per dimension (every dim kept), as float32.
+    """ds at the given positions per dimension (every dim kept), decoded to float32.
 
     Several non-progression lists are split into one read per entry of the first one."""
     picks = [_as_pick(s) for s in sels]
@@ -78,7 +90,7 @@ def read_hyperslab(ds: h5py.Dataset, sels: Sequence[Sequence[int]]) -> np.ndarra
         i = lists[0]
         parts = [read_hyperslab(ds, [*sels[:i], [j], *sels[i + 1:]]) for j in sels[i]]
         return np.concatenate(parts, axis=i)
-    return np.asarray(ds[tuple(picks)], dtype=np.float32)
+    return decode(ds.attrs, ds[tuple(picks)])
 
 
 class Capture:
@@ -89,6 +101,7 @@ class Capture:
         self.f = f
         a = {k: f.attrs[k] for k in f.attrs}
         self.attrs: dict = {k: (_text(v) if isinstance(v, (bytes, str)) else v) for k, v in a.items()}
+        self.format_version: int = int(self.attrs.get("format_version", 1))
         self.status: str = str(self.attrs.get("status", "running"))
         self.steps = np.asarray(f["step"][...], np.int64)
         self.steps_done: int = int(min(_scalar(self.attrs, "steps_done", default=0, minimum=0), len(self.steps)))
@@ -96,9 +109,11 @@ class Capture:
         self.timesteps = np.asarray(f["timestep"][...], np.float64)  # NaN where not yet written
         self.sigmas = np.asarray(f["sigma"][...], np.float32)
         self.layers = np.asarray(f["layer"][...], np.int64)
-        self.groups: list[str] = [_text(t) for t in f["token"][...]]
-        self.group_kinds: list[str] = [_text(t) for t in f["token_kind"][...]]
-        self.branches: list[str] = [_text(b) for b in f["branch"][...]]
+        # Format 2 keeps string labels in auxiliary coordinates (CF); format 1 in the dims'.
+        labels = "token_label" if self.format_version >= 2 else "token"
+        self.groups: list[str] = read_strings(f[labels])
+        self.group_kinds: list[str] = read_strings(f["token_kind"])
+        self.branches: list[str] = read_strings(f["branch_label" if self.format_version >= 2 else "branch"])
         self.heads = np.asarray(f["head"][...], np.int64)
         self.heads_mode: str = str(self.attrs.get("heads", "mean"))
         self.grid: tuple[int, int, int] = _grid(self.attrs)
@@ -197,7 +212,10 @@ class Capture:
         n = self.check_frame(pixel_frame)
         if not self.has_video:
             raise UserError(f"{os.path.basename(self.path)} holds no decoded video; capture with the video decoder on.")
-        return np.asarray(self.f["video"][n])
+        try:
+            return np.asarray(self.f["video"][n])
+        except OSError as e:
+            raise self._damaged(e, f"decoded video frame {n}") from None
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -209,14 +227,17 @@ class Capture:
     def waveform(self) -> np.ndarray:
         if not self.has_audio:
             raise UserError(f"{os.path.basename(self.path)} holds no decoded audio.")
-        return np.asarray(self.f["audio"][...], np.float32)
+        try:
+            return np.asarray(self.f["audio"][...], np.float32)
+        except OSError as e:
+            raise self._damaged(e, "decoded audio") from None
 
     def token_table(self) -> list[dict]:
         f = self.f
         n = f["token_id"].shape[0]
         members = np.asarray(f["group_members"][...]) if n else np.zeros((len(self.groups), 0), np.uint8)
-        cols = {k: f[k][...] for k in ("token_id", "token_piece", "token_word", "token_word_index",
-                                       "token_start", "token_end")}
+        cols = {k: f[k][...] for k in ("token_id", "token_word_index", "token_start", "token_end")}
+        cols |= {k: read_strings(f[k]) for k in ("token_piece", "token_word")}
         rows = []
         for t in range(n):
             rows.append({
@@ -263,8 +284,51 @@ class Capture:
         with its dims in `out_dims` order: the file's dim order is format.MAP_DIMS'."""
         ds = self._need(var)
         file_dims = MAP_DIMS[var]
-        data = read_hyperslab(ds, [picks[d] for d in file_dims])
+        try:
+            data = read_hyperslab(ds, [picks[d] for d in file_dims])
+        except OSError as e:
+            raise self._damaged(e, self._find_damaged_map(var, picks)) from None
         return np.transpose(data, [file_dims.index(d) for d in out_dims])
+
+    # ----------------------------------------------------------------- damage
+    def _damaged(self, error: OSError, what: str) -> UserError:
+        """One sentence naming what cannot be read and why."""
+        text = str(error).lower()
+        why = ("fails its Fletcher-32 checksum" if "filter" in text or "checksum" in text
+               else f"cannot be read ({str(error).splitlines()[0]})")
+        return UserError(f"{os.path.basename(self.path)} is damaged: the {what} {why}; render other tokens, "
+                         f"steps or layers, or capture again.")
+
+    def _find_damaged_map(self, var: str, picks: dict) -> str:
+        """After a failed read: read the selected maps one chunk at a time and describe the
+        first that fails (variable, token, step, layer, then the other leading dims)."""
+        import itertools
+
+        ds = self.f[var]
+        dims = MAP_DIMS[var]
+        lead = [d for d, c in zip(dims, ds.chunks) if c == 1]  # one position per chunk
+        for pos in itertools.product(*[picks[d] for d in lead]):
+            at = dict(zip(lead, pos))
+            try:
+                ds[tuple(slice(at[d], at[d] + 1) if d in at else slice(None) for d in dims)]
+            except OSError:
+                named = [d for d in sorted(at, key=_DAMAGE_ORDER.index) if ds.shape[dims.index(d)] > 1
+                         or d in ("token", "step", "layer")]  # a dim of one entry says nothing
+                return f"{var} map of " + ", ".join(self._describe_position(d, at[d]) for d in named)
+        return f"{var} maps selected"  # the batch failed but no single map did: say what was asked
+
+    def _describe_position(self, dim: str, i: int) -> str:
+        if dim == "token":
+            return f"token '{self.groups[i]}'"
+        if dim == "step":
+            return f"step {int(self.steps[i])}"
+        if dim == "layer":
+            return f"layer {int(self.layers[i])}"
+        if dim == "branch":
+            return f"branch {self.branches[i]}"
+        if dim == "head":
+            return "the head mean" if int(self.heads[i]) < 0 else f"head {int(self.heads[i])}"
+        return f"latent frame {i}" if dim == "frame" else f"{dim} {i}"
 
     def _picks(self, steps, layers, branch, heads) -> dict:
         b, s, l = self._outer(steps, layers, branch, heads)
@@ -308,6 +372,9 @@ class Capture:
         return self._read("audio_video_spatial", picks, ("branch", "step", "layer", "head", "frame", "y", "x"))[0]
 
 
+_DAMAGE_ORDER = ("token", "step", "layer", "frame", "head", "audio_time", "branch")
+
+
 def open_capture(path) -> Capture:
     """Open a capture for reading (HDF5 locking off, so a running capture can be followed)."""
     path = str(path)
@@ -328,6 +395,10 @@ def open_capture(path) -> Capture:
         raise UserError(f"{name} is an HDF5 file but not an ovi-attn capture (format attribute "
                         f"{fmt or 'missing'}); give a file written by `ovi-attn capture`.")
     version = _version_of(f, name)
+    if version not in READABLE_VERSIONS and version < FORMAT_VERSION:
+        f.close()
+        raise UserError(f"{name} has capture format version {version}, which this ovi-attn does not read "
+                        f"(it reads {', '.join(map(str, READABLE_VERSIONS))}); capture it again.")
     if version > FORMAT_VERSION:
         f.close()
         raise UserError(f"{name} has capture format version {version}, newer than this ovi-attn reads "

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ovi_attn_render.format import CaptureFileWriter, CaptureLayout, TokenRow
+from ovi_attn_render.format import DEFAULT_MAP_ENCODING, CaptureFileWriter, CaptureLayout, TokenRow
 
 GREY = 128
 BASE = 0.01  # every map's value outside its hot cell
@@ -30,7 +30,7 @@ class Synth:
     kinds: tuple[str, ...] = ("text_video", "text_audio", "video_audio", "audio_video")
     audio_tokens: int = 12
     heads: int = 1
-    map_dtype: str = "float16"
+    map_dtype: str = DEFAULT_MAP_ENCODING
 
 
 def hot_value(step: int) -> float:
@@ -38,8 +38,8 @@ def hot_value(step: int) -> float:
     return 0.1 * (step + 1)
 
 
-def write_synthetic(path, s: Synth | None = None) -> Synth:
-    s = s or Synth()
+def synthetic_layout(s: Synth) -> CaptureLayout:
+    """The layout write_synthetic creates its file with."""
     F, h, w = s.grid
     words = ["a", "man", "in", "a", "park", "man"]
     groups = ["man", "park", "man#2", "<eos>", "<pad>"]
@@ -55,7 +55,7 @@ def write_synthetic(path, s: Synth | None = None) -> Synth:
     tokens.append(TokenRow(len(words), 1, "</s>", len(text), len(text), "", -1))
     T_pix = 1 + 4 * (F - 1)
     La = s.audio_tokens
-    layout = CaptureLayout(
+    return CaptureLayout(
         grid=s.grid, audio_tokens=La, steps=list(range(s.steps)), layers=list(s.layers), groups=groups,
         group_kinds=kinds, group_members=members, tokens=tokens, kinds=list(s.kinds), branches=s.branches,
         heads=s.heads, map_dtype=s.map_dtype, num_steps=s.steps, num_layers=max(s.layers) + 1,
@@ -63,6 +63,14 @@ def write_synthetic(path, s: Synth | None = None) -> Synth:
         video_frames=T_pix, video_size=s.size, audio_samples=La * 512, fps=24.0,
         attrs={"prompt": text, "model": "synthetic", "seed": 7, "generation_seconds": 1.5},
     )
+
+
+def write_synthetic(path, s: Synth | None = None) -> Synth:
+    s = s or Synth()
+    F, h, w = s.grid
+    layout = synthetic_layout(s)
+    groups = list(layout.groups)
+    T_pix, La = layout.video_frames, s.audio_tokens
     wr = CaptureFileWriter(path, layout)
     done = s.steps if s.steps_done is None else s.steps_done
     for b, branch in enumerate(s.branches):

@@ -60,3 +60,27 @@ def test_a_failed_measurement_exits_non_zero(tmp_path):
                            "--file", str(tmp_path / "missing.h5")], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode != 0
+
+
+def test_encodings_compares_candidates_against_format_1(tmp_path):
+    stdout, data = run_bench("encodings", tmp_path, "--only", "format1,int16,float32-deflate")
+    assert "ratios: format1 file 1.000" in stdout
+    res = {r["name"]: r for r in data["results"]}
+    assert list(res) == ["format1", "int16", "float32-deflate"]
+    assert res["int16"]["max_abs_error"] <= 0.5 / 65534 + 1e-7 < res["format1"]["max_abs_error"]
+    assert res["float32-deflate"]["max_abs_error"] == 0.0  # lossless
+    for r in res.values():
+        assert abs(r["estimated_bytes"] / r["file_bytes"] - 1) < 0.05
+        assert set(r["latency_s"]) == {"info", "gif (steps)", "grid", "layers"}
+        assert r["xarray_s"]["DASK_CHUNKS"] > 0
+
+
+def test_view_latency_drives_the_viewer_api(tmp_path):
+    pytest.importorskip("uvicorn")
+    stdout, data = run_bench("view_latency", tmp_path, "--no-browser")
+    names = [t["name"] for t in data["server"]]
+    assert names[:3] == ["new step", "new layer (one)", "new layer range"]
+    assert all(t["p95_ms"] > 0 for t in data["server"])
+    assert data["peak_rss"] > 0 and data["bytes_read"] > 0
+    assert [c[0] for c in data["cli"]] == ["render GIF over steps", "render --view grid"]
+    assert "ratios: server new-step p95" in stdout

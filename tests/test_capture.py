@@ -15,6 +15,7 @@ import torch
 
 from ovi_attn_render.cli import main
 from ovi_attn_render.format import MAP_DIMS
+from ovi_attn_render.reader import read_strings
 
 PROMPT = """\
 prompt: "A red circle moves left while a blue square stays still. <AUDCAP>a beep<ENDAUDCAP>"
@@ -51,9 +52,9 @@ def test_file_opens_in_xarray_with_named_dims_and_coords(captured):
     assert ds.attrs["status"] == "complete" and ds.attrs["steps_done"] == 6
     assert ds.text_video.dims == ("branch", "token", "frame", "step", "layer", "head", "y", "x")
     assert ds.text_audio.dims == ("branch", "token", "step", "layer", "head", "audio_time")
-    assert list(ds.branch.values) == ["cond", "uncond"]
+    assert list(ds.branch_label.values) == ["cond", "uncond"]
     assert list(ds.layer.values) == [0, 1] and list(ds.step.values) == list(range(6))
-    assert ds.token.values[0] == "circle" and ds.token.values[-2:].tolist() == ["<eos>", "<pad>"]
+    assert ds.token_label.values[0] == "circle" and ds.token_label.values[-2:].tolist() == ["<eos>", "<pad>"]
     assert ds.timestep.values[0] == 999 and ds.sigma.values[0] == pytest.approx(0.9998, abs=1e-4)
     assert ds.sizes["frame"] == 5 and ds.sizes["y"] == 8 and ds.sizes["x"] == 8
     assert ds.video.shape == (17, 256, 256, 3) and ds.video.dtype == np.uint8
@@ -65,7 +66,7 @@ def test_file_opens_in_xarray_with_named_dims_and_coords(captured):
 
 def test_with_all_tokens_the_groups_sum_to_one_for_every_query(captured):
     with h5py.File(captured, "r") as f:
-        labels = [t.decode() if isinstance(t, bytes) else t for t in f["token"][:]]
+        labels = read_strings(f["token_label"])
         tv = f["text_video"][0]  # cond: [token, frame, step, layer, head, h, w]
         ta = f["text_audio"][0]  # [token, step, layer, head, La]
     assert labels.count("circle") == 1  # `all` merges the explicit selection, no double counting
@@ -75,7 +76,7 @@ def test_with_all_tokens_the_groups_sum_to_one_for_every_query(captured):
 
 def test_uncond_branch_skips_the_slg_layer_and_words_missing_from_the_negative_prompt(captured):
     with h5py.File(captured, "r") as f:
-        labels = [t.decode() if isinstance(t, bytes) else t for t in f["token"][:]]
+        labels = read_strings(f["token_label"])
         tv = f["text_video"][1]  # uncond: [token, frame, step, layer, head, h, w]
         va = f["video_audio"][1]  # [step, layer, head, F, La]
     assert np.isnan(tv[:, :, :, 1]).all() and np.isnan(va[:, 1]).all()  # tiny slg_layer = 1

@@ -27,4 +27,6 @@ def test_wheel_ships_the_toy_model_and_configs(tmp_path):
         assert f"ovi_attn_capture/toy/bundled/{name}" in names
     assert "ovi_attn_capture/configs/video_released.json" in names
     assert "ovi_attn_render/cli.py" in names
+    for name in ("index.html", "app.js", "style.css"):  # the viewer's page
+        assert f"ovi_attn_render/viewer/static/{name}" in names
     assert not any(n.startswith(("tests/", "bench/", "data/")) for n in names)

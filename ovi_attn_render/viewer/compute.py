@@ -1,0 +1,398 @@
+"""What the page draws, computed with the render package's own code so that the viewer and
+`ovi-attn render` agree number for number.
+
+The unit of reading is a token's *layer stack*: its maps at one latent frame for every
+readable step and every captured layer, [S, L, h, w] float32, reduced over heads
+(views.token_maps with keep_layers). One stack is S * L chunks of the file (50 x 30 maps
+of 1.8 KB at real size); moving the step or layer slider, or changing the layer range or
+the norm, then costs no read at all, only a reduction over the cached stack. Stacks live
+in a small LRU bounded in bytes, so the server's memory stays flat however long it runs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import threading
+import wave
+from collections import OrderedDict
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .. import draw, views
+from ..errors import UserError
+from ..format import MAP_DIMS
+from ..reader import read_hyperslab
+from ..selection import resolve
+from .sources import Source
+from .state import ViewState
+
+DISPLAY_SIDE = 512  # the CLI's default --size: frames are served at the size render draws them
+CACHE_BYTES = 128 * 2**20  # ~24 layer stacks at real size (5.4 MB each)
+
+
+class ArrayCache:
+    """Least-recently-used arrays under a byte budget (thread-safe)."""
+
+    def __init__(self, budget: int = CACHE_BYTES):
+        self.budget = budget
+        self.items: OrderedDict = OrderedDict()
+        self.bytes = 0
+        self.lock = threading.Lock()
+
+    def get(self, key, make):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        value = make()
+        size = sum(a.nbytes for a in value) if isinstance(value, tuple) else value.nbytes
+        with self.lock:
+            if key not in self.items:
+                self.items[key] = value
+                self.bytes += size
+            while self.bytes > self.budget and len(self.items) > 1:
+                _, old = self.items.popitem(last=False)
+                self.bytes -= sum(a.nbytes for a in old) if isinstance(old, tuple) else old.nbytes
+        return value
+
+
+CACHE = ArrayCache()
+
+
+# ---------------------------------------------------------------------- selections
+def options(s: ViewState, view: str = "steps") -> views.Options:
+    """The render Options of a state (the `steps` view, or `diff` for the difference branch)."""
+    diff = s.branch == "diff"
+    tokens = list(s.tokens[-1:] if diff else s.tokens)  # the page draws one token's difference
+    return views.Options(view="diff" if diff else view, tokens=tokens, frame=s.frame, layers=s.layers,
+                         heads=s.heads, branch="cond" if diff else s.branch, reduce=s.reduce, norm=s.norm,
+                         renorm=s.renorm, cmap=None if s.cmap == "inferno" else s.cmap, alpha=s.alpha)
+
+
+def pixel_frame(src: Source, s: ViewState) -> int:
+    cap = src.cap
+    return cap.num_pixel_frames // 2 if s.frame is None else cap.check_frame(s.frame)
+
+
+def step_position(src: Source, s: ViewState) -> int:
+    """Position of the state's step among the readable steps (default: the last one)."""
+    cap = src.cap
+    if cap.steps_done == 0:
+        raise UserError(f"{src.name} has no complete step yet (status {cap.status}); wait for the first step.")
+    if s.step is None:
+        return cap.steps_done - 1
+    hits = np.flatnonzero(cap.readable_steps == s.step)
+    if not len(hits):
+        raise UserError(f"step {s.step} is not readable; readable steps are "
+                        f"{int(cap.readable_steps[0])}-{int(cap.readable_steps[-1])}.")
+    return int(hits[0])
+
+
+def layer_positions(src: Source, s: ViewState) -> list[int]:
+    return resolve(s.layers, src.cap.layers, "layers", what="captured layers")
+
+
+def _head_positions(src: Source, s: ViewState) -> list[int] | None:
+    cap = src.cap
+    if s.heads is None:
+        return None
+    if cap.heads_mode == "mean":
+        raise UserError("this capture stored the mean over heads only; capture with `heads: all` to select heads.")
+    return resolve(s.heads, cap.heads, "heads", what="captured heads")
+
+
+def _group(src: Source, label: str) -> int:
+    return src.cap.token_index(label)
+
+
+# ---------------------------------------------------------------------- token maps
+def layer_stack(src: Source, s: ViewState, token: str, branch: str) -> np.ndarray:
+    """[S, L, h, w] float32: one token at the state's latent frame, every readable step and
+    captured layer, reduced over the selected heads (and renormalised when asked)."""
+    cap = src.cap
+    n = pixel_frame(src, s)
+    latent = cap.latent_frame(n)
+    key = ("stack", src.index, src.generation, cap.steps_done, token, latent, branch, s.heads, s.reduce, s.renorm)
+
+    def make() -> np.ndarray:
+        with src.lock:
+            o = views.Options(tokens=[token], frame=n, heads=s.heads, branch=branch, reduce=s.reduce, renorm=s.renorm)
+            p = views.pick(cap, o)
+            x = views.token_maps(cap, p, o, p.tokens[0], [p.latent], keep_layers=True)  # [S, L, 1, h, w]
+            return np.ascontiguousarray(x[:, :, 0], np.float32)
+
+    return CACHE.get(key, make)
+
+
+def token_steps(src: Source, s: ViewState, token: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """(maps [S, h, w], lo [S], hi [S], signed): the steps view's maps of one token at the
+    state's frame over every readable step, reduced over the selected layers, and the
+    colour range of each step under the state's norm (views.limits, as render draws)."""
+    layers = layer_positions(src, s)
+    _head_positions(src, s)  # a heads selection on a head-mean capture: the CLI's sentence
+
+    def reduced(branch: str) -> np.ndarray:
+        return views._reduce(layer_stack(src, s, token, branch)[:, layers], 1, s.reduce)  # [S, h, w]
+
+    if s.branch == "diff":
+        if len(src.cap.branches) < 2:
+            raise UserError(f"the difference needs both branches, but {src.name} has only "
+                            f"{', '.join(src.cap.branches)}; capture with `branch: both`.")
+        maps = reduced("cond") - reduced("uncond")
+    else:
+        src.cap.branch_index(s.branch)
+        maps = reduced(s.branch)
+    signed = s.branch == "diff"
+    lo, hi = views.limits(maps, s.norm, signed)
+    return maps, lo, hi, signed
+
+
+def token_map(src: Source, s: ViewState, token: str) -> tuple[np.ndarray, float, float, bool]:
+    """(map [h, w], lo, hi, signed) at the state's step: one frame of the CLI's steps view."""
+    i = step_position(src, s)
+    maps, lo, hi, signed = token_steps(src, s, token)
+    return maps[i], float(lo[i]), float(hi[i]), signed
+
+
+def cmap_name(s: ViewState) -> str:
+    """The colour map drawn: the chosen one, or the diverging map for the difference by default."""
+    return draw.DIVERGING_CMAP if s.branch == "diff" and s.cmap == "inferno" else s.cmap
+
+
+def grid_png(src: Source, s: ViewState, token: str) -> tuple[bytes, int, int, int, int]:
+    """The layers x steps mini-grid as a PNG: one row per captured layer, one column per
+    readable step, each cell the token's h x w map (1-pixel gaps), coloured under the
+    state's norm as `render --view grid` scales it. Returns (png, S, L, h, w)."""
+    branch = "cond" if s.branch == "diff" else s.branch
+    stack = layer_stack(src, s, token, branch)  # [S, L, h, w]
+    if s.branch == "diff" and len(src.cap.branches) > 1:
+        stack = stack - layer_stack(src, s, token, "uncond")
+    S, L, h, w = stack.shape
+    lo, hi = views.limits(stack, s.norm, s.branch == "diff")  # [S, L]
+    lut = draw.colormap_lut(cmap_name(s))
+    rgb = draw.apply_lut(draw.normalise(stack, lo[..., None, None], hi[..., None, None]), lut)  # [S, L, h, w, 3]
+    cells = np.full((L, h + 1, S, w + 1, 3), 40, np.uint8)  # one grey gap row/column after each cell
+    cells[:, :h, :, :w] = rgb.transpose(1, 2, 0, 3, 4)
+    img = cells.reshape(L * (h + 1), S * (w + 1), 3)[:-1, :-1]
+    return encode_png(np.ascontiguousarray(img)), S, L, h, w
+
+
+# ---------------------------------------------------------------------- a clicked patch
+def _point_read(src: Source, var: str, picks: dict, out_dims: tuple[str, ...]) -> np.ndarray:
+    """`var` at picks[dim] (every dim of the file), returned in out_dims order (size-1 dims kept)."""
+    file_dims = MAP_DIMS[var]
+    data = read_hyperslab(src.cap.f[var], [picks[d] for d in file_dims])
+    return np.transpose(data, [file_dims.index(d) for d in out_dims])
+
+
+def patch(src: Source, s: ViewState) -> dict:
+    """Mass on every captured group at one video token (latent frame of the state's frame,
+    row y, column x): at the state's step and layers, over the steps, and over the layers."""
+    cap = src.cap
+    F, h, w = cap.grid
+    if s.y is None or s.x is None or not (0 <= s.y < h and 0 <= s.x < w):
+        raise UserError(f"give the clicked token cell as y in 0..{h - 1} and x in 0..{w - 1}.")
+    if "text_video" not in cap.f:
+        raise UserError(f"{src.name} has no text_video maps; capture with kinds including text_video.")
+    n = pixel_frame(src, s)
+    latent = cap.latent_frame(n)
+    i = step_position(src, s)
+    layers = layer_positions(src, s)
+    heads = _head_positions(src, s)
+    branch = cap.branch_index("cond" if s.branch == "diff" else s.branch)
+    key = ("patch", src.index, src.generation, cap.steps_done, latent, s.y, s.x, branch, s.heads, s.reduce)
+
+    def make() -> np.ndarray:  # [G, S, L] reduced over heads
+        out = np.empty((len(cap.groups), cap.steps_done, len(cap.layers)), np.float32)
+        picks = {"branch": [branch], "frame": [latent], "step": list(range(cap.steps_done)),
+                 "layer": list(range(len(cap.layers))),
+                 "head": list(range(len(cap.heads))) if heads is None else heads, "y": [s.y], "x": [s.x]}
+        # one group at a time: a single selection over every group's S x L chunks makes HDF5
+        # hold per-chunk bookkeeping for all of them at once (+140 MB at real size)
+        for g in range(len(cap.groups)):
+            with src.lock:
+                x = _point_read(src, "text_video", picks | {"token": [g]},
+                                ("token", "step", "layer", "head", "branch", "frame", "y", "x"))
+            out[g] = views._reduce(x[0, ..., 0, 0, 0, 0], 2, s.reduce)
+        return out
+
+    mass = CACHE.get(key, make)  # [G, S, L]
+    over_steps = views._reduce(mass[:, :, layers], 2, s.reduce)  # [G, S]
+    over_layers = mass[:, i, :]  # [G, L]
+    clean = lambda a: np.nan_to_num(a, nan=0.0).round(6).tolist()  # noqa: E731
+    return {"groups": cap.groups, "kinds": cap.group_kinds, "latent": latent, "y": s.y, "x": s.x,
+            "step": int(cap.steps[i]), "bars": clean(over_steps[:, i]), "steps": cap.readable_steps.tolist(),
+            "over_steps": clean(over_steps), "layers": cap.layers.tolist(), "over_layers": clean(over_layers),
+            "selected_layers": [int(cap.layers[j]) for j in layers]}
+
+
+# ---------------------------------------------------------------------- audio and sync
+def audio_strips(src: Source, s: ViewState, token: str) -> np.ndarray:
+    """[S, La] float32: the token's text-to-audio mass per audio token, every readable step,
+    reduced over the selected heads and layers (as `render --view audio --by step`)."""
+    cap = src.cap
+    layers = layer_positions(src, s)
+    heads = _head_positions(src, s)
+    branch = cap.branch_index("cond" if s.branch == "diff" else s.branch)
+    key = ("audio", src.index, src.generation, cap.steps_done, token, tuple(layers), s.heads, branch, s.reduce,
+           s.renorm)
+
+    def make() -> np.ndarray:
+        with src.lock:
+            if "text_audio" not in cap.f:
+                raise UserError(f"{src.name} has no text_audio maps; capture with kinds including text_audio.")
+            t = _group(src, token)
+            x = cap.text_audio(t, None, layers, branch, heads)  # [S, L, Hd, La]
+            if s.renorm:
+                eos = cap.text_audio(views._special_group(cap, "eos"), None, layers, branch, heads)
+                pad = cap.text_audio(views._special_group(cap, "pad"), None, layers, branch, heads)
+                x = x / np.maximum(1.0 - eos - pad, 1e-6)
+            x = views._reduce(views._reduce(x, 2, s.reduce), 1, s.reduce)
+        return np.ascontiguousarray(np.nan_to_num(x, nan=0.0), np.float32)
+
+    return CACHE.get(key, make)
+
+
+def sync_map(src: Source, s: ViewState) -> np.ndarray:
+    """[F, La] float32: each latent frame's attention over audio time at the state's step
+    (video_audio, or audio_video transposed), reduced over heads and layers."""
+    cap = src.cap
+    i = step_position(src, s)
+    layers = layer_positions(src, s)
+    heads = _head_positions(src, s)
+    branch = cap.branch_index("cond" if s.branch == "diff" else s.branch)
+    with src.lock:
+        if "video_audio" in cap.f:
+            x = cap.video_audio([i], layers, branch, heads)[0]  # [L, Hd, F, La]
+        elif "audio_video" in cap.f:
+            x = np.swapaxes(cap.audio_video([i], layers, branch, heads)[0], -1, -2)
+        else:
+            raise UserError(f"{src.name} has no fusion (sync) maps; capture with kinds including video_audio.")
+    x = views._reduce(views._reduce(x, 1, s.reduce), 0, s.reduce)
+    return np.ascontiguousarray(np.nan_to_num(x, nan=0.0), np.float32)
+
+
+def waveform_envelope(src: Source, columns: int) -> np.ndarray:
+    """[2, columns] float32: min and max of the decoded waveform per column (zeros before
+    the clip is written)."""
+    cap = src.cap
+    key = ("wave", src.index, src.generation, columns)
+
+    def make() -> np.ndarray:
+        if not (cap.has_audio and cap.clip_written):
+            return np.zeros((2, columns), np.float32)
+        with src.lock:
+            wav = cap.waveform()
+        edges = np.linspace(0, len(wav), columns + 1).astype(int)
+        out = np.zeros((2, columns), np.float32)
+        for c in range(columns):
+            seg = wav[edges[c]:max(edges[c + 1], edges[c] + 1)]
+            if len(seg):
+                out[0, c], out[1, c] = seg.min(), seg.max()
+        return out
+
+    return CACHE.get(key, make)
+
+
+def spectrogram_db(src: Source) -> np.ndarray:
+    """[64, T] float32: the decoded audio's mel spectrogram in dB below its loudest cell (the
+    audio view's --background spectrogram), zeros before the clip is written."""
+    from ..audio_views import spectrogram
+
+    cap = src.cap
+    key = ("spectrogram", src.index, src.generation)
+
+    def make() -> np.ndarray:
+        if not (cap.has_audio and cap.clip_written):
+            return np.zeros((64, 1), np.float32)
+        with src.lock:
+            wav = cap.waveform()
+        db, _, _ = spectrogram(wav, cap.sample_rate, n_mels=64)
+        return np.ascontiguousarray(db[::-1], np.float32)  # highest frequency first (top row)
+
+    return CACHE.get(key, make)
+
+
+def audio_wav(src: Source) -> bytes:
+    """The decoded audio as a 16-bit mono WAV, for the page's <audio> element."""
+    cap = src.cap
+    if not (cap.has_audio and cap.clip_written):
+        raise UserError(f"{src.name} holds no decoded audio yet (it is written when the capture finishes).")
+    with src.lock:
+        wav = cap.waveform()
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(cap.sample_rate)
+        w.writeframes((np.clip(wav, -1, 1) * 32767).astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------- pictures
+def encode_png(rgb: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return data.tobytes()
+
+
+def frame_png(src: Source, s: ViewState) -> bytes:
+    """Decoded pixel frame at the CLI's display size (grey before the clip is written)."""
+    cap = src.cap
+    n = pixel_frame(src, s)
+    key = ("frame", src.index, src.generation, n)
+
+    def make() -> np.ndarray:
+        with src.lock:
+            size = draw.display_size(*cap.frame_size, DISPLAY_SIDE)
+            return np.frombuffer(encode_png(views.background(cap, n, size, [])), np.uint8)
+
+    return CACHE.get(key, make).tobytes()
+
+
+def render_command(sources: list[Source], s: ViewState, out: str | None = None) -> list[str]:
+    """The `ovi-attn render` (one file) or `compare` (two) command line of a state."""
+    o = options(s)
+    cmd = ["ovi-attn", "render" if len(sources) == 1 else "compare", *[src.given for src in sources]]
+    if o.view != "steps":
+        cmd += ["--view", o.view]
+    for t in o.tokens:
+        cmd += ["--token", t]
+    cmd += ["--frame", str(pixel_frame(sources[0], s))]
+    for flag, value, default in (("--layers", o.layers, None), ("--heads", o.heads, None),
+                                 ("--branch", o.branch, "cond"), ("--reduce", o.reduce, "mean"),
+                                 ("--norm", o.norm, "global"), ("--cmap", o.cmap, None)):
+        if value is not None and value != default:
+            cmd += [flag, str(value)]
+    if o.renorm:
+        cmd.append("--renorm")
+    if o.alpha != 0.5:
+        cmd += ["--alpha", f"{o.alpha:g}"]
+    if out:
+        cmd += ["-o", out]
+    return cmd
+
+
+def save_view(sources: list[Source], s: ViewState, folder: str) -> dict:
+    """Write the CLI's picture of this state (the steps view over every readable step, whose
+    frame for the current step is what the page shows) into `folder`, never over a file."""
+    from ..commands import output_name, run_render
+
+    if not s.tokens:
+        raise UserError("pick at least one token before saving the view.")
+    o = options(s)
+    frame = pixel_frame(sources[0], s)
+    stem = output_name([Path(src.path).stem for src in sources], o, frame)
+    target = os.path.join(folder, stem + ".gif")
+    k = 2
+    while os.path.exists(target):
+        target = os.path.join(folder, f"{stem}-{k}.gif")
+        k += 1
+    paths = run_render([Path(src.path) for src in sources], o, Path(target), None, False)
+    command = render_command(sources, s, target)
+    return {"path": paths[0], "command": " ".join(shlex.quote(c) for c in command)}

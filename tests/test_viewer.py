@@ -1,0 +1,494 @@
+"""`ovi-attn view`: the HTTP API against the render package, and the page in headless Chromium.
+
+One real toy-model capture (`tokens: all`, float32 maps, both branches) serves every test;
+the server always runs as its own process (`python -m ovi_attn_render.cli view ...`).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from ovi_attn_render import draw, views
+from ovi_attn_render.cli import main
+from ovi_attn_render.format import MAP_DIMS, MAP_ENCODINGS, decode
+from ovi_attn_render.reader import open_capture
+from ovi_attn_render.viewer.process import CHROMIUM, CHROMIUM_ARGS, ViewerProcess as Server
+
+from synthetic import Synth, write_synthetic
+from test_cli import BLOCK_TORCH  # runs the CLI with torch unimportable
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+PROMPT = """\
+prompt: "a red circle moves left while a blue square stays still. <AUDCAP>the circle beeps<ENDAUDCAP>"
+video_negative_prompt: ""
+audio_negative_prompt: ""
+model: toy
+seed: 42
+steps: 4
+capture:
+  tokens: all
+  kinds: [text_video, text_audio, video_audio, audio_video]
+  branch: both
+  dtype: float32
+"""
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("viewer")
+    (tmp / "p.yaml").write_text(PROMPT)
+    out = tmp / "toy.h5"
+    assert main(["capture", str(tmp / "p.yaml"), "-o", str(out), "--no-progress", "--no-mp4"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(capture, tmp_path_factory):
+    saves = tmp_path_factory.mktemp("saves")
+    with Server([capture], "-o", str(saves)) as s:
+        s.saves = saves
+        yield s
+
+
+def cli_steps_maps(path, token, frame, **opts):
+    """What `ovi-attn render --view steps` draws for one token: maps [S, h, w] and limits."""
+    o = views.Options(tokens=[token], frame=frame, **opts)
+    with open_capture(path) as cap:
+        p = views.pick(cap, o)
+        if o.view == "diff":
+            cond, uncond = cap.branch_index("cond"), cap.branch_index("uncond")
+            m = views.token_maps(cap, p, o, p.tokens[0], [p.latent], cond)[:, 0] - \
+                views.token_maps(cap, p, o, p.tokens[0], [p.latent], uncond)[:, 0]
+        else:
+            m = views.token_maps(cap, p, o, p.tokens[0], [p.latent])[:, 0]
+        lo, hi = views.limits(m, o.norm, o.view == "diff")
+        return m, lo, hi, [int(s) for s in cap.steps[p.steps]]
+
+
+# ---------------------------------------------------------------------- the API
+@pytest.mark.parametrize("params,opts", [
+    ({}, {}),
+    ({"layers": "1-2", "reduce": "max", "norm": "step"}, {"layers": "1-2", "reduce": "max", "norm": "step"}),
+    ({"branch": "uncond", "renorm": "1", "layers": "0"}, {"branch": "uncond", "renorm": True, "layers": "0"}),
+    ({"branch": "diff", "norm": "absolute"}, {"view": "diff", "norm": "absolute"}),
+])
+def test_the_map_route_serves_the_arrays_the_cli_draws(server, capture, params, opts):
+    token, frame = "circle", 9
+    maps, lo, hi, steps = cli_steps_maps(capture, token, frame, **opts)
+    for i, step in enumerate(steps):
+        got, headers = server.floats("/api/map", {"token": token, "frame": frame, "step": step, **params})
+        np.testing.assert_array_equal(got, maps[i].astype(np.float32))
+        assert float(headers["X-Lo"]) == pytest.approx(float(lo[i]), rel=1e-6, abs=1e-9)
+        assert float(headers["X-Hi"]) == pytest.approx(float(hi[i]), rel=1e-6, abs=1e-9)
+
+
+def test_one_head_of_a_capture_with_every_head_is_the_cli_s(tmp_path):
+    path = tmp_path / "heads.h5"
+    write_synthetic(path, Synth(heads=2))
+    with Server([path]) as s:
+        maps, lo, hi, steps = cli_steps_maps(path, "man", 4, heads="1")
+        got, headers = s.floats("/api/map", {"token": "man", "frame": 4, "step": steps[-1], "heads": "1"})
+        np.testing.assert_array_equal(got, maps[-1])
+        assert s.json("/api/files")["files"][0]["heads_mode"] == "all"
+
+
+def test_a_patch_puts_mass_one_on_the_captured_groups_at_every_step_and_layer(server, capture):
+    with open_capture(capture) as cap:
+        F, h, w = cap.grid
+        groups = cap.groups
+    d = server.json("/api/patch", {"frame": 9, "y": h // 2, "x": w // 3, "step": 2})
+    assert d["groups"] == groups and "<eos>" in groups and "<pad>" in groups
+    assert sum(d["bars"]) == pytest.approx(1.0, abs=1e-4)
+    over_steps, over_layers = np.array(d["over_steps"]), np.array(d["over_layers"])  # [G, S], [G, L]
+    np.testing.assert_allclose(over_steps.sum(0), 1.0, atol=1e-4)
+    np.testing.assert_allclose(over_layers.sum(0), 1.0, atol=1e-4)
+    np.testing.assert_allclose(over_steps[:, 2], d["bars"], atol=1e-6)
+
+
+@pytest.mark.parametrize("path,params,fragment", [
+    ("/api/map", {"token": "circle", "frame": "abc"}, "frame"),
+    ("/api/map", {"token": "circle", "frame": "999"}, "out of range"),
+    ("/api/map", {"token": "circel"}, "did you mean"),
+    ("/api/map", {"token": "circle", "step": "77"}, "not readable"),
+    ("/api/map", {"token": "circle", "layers": "9"}, "layers"),
+    ("/api/map", {"token": "circle", "layers": "../../etc"}, "selection"),
+    ("/api/map", {"token": "circle", "norm": "loud"}, "norm"),
+    ("/api/map", {"token": "circle", "heads": "1"}, "heads"),
+    ("/api/map", {"token": "circle", "file": "1"}, "file"),
+    ("/api/map", {"token": "circle", "alpha": "2"}, "alpha"),
+    ("/api/map", {}, "token"),
+    ("/api/patch", {"y": "40", "x": "0"}, "cell"),
+    ("/api/waveform", {"columns": "1"}, "columns"),
+])
+def test_bad_parameters_get_400_and_one_line(server, path, params, fragment):
+    status, _, body = server.get(path, params)
+    text = body.decode()
+    assert status == 400, text
+    assert fragment in text and "\n" not in text.strip() and "Traceback" not in text
+
+
+def test_only_the_named_files_and_the_page_are_served(server, capture):
+    for path in ("/static/../viewer/server.py", "/static/server.py", "/etc/passwd", "/api/nothing"):
+        assert server.get(path)[0] == 404, path
+    files = server.json("/api/files")["files"]
+    assert [f["path"] for f in files] == [str(capture)]
+    assert server.get("/api/save", {"token": "circle"})[0] == 405  # GET does not write
+    status, headers, body = server.get("/")
+    assert status == 200 and b"app.js" in body and b"http" not in body.replace(b"https://", b"")
+
+
+def test_frames_are_the_pictures_render_draws_on(server, capture):
+    import cv2
+
+    status, headers, body = server.get("/api/frame", {"frame": 9})
+    assert status == 200 and headers["content-type"] == "image/png"
+    got = cv2.cvtColor(cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    with open_capture(capture) as cap:
+        want = views.background(cap, 9, draw.display_size(*cap.frame_size, 512), [])
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("norm", ["global", "frame"])
+def test_the_grid_shows_every_layer_and_step_as_render_grid_scales_them(server, capture, norm):
+    import cv2
+
+    status, headers, body = server.get("/api/grid", {"token": "blue", "frame": 5, "norm": norm})
+    assert status == 200
+    S, L, h, w = (int(v) for v in headers["X-Cells"].split(","))
+    img = cv2.cvtColor(cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert img.shape == (L * (h + 1) - 1, S * (w + 1) - 1, 3)
+    o = views.Options(tokens=["blue"], frame=5, norm=norm)
+    with open_capture(capture) as cap:
+        p = views.pick(cap, o)
+        maps = views.token_maps(cap, p, o, p.tokens[0], [p.latent], keep_layers=True)[:, :, 0]  # [S, L, h, w]
+    lo, hi = views.limits(maps, norm)
+    lut = draw.colormap_lut("inferno")
+    for j, i in ((0, 0), (S - 1, L - 1), (S // 2, 1)):
+        cell = img[i * (h + 1):i * (h + 1) + h, j * (w + 1):j * (w + 1) + w]
+        np.testing.assert_array_equal(cell, draw.apply_lut(draw.normalise(maps[j, i], lo[j, i], hi[j, i]), lut))
+
+
+def test_a_map_request_reads_a_small_part_of_the_file(server, capture):
+    def rchar() -> int:
+        for line in open(f"/proc/{server.proc.pid}/io"):
+            if line.startswith("rchar"):
+                return int(line.split()[1])
+        raise AssertionError("no rchar")
+
+    before = rchar()
+    server.floats("/api/map", {"token": "square", "frame": 13, "step": 1})
+    read = rchar() - before
+    assert 0 < read < os.path.getsize(capture) / 4, read
+
+
+def test_save_writes_the_picture_of_the_command_it_shows(server, capture, tmp_path):
+    params = [("token", "red"), ("token", "blue"), ("frame", "5"), ("layers", "1-2"), ("norm", "step")]
+    d = server.json("/api/save", params, method="POST")
+    assert os.path.dirname(d["path"]) == str(server.saves) and d["path"].endswith(".gif")
+    cmd = shlex.split(d["command"])
+    assert cmd[:3] == ["ovi-attn", "render", str(capture)] and "--layers" in cmd and "--norm" in cmd
+    again = tmp_path / "again.gif"
+    assert main([*cmd[1:cmd.index("-o")], "-o", str(again)]) == 0
+    import imageio.v3 as iio
+
+    np.testing.assert_array_equal(iio.imread(d["path"], index=None), iio.imread(again, index=None))
+    d2 = server.json("/api/save", params, method="POST")  # never over an earlier save
+    assert d2["path"] != d["path"] and os.path.exists(d["path"])
+
+
+def test_damaged_and_foreign_files_are_refused_at_start_with_the_cli_sentence(tmp_path, capsys):
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = np.zeros(3)
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+    for bad in (foreign, damaged, tmp_path / "missing.h5"):
+        assert main(["info", str(bad)]) == 2
+        sentence = capsys.readouterr().err
+        assert main(["view", str(bad), "--no-browser", "--port", "0"]) == 2
+        assert capsys.readouterr().err == sentence
+
+
+def test_a_host_other_than_loopback_warns_and_needs_the_access_key(capture):
+    with Server([capture], "--host", "0.0.0.0") as s:
+        assert s.key and len(s.key) >= 20
+        assert s.get("/api/files")[0] == 200  # with the key
+        key, s.key = s.key, None
+        assert s.get("/api/files")[0] == 403 and s.get("/")[0] == 403
+        wrong = key[:-1] + ("x" if key[-1] != "x" else "y")  # one character off
+        assert s.get("/api/files", {"key": wrong})[0] == 403
+        assert s.get("/static/app.js")[0] == 200  # the page's own code carries no data
+        s.stop()
+        assert "warning" in s.proc.stderr.read()
+
+
+
+
+def test_the_server_works_where_torch_cannot_be_imported(capture):
+    with Server([capture], program=BLOCK_TORCH) as s:
+        for path, params in (("/api/files", {}), ("/api/map", {"token": "red"}), ("/api/grid", {"token": "red"}),
+                             ("/api/patch", {"y": 1, "x": 1}), ("/api/audio_strips", {"token": "red"}),
+                             ("/api/sync", {}), ("/api/audio", {}), ("/api/waveform", {}), ("/api/spectrogram", {})):
+            assert s.get(path, params)[0] == 200, path
+
+
+def test_view_without_its_extra_says_which_to_install(capture):
+    code = BLOCK_TORCH.replace('name == "torch" or name.startswith("torch.")', 'name in ("starlette", "uvicorn")')
+    assert code != BLOCK_TORCH
+    r = subprocess.run([sys.executable, "-c", code, "view", str(capture), "--no-browser"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "pip install 'ovi-attn[view]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def _grow(partial, ref, steps_done: int) -> None:
+    """Play the writer: copy steps of a complete file into a partial one, then mark them done."""
+    with h5py.File(partial, "r+", locking=False) as f, h5py.File(ref, "r") as r:
+        for var in ("text_video", "text_audio", "video_audio", "audio_video", "audio_video_spatial"):
+            if var in f:
+                axis = MAP_DIMS[var].index("step")
+                sl = (slice(None),) * axis + (slice(0, steps_done),)
+                f[var][sl] = r[var][sl]
+        f.attrs["steps_done"] = steps_done
+        f.flush()
+
+
+def test_status_follows_a_running_capture_and_tells_a_stopped_one(tmp_path):
+    ref, live = tmp_path / "ref.h5", tmp_path / "live.h5"
+    write_synthetic(ref, Synth(steps=4))
+    write_synthetic(live, Synth(steps=4, steps_done=1))
+    with Server([live]) as s:
+        st = s.json("/api/status")["files"][0]
+        assert st["state"] == "running" and st["text"] == "running, step 1 of 4"
+        _grow(live, ref, 3)
+        time.sleep(0.05)
+        st = s.json("/api/status")["files"][0]
+        assert st["text"] == "running, step 3 of 4" and st["readable_steps"] == [0, 1, 2]
+        assert s.floats("/api/map", {"token": "man", "step": 2})[0].shape == (8, 8)
+        with h5py.File(live, "r+", locking=False) as f:
+            f.attrs["status"] = "interrupted"
+        st = s.json("/api/status")["files"][0]
+        assert st["state"] == "stopped" and st["text"].startswith("stopped (interrupted)")
+
+
+# ---------------------------------------------------------------------- the page in Chromium
+@pytest.fixture(scope="module")
+def browser():
+    missing = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing = "the playwright package is not installed (pip install -e '.[dev]')"
+    if missing is None and not os.path.exists(CHROMIUM):
+        missing = f"{CHROMIUM} is missing (apt-get install chromium; scripts/env.sh does it as root)"
+    if missing:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"the viewer's browser tests cannot run under CI: {missing}")
+        pytest.skip(missing)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+class Page:
+    """A page of the viewer, with every console error and page error collected."""
+
+    def __init__(self, browser, url: str, viewport=(1400, 950)):
+        self.page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.goto(url)
+        self.page.wait_for_function("window.ovi && window.ovi.painted", timeout=30000)
+        self.idle()
+
+    def idle(self) -> None:
+        self.page.evaluate("ovi.idle()")
+
+    def state(self) -> dict:
+        return self.page.evaluate("ovi.state")
+
+    def canvas(self, i: int = 0) -> np.ndarray:
+        """The drawn pixels of file i's frame canvas, uint8 [H, W, 3] (through a lossless PNG)."""
+        import base64
+
+        import cv2
+
+        url = self.page.evaluate(f"document.getElementById('canvas-{i}').toDataURL('image/png')")
+        png = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
+        return cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+    def slide(self, element_id: str, value) -> None:
+        """Move a slider or pick a select option as a user does (input + change events)."""
+        self.page.evaluate(f"""(() => {{ const el = document.getElementById('{element_id}');
+            el.value = '{value}'; el.dispatchEvent(new Event('input')); el.dispatchEvent(new Event('change')); }})()""")
+        self.idle()
+
+    def message(self) -> str:
+        return self.page.evaluate("document.getElementById('message').textContent")
+
+
+def expected_canvas(server, state: dict) -> np.ndarray:
+    """The overlay render draws for the page's state, from the API's frame and maps."""
+    import cv2
+
+    base = {"frame": state["frame"], "step": state["step"], "branch": state["branch"], "norm": state["norm"],
+            "reduce": state["reduce"], "renorm": "1" if state["renorm"] else "0"}
+    layers = {"all": "all", "one": None, "range": f"{state['layerLo']}-{state['layerHi']}"}[state["layerMode"]]
+    files = server.json("/api/files")["files"][0]
+    base["layers"] = str(files["layers"][state["layer"]]) if layers is None else layers
+    _, _, png = server.get("/api/frame", base)
+    bg = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    vs = []
+    for t in state["tokens"]:
+        m, headers = server.floats("/api/map", {**base, "token": t})
+        vs.append(draw.upsample(draw.normalise(m, float(headers["X-Lo"]), float(headers["X-Hi"])), bg.shape[:2]))
+    if len(vs) == 1:
+        return draw.overlay(bg, vs[0], draw.colormap_lut(state["cmap"]), float(state["alpha"]))
+    return draw.overlay_tokens(bg, vs, draw.TOKEN_COLOURS[:len(vs)], float(state["alpha"]))
+
+
+def assert_canvas_is(page: Page, server) -> np.ndarray:
+    got = page.canvas()
+    want = expected_canvas(server, page.state())
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.max() <= 2 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
+    return got
+
+
+def test_the_page_draws_what_render_draws_as_token_step_layer_and_frame_change(browser, server):
+    page = Page(browser, server.url)
+    first = assert_canvas_is(page, server)
+    page.page.click("#groups .chip[data-group='square']")  # add a second token
+    page.page.click("#groups .chip[data-group='a']")  # and drop the first
+    page.idle()
+    assert page.state()["tokens"] == ["square"]
+    seen = [first, assert_canvas_is(page, server)]
+    page.slide("step", 1)
+    assert page.state()["step"] == 1
+    seen.append(assert_canvas_is(page, server))
+    page.slide("layer-mode", "one")
+    page.slide("layer", 2)
+    seen.append(assert_canvas_is(page, server))
+    page.slide("frame", 2)
+    seen.append(assert_canvas_is(page, server))
+    page.page.click("#groups .chip[data-group='circle']")  # two tokens, two hues
+    page.idle()
+    seen.append(assert_canvas_is(page, server))
+    page.slide("norm", "frame")
+    page.slide("alpha", 0.8)
+    seen.append(assert_canvas_is(page, server))
+    page.page.click("#groups .chip[data-group='circle']")  # back to one token, another colour map
+    page.slide("cmap", "viridis")
+    seen.append(assert_canvas_is(page, server))
+    page.page.click("#groups .chip[data-group='blue']")
+    page.slide("branch", "diff")  # cond - uncond: one token, the diverging colours
+    assert page.state()["tokens"] == ["blue"]
+    page.slide("cmap", "inferno")
+    got = page.canvas()
+    want = expected_canvas(server, {**page.state(), "cmap": "diverging"})
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 2
+    seen.append(got)
+    for a, b in zip(seen, seen[1:]):
+        assert not np.array_equal(a, b)  # every change redrew different pixels
+    assert "--layers 2" in page.page.text_content("#command")
+    assert page.errors == [] and page.message() == ""
+    page.page.close()
+
+
+def test_clicking_a_patch_shows_bars_that_sum_to_one(browser, server):
+    page = Page(browser, server.url)
+    box = page.page.locator("#canvas-0").bounding_box()
+    page.page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.6)
+    page.page.wait_for_function("window.ovi.lastPatch")
+    page.idle()
+    d = page.page.evaluate("ovi.lastPatch")
+    assert len(d["bars"]) == len(d["groups"]) and sum(d["bars"]) == pytest.approx(1.0, abs=1e-4)
+    assert "sum 1.000" in page.page.text_content("#patch-where")
+    page.page.hover("#groups .chip[data-group='blue']")  # hovering a group lights its prompt tokens
+    lit = page.page.eval_on_selector_all(".tok.hl", "els => els.map(e => e.textContent.trim())")
+    assert lit == ["blue"]
+    page.page.click("#save")
+    page.page.wait_for_function("window.ovi.lastSave", timeout=60000)
+    saved = page.page.evaluate("ovi.lastSave")
+    assert os.path.exists(saved["path"]) and page.page.text_content("#command").startswith("ovi-attn render ")
+    assert page.errors == [] and page.message() == ""
+    page.page.close()
+
+
+def test_the_grid_selects_a_layer_and_step_and_playback_advances(browser, server):
+    page = Page(browser, server.url)
+    box = page.page.locator("#grid").bounding_box()
+    cells = page.page.evaluate("ovi.gridCells")
+    page.page.mouse.click(box["x"] + cells["cw"] * 1.5, box["y"] + cells["ch"] * 2.5)  # step 1, layer 2
+    page.idle()
+    st = page.state()
+    assert (st["step"], st["layerMode"], st["layer"]) == (1, "one", 2)
+    page.page.click("#play-steps")
+    page.page.wait_for_function("ovi.state.step !== 1", timeout=5000)
+    page.page.click("#play-steps")  # stop
+    page.slide("frame", 0)
+    page.page.click("#play-frames")
+    page.page.wait_for_function("ovi.state.frame >= 4", timeout=10000)
+    page.page.click("#play-frames")
+    page.idle()
+    assert page.errors == []
+    page.page.close()
+
+
+def test_two_files_side_by_side_share_one_colour_scale(browser, capture, tmp_path):
+    other = tmp_path / "other.h5"
+    shutil.copy(capture, other)
+    with h5py.File(other, "r+") as f:  # a second run whose maps are twice as hot (through the file's encoding)
+        ds = f["text_video"]
+        enc = MAP_ENCODINGS[str(f.attrs["map_dtype"])].for_variable("text_video")
+        ds[...] = enc.encode("text_video", 2 * decode(ds.attrs, ds[...]))
+    with Server([capture, other]) as s:
+        page = Page(browser, s.url)
+        page.slide("step", 2)
+        last = page.page.evaluate("ovi.lastMaps")
+        assert last["0"]["ranges"] == last["1"]["ranges"]
+        want = []
+        for i in (0, 1):
+            _, h = s.floats("/api/map", {"file": i, "token": "a", "frame": page.state()["frame"], "step": 2})
+            want.append((float(h["X-Lo"]), float(h["X-Hi"])))
+        lo, hi = last["0"]["ranges"][0]
+        assert lo == pytest.approx(min(w[0] for w in want)) and hi == pytest.approx(max(w[1] for w in want))
+        assert "compare" in page.page.text_content("#command")
+        assert page.errors == []
+        page.page.close()
+
+
+def test_a_running_capture_gains_steps_on_the_page(browser, tmp_path):
+    ref, live = tmp_path / "ref.h5", tmp_path / "live.h5"
+    write_synthetic(ref, Synth(steps=4))
+    write_synthetic(live, Synth(steps=4, steps_done=1))
+    with Server([live]) as s:
+        page = Page(browser, s.url)
+        assert page.page.text_content("#status") == "running, step 1 of 4"
+        _grow(live, ref, 3)
+        page.page.wait_for_function("document.getElementById('status').textContent === 'running, step 3 of 4'",
+                                    timeout=10000)
+        page.page.wait_for_function("ovi.state.step === 2", timeout=10000)  # it follows the newest step
+        page.idle()
+        assert page.page.evaluate("document.getElementById('step').max") == "2"
+        assert page.errors == [] and page.message() == ""
+        page.page.close()
+
+
+def test_the_page_works_behind_the_access_key(browser, capture):
+    with Server([capture], "--host", "0.0.0.0") as s:
+        page = Page(browser, s.url.replace("0.0.0.0", "127.0.0.1"))
+        assert page.state()["tokens"] and page.errors == [] and page.message() == ""
+        page.page.close()
