@@ -287,10 +287,12 @@ def watched_writers(record: bool):
             self.watch.step_ends.append((self.watch.puts, self.queue.qsize(), time.perf_counter()))
             super().step_done(*a, **kw)
 
-        def close(self, status="complete"):
+        def close(self, status="complete", timeout=None):
             t0 = time.perf_counter()
-            super().close(status)
+            joined = super().close(status, timeout)
             self.watch.drain_seconds = time.perf_counter() - t0
+            self.watch.path = self.file.path  # created under a temporary name, renamed since
+            return joined
 
     W.AsyncCaptureWriter = Watched
     try:

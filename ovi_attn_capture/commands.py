@@ -174,9 +174,13 @@ def _print_summary(s) -> None:
             f"kinds: {', '.join(s.kinds)}; {s.maps_written} map sets written\n"
             f"clip: {s.video_frames} frames, {s.audio_seconds:.2f} s of audio; took {s.seconds:.1f} s"
             + (f"\nmp4: {s.clip_path}" if s.clip_path else ""))
+    from rich.markup import escape
+
+    from .outputs import render_hint, shell_command
+
     console.print(Panel(body, title="capture complete", expand=False))
-    console.print(f"next: [cyan]ovi-attn info {s.path}[/] or [cyan]ovi-attn render {s.path} --token "
-                  f"{s.groups[0]!s}[/]", highlight=False)
+    console.print(f"next: [cyan]{escape(shell_command('ovi-attn', 'info', s.path))}[/] or "
+                  f"[cyan]{escape(render_hint(s.path, s.groups))}[/]", highlight=False, soft_wrap=True)
 
 
 def tokens(
@@ -192,13 +196,17 @@ def tokens(
 
     run = load_prompt_file(prompt_file, _overrides(model=model, ckpt_dir=ckpt_dir, tokens=select))
     _say_notes(run)
-    encoder = _tokenizer_for(run)
-    from .text_encoder import clean_text
+    from .preflight import formatted_prompt, tokenizer_for, tokens_cut
 
-    text = clean_text(_formatted_prompt(run))
+    encoder = tokenizer_for(run)
+    text = formatted_prompt(run)
     toks = encoder.tokenize(text)
     groups = resolve_groups(run.capture.tokens, text, toks, text_len=encoder.text_len)
     render_token_table(token_table_rows(text, toks, groups), Console())
+    cut = tokens_cut(encoder, text)
+    if cut:
+        console.print(f"[yellow]note:[/] the prompt has {encoder.text_len + cut} tokens; the text encoder reads "
+                      f"{encoder.text_len}, so the last {cut} are cut (not shown, never seen by the model).")
 
 
 def _say_notes(run) -> None:
@@ -210,37 +218,14 @@ def _check_token_indices(run) -> None:
     """Token-index selections ('#5', 5-9) against the prompt's real token count, with the
     tokenizer only (cheap), so a wrong index fails before the model loads, in the same words
     as `ovi-attn tokens`."""
+    from .preflight import formatted_prompt, tokenizer_for
     from .token_groups import _parse_selection, resolve_groups
 
     if not any(_parse_selection(s).what == "index" for s in run.capture.tokens):
         return
-    encoder = _tokenizer_for(run)
-    from .text_encoder import clean_text
-
-    text = clean_text(_formatted_prompt(run))
+    encoder = tokenizer_for(run)
+    text = formatted_prompt(run)
     resolve_groups(run.capture.tokens, text, encoder.tokenize(text), text_len=encoder.text_len)
-
-
-def _formatted_prompt(run) -> str:
-    if run.model in ("tiny", "toy"):
-        return run.prompt
-    from .checkpoints import MODELS
-
-    return MODELS[run.model].format_prompt(run.prompt)
-
-
-def _tokenizer_for(run):
-    from .text_encoder import TextEncoder
-
-    if run.model == "tiny":
-        return TextEncoder.tiny()
-    if run.model == "toy":
-        from .toy.components import toy_tokenizer_only
-
-        return toy_tokenizer_only()
-    if not run.ckpt_dir:
-        raise UserError(f"model {run.model} needs `ckpt_dir:` to find its tokenizer; set it or pass --ckpt-dir.")
-    return TextEncoder.tokenizer_only(run.ckpt_dir)
 
 
 def register(app: typer.Typer) -> None:

@@ -73,6 +73,7 @@ class CaptureProbe:
         self._branch_pos = {b: i for i, b in enumerate(plan.branches)}
         self.active: tuple[int, int, str] | None = None  # (step pos, branch pos, branch name)
         self.maps_written = 0
+        self.stop_check = None  # called at every cross-attention: raises to stop at a layer boundary
 
     def begin_pass(self, step: int, branch: str) -> bool:
         """Called before each model evaluation; returns whether this pass is captured."""
@@ -125,6 +126,8 @@ class CaptureProbe:
 
     @torch.no_grad()
     def on_text_attention(self, where, q, k, lse) -> None:
+        if self.stop_check is not None:
+            self.stop_check()
         found = self.text_target(where)
         if found is None:
             return
@@ -134,6 +137,8 @@ class CaptureProbe:
 
     @torch.no_grad()
     def on_fusion_attention(self, where, q, k, lse, k_lens) -> None:
+        if self.stop_check is not None:
+            self.stop_check()
         tower, layer = where
         target = self._target(layer)
         if target is None:

@@ -253,7 +253,7 @@ def render(cap: Capture | str | os.PathLike, view: str = "steps", out=None, *, f
     the picture back as uint8 [H, W, 3] (PNG views) or [N, H, W, 3] (animations) without
     keeping a file. Returns the path written when out is given."""
     from . import views
-    from .commands import output_path
+    from .commands import output_path, render_file
 
     names = {f.name for f in fields(views.Options)} - {"view", "tokens"}
     unknown = sorted(set(options) - names - {"token"})
@@ -271,14 +271,17 @@ def render(cap: Capture | str | os.PathLike, view: str = "steps", out=None, *, f
     try:
         if out is not None:
             target = output_path([cap.file], o, Path(out), format, force, allowed)
-            drawn = views.render(cap.file, o, target)
+            drawn = render_file(cap.file, o, target)
             return drawn.paths[0] if len(drawn.paths) == 1 else drawn.paths
         raster = [x for x in allowed if x in ("gif", "png")]
         if not raster:
             raise UserError(f"--view {o.view} draws no raster picture; give out= to write its file.")
         with tempfile.TemporaryDirectory(prefix="ovi-attn-render-") as tmp:
             path = os.path.join(tmp, f"picture.{format or raster[0]}")
-            views.render(cap.file, o, path)
+            from .reader import reading
+
+            with reading(cap.path):
+                views.render(cap.file, o, path)
             return _read_picture(path)
     finally:
         if owned:

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 app = typer.Typer(
     name="ovi-attn",
@@ -82,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if debug:
             err_console.print_exception()
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        return 2
+        colour = "yellow" if isinstance(e, Interrupted) else "red"
+        err_console.print(f"[bold {colour}]{e.label}:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        return e.exit_code
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         return 130

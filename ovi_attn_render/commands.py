@@ -160,31 +160,43 @@ def _compare_pictures(paths: list[str], titles: list[str], out: str, fps: float)
         draw.write_png(out, frame_at(count - 1))
 
 
-def _render_then_move(render, cap, opts, target: str):
-    """Draw into a temporary folder beside `target`, then move what was drawn into place:
-    a read that fails half-way (a damaged map or frame) leaves no partial picture and no
-    damaged earlier output."""
-    folder = os.path.dirname(os.path.abspath(target))
-    with tempfile.TemporaryDirectory(prefix=".ovi-attn-render-", dir=folder) as tmp:
-        drawn = render(cap, opts, os.path.join(tmp, os.path.basename(target)))
-        moved = []
-        for p in drawn.paths:
-            final = os.path.join(os.path.dirname(target), os.path.relpath(p, tmp))  # as the user wrote it
-            if os.path.isdir(p):  # the mask export's frame PNGs
-                from .masks import move_export_folder
+def render_file(cap, opts, target: str):
+    """views.render into `target`, atomically (a temporary name beside it, renamed when
+    whole: a kill or an error never leaves a torn or 0-byte picture, --force never loses
+    the old one), with HDF5 read errors as one sentence naming the file."""
+    from . import atomic, views
+    from .reader import reading
 
-                move_export_folder(p, final)
-            else:
-                os.replace(p, final)
-            moved.append(final)
-        drawn.paths = moved
+    with reading(cap.path), atomic.replacing(target) as tmp:
+        drawn = views.render(cap, opts, tmp)
+        # Side files a view names after its output (mask: `<out>_area.png`) take the final name too.
+        tmp_stem, target_stem = os.path.splitext(tmp)[0], os.path.splitext(target)[0]
+        paths = []
+        for p in drawn.paths:
+            if p != tmp and p.startswith(tmp_stem):
+                final = target_stem + p[len(tmp_stem):]
+                if os.path.isdir(p):  # the mask export's frame PNGs: earlier frames go, a user's files stay
+                    from .masks import move_export_folder
+
+                    move_export_folder(p, final)
+                else:
+                    os.replace(p, final)
+                p = final
+            paths.append(target if p == tmp else p)
+    drawn.paths = paths
     return drawn
+
+
+def _say_state(cap) -> None:
+    """One line for a capture whose status says running: is its writer alive or dead?"""
+    if cap.status == "running":
+        err.print(f"[yellow]note:[/] {Path(cap.path).name} is {cap.state()}.")
 
 
 def run_render(paths: list[Path], opts, out: Optional[Path], fmt: Optional[str], force: bool) -> list[str]:
     """Render one capture, or two side by side (compare). Returns the paths written."""
-    from . import views
-    from .reader import open_capture
+    from . import atomic, views
+    from .reader import open_capture, reading
 
     views.check_options(opts)
     allowed = views.VIEW_FORMATS[opts.view]
@@ -200,8 +212,10 @@ def run_render(paths: list[Path], opts, out: Optional[Path], fmt: Optional[str],
                 views.canonical(cap, opts, (fmt or allowed[0]).lower().lstrip("."))
         target = output_path(caps, opts, out, fmt, force, allowed)
         notes: set = set()
+        for cap in caps:
+            _say_state(cap)
         if len(caps) == 1:
-            drawn = _render_then_move(views.render, caps[0], opts, target)
+            drawn = render_file(caps[0], opts, target)
             _print_result(drawn, notes)
             for p in drawn.paths:
                 console.print(f"[green]wrote[/] {p}", soft_wrap=True)  # a path is never wrapped
@@ -211,12 +225,13 @@ def run_render(paths: list[Path], opts, out: Optional[Path], fmt: Optional[str],
         with tempfile.TemporaryDirectory(prefix="ovi-attn-compare-") as tmp:
             sides = []
             for k, cap in enumerate(caps):
-                with _in_file(cap, compare):
+                with _in_file(cap, compare), reading(cap.path):
                     drawn = views.render(cap, opts, os.path.join(tmp, f"side{k}{ext}"))
                 _print_result(drawn, notes)
                 console.print(f"  {Path(cap.path).name}: drew {drawn.summary}")
                 sides.append(drawn.paths[0])
-            _compare_pictures(sides, [Path(c.path).name for c in caps], target, opts.fps or 8.0)
+            with atomic.replacing(target) as part:
+                _compare_pictures(sides, [Path(c.path).name for c in caps], part, opts.fps or 8.0)
         console.print(f"[green]wrote[/] {target}", soft_wrap=True)
         return [target]
     finally:
@@ -281,26 +296,35 @@ def _make_render_command(compare: bool):
 
 
 # ---------------------------------------------------------------------- info
+def _seconds(v) -> str:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return "not finished"
+    return f"{x:.1f} s" if x == x else "not finished"  # NaN until the capture finishes
+
+
 def info(path: Path = typer.Argument(..., help="The capture file (.h5)."),
          tokens: bool = typer.Option(True, "--tokens/--no-tokens", help="Print the token table.")) -> None:
     """Print what a capture holds: prompt, model, sizes, status, captured maps, tokens."""
+    from rich.markup import escape
     from rich.table import Table
 
-    from .reader import open_capture
+    from .reader import open_capture, reading
     from .selection import describe_values
     from .units import format_bytes
 
-    with open_capture(path) as cap:
+    with open_capture(path) as cap, reading(cap.path):
         a = cap.attrs
         F, h, w = cap.grid
-        status = cap.status + (f" ({cap.steps_done} of {len(cap.steps)} captured steps written)" if cap.partial
-                               else f" ({cap.steps_done} steps)")
+        status = cap.state() + (f" ({cap.steps_done} of {len(cap.steps)} captured steps written)" if cap.partial
+                                else f" ({cap.steps_done} steps)")
         colour = "green" if not cap.partial else "yellow"
         t = Table(show_header=False, box=None, pad_edge=False)
         t.add_column(style="bold")
         t.add_column()
         rows = [
-            ("file", f"{cap.path} ({format_bytes(os.path.getsize(cap.path))})"),
+            ("file", f"{escape(cap.path)} ({format_bytes(os.path.getsize(cap.path))})"),
             ("status", f"[{colour}]{status}[/]"),
             ("format", _describe_format(cap)),
             ("prompt", str(a.get("prompt", ""))),
@@ -319,10 +343,13 @@ def info(path: Path = typer.Argument(..., help="The capture file (.h5)."),
                       f"{describe_values(cap.readable_steps)})"),
             ("layers", f"{describe_values(cap.layers)} of {a.get('num_layers', '?')}"),
             ("groups", ", ".join(f"{g}" for g in cap.groups)),
-            ("generation", f"{float(a['generation_seconds']):.1f} s" if a.get("generation_seconds") not in (None, "")
-             else "not finished"),
+            ("generation", _seconds(a.get("generation_seconds"))),
             ("started", f"{a.get('started_at', '?')}  finished {a.get('finished_at', '') or '-'}"),
         ]
+        cut = int(a.get("text_tokens_cut", 0) or 0)
+        if cut:
+            rows.insert(3, ("prompt cut", f"[yellow]the last {cut} tokens were past the text encoder's limit; "
+                                          f"the model never saw them[/]"))
         if cap.partial:
             rows.append(("note", "[yellow]partial capture: render draws the steps written; the decoded clip "
                                  "is missing until the capture finishes.[/]"))

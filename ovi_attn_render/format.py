@@ -21,11 +21,16 @@ Design choices (see FORMAT.md for the why):
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import h5py
 import numpy as np
+
+from .liveness import process_start_ticks
 
 FORMAT_NAME = "ovi-attn-capture"
 FORMAT_VERSION = 2
@@ -389,19 +394,49 @@ def _attr_value(v):
     return v
 
 
+# Lifecycle attributes: made with the file and rewritten in place (attrs.modify), the
+# numbers in their own bytes; the strings are a few bytes of HDF5's global heap. Readers
+# tell a live writer from a dead one by host, pid and heartbeat.
+LIFECYCLE_SLOTS = {  # name -> (dtype, initial value)
+    "status": (h5py.string_dtype(), "running"),
+    "steps_done": (np.int64, 0),
+    "heartbeat": (np.float64, 0.0),  # Unix time of the last flush
+    "writer_pid": (np.int64, 0),
+    "writer_start_ticks": (np.int64, 0),  # the pid's start time (/proc, clock ticks): pid reuse shows
+    "finished_at": (h5py.string_dtype(), ""),
+    "generation_seconds": (np.float64, np.nan),
+    "load_seconds": (np.float64, np.nan),
+}
+
+
 class CaptureFileWriter:
     """Creates a capture file and writes into it; synchronous and torch-free.
 
     Capture wraps it in a background thread (ovi_attn_capture.writer); tests and
-    benchmarks use it directly to write synthetic captures.
+    benchmarks use it directly to write synthetic captures. `fill=False` skips writing the
+    fill values at creation (the same allocation and size, a sparse file: for tests of the
+    size estimate at real scale).
     """
 
-    def __init__(self, path, layout: CaptureLayout):
+    def __init__(self, path, layout: CaptureLayout, *, fill: bool = True):
         self.path = str(path)
         self.layout = layout
+        self.fill = fill
         self.f = h5py.File(self.path, "w", libver="earliest", locking=False)  # readers may follow the run
-        self._create(layout)
-        self.f.flush()
+        try:
+            self._create(layout)
+            self.heartbeat()
+        except BaseException:
+            self.abandon()
+            raise
+
+    def abandon(self) -> None:
+        """Close after a failure (a full disk at creation, say) without raising again, so
+        nothing is left for a destructor to trip over at exit."""
+        try:
+            self.f.close()
+        except Exception:  # noqa: BLE001 - the first error is the one reported
+            pass
 
     # ------------------------------------------------------------------ creation
     def _scale(self, name: str, data=None, size: int | None = None, dtype=None, **attrs):
@@ -440,7 +475,7 @@ class CaptureFileWriter:
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
         if v.early:
             dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-            dcpl.set_fill_time(h5py.h5d.FILL_TIME_ALLOC)
+            dcpl.set_fill_time(h5py.h5d.FILL_TIME_ALLOC if self.fill else h5py.h5d.FILL_TIME_NEVER)
         comp = {"compression": "gzip", "compression_opts": v.deflate, "shuffle": True} if v.deflate else {}
         return self._var(v.name, v.dims, shape=v.shape, dtype=v.dtype, chunks=v.chunks, fillvalue=v.fill,
                          fletcher32=v.checksum, dcpl=dcpl, attrs=v.attrs, **comp)
@@ -450,8 +485,11 @@ class CaptureFileWriter:
         F, h, w = L.grid
         f.attrs["format"] = FORMAT_NAME
         f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["status"] = "running"
-        f.attrs["steps_done"] = 0
+        for name, (dtype, value) in LIFECYCLE_SLOTS.items():
+            f.attrs.create(name, value, dtype=dtype)
+        f.attrs["writer_host"] = socket.gethostname()
+        f.attrs.modify("writer_pid", os.getpid())
+        f.attrs.modify("writer_start_ticks", process_start_ticks(os.getpid()))
         f.attrs["num_steps"] = L.num_steps
         f.attrs["num_layers"] = L.num_layers
         f.attrs["video_grid"] = np.array(L.grid, dtype=np.int64)
@@ -465,8 +503,7 @@ class CaptureFileWriter:
         f.attrs["kinds"] = ",".join(L.kinds)
         f.attrs["map_dtype"] = L.map_dtype
         f.attrs["checksums"] = "fletcher32" if L.checksums else "none"
-        for k, v in L.attrs.items():
-            f.attrs[k] = _attr_value(v)
+        self.set_attrs(**L.attrs)
         for k, v in cf_global_attrs(L).items():
             f.attrs[k] = v
 
@@ -554,8 +591,13 @@ class CaptureFileWriter:
 
     def finish_step(self, steps_done: int) -> None:
         """Mark the first `steps_done` captured steps complete and push everything to disk."""
-        self.f.flush()
-        self.f.attrs["steps_done"] = steps_done
+        self.f.flush()  # the maps first: steps_done must never promise bytes not yet written
+        self.f.attrs.modify("steps_done", steps_done)
+        self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """Record that the writer is alive, and flush."""
+        self.f.attrs.modify("heartbeat", time.time())
         self.f.flush()
 
     def write_video(self, frames: np.ndarray) -> None:
@@ -567,10 +609,15 @@ class CaptureFileWriter:
 
     def set_attrs(self, **attrs) -> None:
         for k, v in attrs.items():
-            self.f.attrs[k] = _attr_value(v)
+            if k in LIFECYCLE_SLOTS:  # in place, keeping the slot's type
+                self.f.attrs.modify(k, v)
+            else:
+                self.f.attrs[k] = _attr_value(v)
 
     def close(self, status: str = "complete") -> None:
         if self.f.id.valid:
-            self.f.attrs["status"] = status
-            self.f.flush()
-            self.f.close()
+            try:
+                self.f.attrs.modify("status", status)
+                self.heartbeat()
+            finally:
+                self.f.close()

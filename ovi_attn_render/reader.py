@@ -17,9 +17,41 @@ from typing import Sequence
 import h5py
 import numpy as np
 
+from contextlib import contextmanager
+
 from .errors import UserError
 from .format import BRANCHES, FORMAT_NAME, FORMAT_VERSION, MAP_DIMS, READABLE_VERSIONS, decode, latent_frame_of
+from .liveness import describe_writer
 from .selection import describe_values
+
+
+class Damaged(ValueError):
+    """Part of the file is not what the format says (a wrong type, shape or value)."""
+
+
+def _scalar(attrs: dict, name: str, kind=int, default=None, minimum=None):
+    """Attribute `name` as one int or float, or Damaged naming what is wrong with it."""
+    if name not in attrs:
+        if default is None:
+            raise Damaged(f"attribute {name} is missing")
+        return default
+    v = np.asarray(attrs[name])
+    if v.size != 1 or v.dtype.kind not in ("i", "u", "f", "b"):
+        raise Damaged(f"attribute {name} should be one number, not {attrs[name]!r}"[:200])
+    x = v.reshape(()).item()
+    if kind is int and float(x) != int(x):
+        raise Damaged(f"attribute {name} should be a whole number, not {x!r}")
+    x = kind(x)
+    if minimum is not None and not x >= minimum:
+        raise Damaged(f"attribute {name} is {x}, below its minimum {minimum}")
+    return x
+
+
+def _grid(attrs: dict) -> tuple[int, int, int]:
+    v = np.asarray(attrs.get("video_grid", []))
+    if v.shape != (3,) or v.dtype.kind not in ("i", "u") or (v < 1).any():
+        raise Damaged(f"attribute video_grid should be 3 positive whole numbers [F, h, w], not {v.tolist()!r}"[:200])
+    return tuple(int(x) for x in v)
 
 
 def _text(v) -> str:
@@ -72,7 +104,7 @@ class Capture:
         self.format_version: int = int(self.attrs.get("format_version", 1))
         self.status: str = str(self.attrs.get("status", "running"))
         self.steps = np.asarray(f["step"][...], np.int64)
-        self.steps_done: int = int(min(int(self.attrs.get("steps_done", 0)), len(self.steps)))
+        self.steps_done: int = int(min(_scalar(self.attrs, "steps_done", default=0, minimum=0), len(self.steps)))
         self.partial: bool = self.status != "complete" or self.steps_done < len(self.steps)
         self.timesteps = np.asarray(f["timestep"][...], np.float64)  # NaN where not yet written
         self.sigmas = np.asarray(f["sigma"][...], np.float32)
@@ -84,19 +116,41 @@ class Capture:
         self.branches: list[str] = read_strings(f["branch_label" if self.format_version >= 2 else "branch"])
         self.heads = np.asarray(f["head"][...], np.int64)
         self.heads_mode: str = str(self.attrs.get("heads", "mean"))
-        self.grid: tuple[int, int, int] = tuple(int(v) for v in self.attrs["video_grid"])
-        self.audio_tokens: int = int(self.attrs.get("audio_tokens", 0))
+        self.grid: tuple[int, int, int] = _grid(self.attrs)
+        self.audio_tokens: int = _scalar(self.attrs, "audio_tokens", default=0, minimum=0)
         self.kinds: list[str] = [k for k in str(self.attrs.get("kinds", "")).split(",") if k]
         self.has_video: bool = "video" in f
         self.has_audio: bool = "audio" in f
-        self.fps: float = float(self.attrs.get("fps", 24.0))
-        self.stride: int = int(self.attrs.get("pixel_frame_stride", 4))
-        self.sample_rate: int = int(self.attrs.get("audio_sample_rate", 16000))
-        self.samples_per_token: int = int(self.attrs.get("audio_samples_per_token", 512))
+        self.fps: float = _scalar(self.attrs, "fps", float, default=24.0, minimum=1e-3)
+        self.stride: int = _scalar(self.attrs, "pixel_frame_stride", default=4, minimum=1)
+        self.sample_rate: int = _scalar(self.attrs, "audio_sample_rate", default=16000, minimum=1)
+        self.samples_per_token: int = _scalar(self.attrs, "audio_samples_per_token", default=512, minimum=1)
         F = self.grid[0]
         self.num_pixel_frames: int = int(f["video"].shape[0]) if self.has_video else 1 + self.stride * (F - 1)
         # The decoded clip is written after the last step; before that it is all zeros.
         self.clip_written: bool = self.status == "complete"
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """Every map variable's shape must match the coordinates and the grid it is read by."""
+        F, h, w = self.grid
+        sizes = {"branch": len(self.branches), "step": len(self.steps), "layer": len(self.layers),
+                 "token": len(self.groups), "head": len(self.heads), "frame": F, "y": h, "x": w,
+                 "audio_time": self.audio_tokens}
+        for var in self.variables():
+            want = tuple(sizes[d] for d in MAP_DIMS[var])
+            if tuple(self.f[var].shape) != want:
+                raise Damaged(f"{var} has shape {tuple(self.f[var].shape)}, but its coordinates and video_grid "
+                              f"say {want}")
+        if self.has_video and (len(self.f["video"].shape) != 4 or self.f["video"].shape[3] != 3):
+            raise Damaged(f"video has shape {tuple(self.f['video'].shape)}, not [frames, H, W, 3]")
+
+    def state(self) -> str:
+        """How the capture stands: complete, interrupted, failed..., or for `running` whether its
+        writer lives: "running, last write 3 s ago" / "stopped without finishing (...)"."""
+        if self.status != "running":
+            return self.status
+        return describe_writer(self.attrs)[1]
 
     # ----------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -344,7 +398,7 @@ def open_capture(path) -> Capture:
         f.close()
         raise UserError(f"{name} is an HDF5 file but not an ovi-attn capture (format attribute "
                         f"{fmt or 'missing'}); give a file written by `ovi-attn capture`.")
-    version = int(f.attrs.get("format_version", 0))
+    version = _version_of(f, name)
     if version not in READABLE_VERSIONS and version < FORMAT_VERSION:
         f.close()
         raise UserError(f"{name} has capture format version {version}, which this ovi-attn does not read "
@@ -355,9 +409,33 @@ def open_capture(path) -> Capture:
                         f"({FORMAT_VERSION}); upgrade ovi-attn.")
     try:
         return Capture(path, f)
-    except (KeyError, OSError, ValueError) as e:
+    except Damaged as e:
         f.close()
-        raise UserError(f"{name} is missing part of the capture layout ({e}); the file is damaged.") from None
+        raise UserError(f"{name} is damaged: {e}; capture it again or restore the file.") from None
+    except (KeyError, OSError, ValueError, TypeError, RuntimeError) as e:
+        f.close()
+        raise UserError(f"{name} is missing part of the capture layout or cannot be read "
+                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); the file is damaged.") from None
 
 
-__all__ = ["Capture", "open_capture", "read_hyperslab", "BRANCHES"]
+def _version_of(f: h5py.File, name: str) -> int:
+    try:
+        return _scalar({k: f.attrs[k] for k in ("format_version",) if k in f.attrs}, "format_version", default=0,
+                       minimum=0)
+    except Damaged as e:
+        f.close()
+        raise UserError(f"{name} is damaged: {e}; capture it again or restore the file.") from None
+
+
+@contextmanager
+def reading(path: str):
+    """Turn an HDF5 read error anywhere inside (any view, info) into one sentence naming the file."""
+    try:
+        yield
+    except (OSError, KeyError, RuntimeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{os.path.basename(str(path))} could not be read ({first}); the file is damaged or "
+                        f"truncated: capture it again or restore it.") from None
+
+
+__all__ = ["Capture", "open_capture", "read_hyperslab", "reading", "BRANCHES"]

@@ -147,7 +147,7 @@ def test_a_capture_killed_at_any_point_leaves_a_readable_partial_file(tmp_path):
                                  str(out), "--no-progress"], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:
-            deadline = time.time() + 120
+            deadline = time.time() + 600  # a loaded machine can take minutes to get there
             while _steps_done(out) < target and time.time() < deadline and proc.poll() is None:
                 time.sleep(0.01)
             time.sleep(rng.uniform(0.0, 0.2))
@@ -156,9 +156,10 @@ def test_a_capture_killed_at_any_point_leaves_a_readable_partial_file(tmp_path):
             proc.wait()
         with h5py.File(out, "r") as f, h5py.File(full, "r") as ref:
             done = int(f.attrs["steps_done"])
-            assert f.attrs["status"] in ("running", "complete")
+            status = f.attrs["status"]
+            assert status in ("running", "complete")
             assert done >= target
-            partial += f.attrs["status"] == "running"
+            partial += status == "running"
             for var in ("text_video", "text_audio", "video_audio", "audio_video"):
                 step_axis = MAP_DIMS[var].index("step")
                 sl = (slice(None),) * step_axis + (slice(0, done),)

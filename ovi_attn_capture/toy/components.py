@@ -37,6 +37,22 @@ def model_facts() -> dict:
     return {"num_layers": layers, "native_size": NATIVE_SIZE, "default_slg_layer": DEFAULT_SLG_LAYER}
 
 
+def toy_configs(folder: Path = TOY_DIR) -> tuple[dict, dict]:
+    """The towers' configs from the fusion file's metadata (the weights are not read)."""
+    from safetensors import safe_open
+
+    path = toy_files(folder)["fusion"]
+    if not path.is_file():
+        raise UserError(f"the toy model's file {path} is missing; train it with "
+                        f"`python -m ovi_attn_capture.toy.train` or restore data/toy/ from the repository.")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "video_config" not in meta or "audio_config" not in meta:
+        raise UserError(f"{path} has no tower configs in its metadata; retrain it with "
+                        f"`python -m ovi_attn_capture.toy.train`.")
+    return json.loads(meta["video_config"]), json.loads(meta["audio_config"])
+
+
 def toy_files(folder: Path = TOY_DIR) -> dict[str, Path]:
     return {"fusion": folder / "toy.safetensors", "text_encoder": folder / "text_encoder.safetensors",
             "tokenizer": folder / "tokenizer.json"}
