@@ -70,7 +70,7 @@ def test_free_space_check_with_an_injected_small_disk(monkeypatch, tmp_path, cap
     monkeypatch.setattr(outputs.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
     prompt = write_toy_prompt(tmp_path, steps=4)
     assert main(["capture", str(prompt), "-o", str(tmp_path / "run.h5"), "--no-progress"]) == 2
-    assert "has 1.0 KB free" in capsys.readouterr().err and not (tmp_path / "run.h5").exists()
+    assert "has 1.0 kB free" in capsys.readouterr().err and not (tmp_path / "run.h5").exists()
 
 
 def test_a_disk_that_fills_before_creation_is_one_sentence_and_leaves_nothing(small_fs, tmp_path):
