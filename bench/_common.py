@@ -255,7 +255,7 @@ def synthetic_layout(spec: SyntheticSpec):
     """A CaptureLayout whose prompt is the spec's words, one token each, then EOS."""
     import numpy as np
 
-    from ovi_attn_render.format import CaptureLayout, TokenRow
+    from ovi_attn_render.contract.format import CaptureLayout, TokenRow
 
     words = spec.words
     text = " ".join(w.split("#")[0] for w in words)
@@ -331,7 +331,7 @@ def write_synthetic_capture(path: str | Path, spec: SyntheticSpec = REAL, fsync:
     the page cache (and lets a cold-cache reader evict the file)."""
     import numpy as np
 
-    from ovi_attn_render.format import CaptureFileWriter, big_variables, estimate_bytes
+    from ovi_attn_render.contract.format import CaptureFileWriter, big_variables, estimate_bytes
 
     layout = synthetic_layout(spec)
     base = smooth_maps(spec)
@@ -375,7 +375,7 @@ def expected_map(spec: SyntheticSpec, group: int, step: int, layer: int):
     the float32 map written, through the encoding and back. [F, h, w] float32."""
     import numpy as np
 
-    from ovi_attn_render.format import MAP_ENCODINGS, decode
+    from ovi_attn_render.contract.format import MAP_ENCODINGS, decode
 
     base = smooth_maps(spec)
     amp = np.random.default_rng(1).uniform(0.5, 1.5, size=(spec.steps, spec.layers, spec.groups, 1, 1, 1, 1))
@@ -402,7 +402,7 @@ STEP_MAJOR_DIMS = ("branch", "step", "layer", "token", "head", "frame", "y", "x"
 def set_text_video_dims(dims: Sequence[str]) -> tuple[str, ...]:
     """Write or read text_video in another dimension order (a layout experiment): patches
     format.MAP_DIMS, which the writer and the reader both follow. Returns the old order."""
-    from ovi_attn_render import format as fmt
+    from ovi_attn_render.contract import format as fmt
 
     saved = fmt.MAP_DIMS["text_video"]
     if sorted(dims) != sorted(saved) or tuple(dims[-2:]) != ("y", "x"):

@@ -69,7 +69,7 @@ class Size:
     tiny: bool = False
 
     def configs(self) -> tuple[dict, dict]:
-        from ovi_attn_capture.model import released_configs, tiny_configs
+        from ovi_attn_capture.model.fusion import released_configs, tiny_configs
 
         video, audio = tiny_configs() if self.tiny else released_configs()
         for c in (video, audio):
@@ -111,7 +111,7 @@ def materialised_softmax(q, k):
 def materialising_forward(self, x, context, own_rope=None, target=None):
     """CrossAttention.forward as the original approach ran it: the text attention through
     the materialised matrix (the fusion attention unchanged). Mirrors model.CrossAttention."""
-    from ovi_attn_capture.attention import attention
+    from ovi_attn_capture.model.attention import attention
 
     q = self.heads(self.norm_q(self.q(x)))  # [B, Lq, H, D]
     k = self.heads(self.norm_k(self.k(context)))  # [B, 512, H, D]
@@ -134,7 +134,7 @@ def materialising_probe_class():
     """A CaptureProbe that reduces the full probability matrix (built lazily: imports torch)."""
     import torch
 
-    from ovi_attn_capture.probe import CaptureProbe
+    from ovi_attn_capture.probe.probe import CaptureProbe
 
     class MaterialisingProbe(CaptureProbe):
         @torch.no_grad()
@@ -159,8 +159,8 @@ class Bench:
     def __init__(self, size: Size, steps: int, groups: int, device: str, seed: int = 0):
         import torch
 
-        from ovi_attn_capture.generate import SamplerSettings, Texts
-        from ovi_attn_capture.model import build_random
+        from ovi_attn_capture.sampling.generate import SamplerSettings, Texts
+        from ovi_attn_capture.model.fusion import build_random
 
         torch.manual_seed(seed)
         self.size, self.steps, self.groups, self.device = size, steps, groups, torch.device(device)
@@ -187,9 +187,9 @@ class Bench:
         """The probe's plan for the cond branch: word g is token g, EOS the last real token."""
         import torch
 
-        from ovi_attn_capture.capture import transfer_dtype
-        from ovi_attn_capture.probe import CapturePlan, key_groups
-        from ovi_attn_render.format import DEFAULT_MAP_ENCODING
+        from ovi_attn_capture.pipeline.capture import transfer_dtype
+        from ovi_attn_capture.probe.probe import CapturePlan, key_groups
+        from ovi_attn_render.contract.format import DEFAULT_MAP_ENCODING
 
         n_words = self.groups - 2
         members = [[g] for g in range(n_words)] + [[n_words], []]  # words, <eos>, <pad>
@@ -209,10 +209,10 @@ class Bench:
         """Generate once in `mode`; returns seconds, final latents, the file, GPU peak."""
         import torch
 
-        from ovi_attn_capture.generate import sample
-        from ovi_attn_capture.model import CrossAttention
-        from ovi_attn_capture.probe import CaptureProbe
-        from ovi_attn_capture.writer import AsyncCaptureWriter
+        from ovi_attn_capture.sampling.generate import sample
+        from ovi_attn_capture.model.fusion import CrossAttention
+        from ovi_attn_capture.probe.probe import CaptureProbe
+        from ovi_attn_capture.pipeline.writer import AsyncCaptureWriter
 
         settings = self.settings if steps is None else type(self.settings)(**{**asdict(self.settings), "steps": steps})
         if self.device.type == "cuda":
@@ -273,7 +273,7 @@ def first_map_difference(ours_path: str, naive_path: str) -> float:
     import h5py
     import numpy as np
 
-    from ovi_attn_render.format import decode
+    from ovi_attn_render.contract.format import decode
 
     with h5py.File(ours_path, "r") as a, h5py.File(naive_path, "r") as b:
         x = decode(a["text_video"].attrs, a["text_video"][0, :, :, 0, 0])  # [token, frame, head, y, x]
@@ -520,7 +520,7 @@ def report(results: list[SizeResult], facts: dict, versions: dict) -> list[str]:
 def versions(device: str) -> str:
     import torch
 
-    from ovi_attn_capture import attention
+    from ovi_attn_capture.model import attention
 
     v = f"torch {torch.__version__}, {torch.get_num_threads()} threads, attention backend {attention.backend_for(device)}"
     if device.startswith("cuda"):

@@ -63,7 +63,7 @@ def encoding_error(path: str, spec: C.SyntheticSpec) -> float:
     """max |read - float32 written| over every group's maps at the last step and layer."""
     import numpy as np
 
-    from ovi_attn_render.reader import open_capture
+    from ovi_attn_render.contract.reader import open_capture
 
     worst = 0.0
     with open_capture(path) as cap:
@@ -83,7 +83,7 @@ def xarray_selection(path: str, frame: int, netcdf_legal: bool) -> dict:
 
     import xarray as xr
 
-    from ovi_attn_render.format import DASK_CHUNKS
+    from ovi_attn_render.contract.format import DASK_CHUNKS
 
     out = {}
     ways = [("no dask", {"engine": "h5netcdf"}), ("chunks={}", {"engine": "h5netcdf", "chunks": {}}),
@@ -119,9 +119,9 @@ def measure(name: str, spec: C.SyntheticSpec, tmp: str, repeat: int) -> Candidat
         cpu[cmd.name] = C.median([r.cpu_seconds for r in runs])
         if cmd.subset_bytes:
             ratio[cmd.name] = R.count_reads(cmd, path, tmp)["bytes_read"] / cmd.subset_bytes
-    from ovi_attn_render.format import latent_frame_of
+    from ovi_attn_render.contract.format import latent_frame_of
 
-    from ovi_attn_render.format import MAP_ENCODINGS
+    from ovi_attn_render.contract.format import MAP_ENCODINGS
 
     xs = xarray_selection(path, int(latent_frame_of(pixel_frame)), MAP_ENCODINGS[enc].netcdf)
     os.remove(path)

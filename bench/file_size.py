@@ -34,7 +34,7 @@ def check_readback(stats: C.WriteStats, spec: C.SyntheticSpec) -> float:
     Returns the map's max |stored - float32| (the encoding's error)."""
     import numpy as np
 
-    from ovi_attn_render.reader import open_capture
+    from ovi_attn_render.contract.reader import open_capture
 
     expected, exact = C.expected_map(spec, 0, spec.steps - 1, spec.layers - 1)  # group 0, last step and layer
     with open_capture(stats.path) as cap:

@@ -102,7 +102,7 @@ class Report:
 
 def kernels(device: str) -> dict:
     """name -> fn(q, k, v, k_lens) -> (out, lse) or None where the kernel cannot take the case."""
-    from ovi_attn_capture import attention as A
+    from ovi_attn_capture.model import attention as A
 
     def call(fn, takes_mask=True):
         def run(q, k, v, k_lens):
@@ -204,7 +204,7 @@ def check_backends_and_maps(report: Report, shapes: Shapes, device: str, section
 def text_groups(shapes: Shapes, device):
     """Groups of the text keys as capture forms them: single words, a two-token word,
     <eos>, and <pad> (all the identical padding keys, one representative in the probe)."""
-    from ovi_attn_capture.probe import key_groups
+    from ovi_attn_capture.probe.probe import key_groups
 
     n = shapes.text_real
     members = [[j] for j in range(n - 3)] + [[n - 3, n - 2], [n - 1], []]  # words, a 2-token word, <eos>, <pad>
@@ -230,7 +230,7 @@ def brute_force_maps(kind: str, p, shapes: Shapes) -> dict:
 
 def captured_maps(kind, q, k, lse, k_lens, shapes: Shapes, truth: dict) -> dict:
     """What the probe's functions make of this kernel's lse, beside the brute-force maps."""
-    from ovi_attn_capture import maps
+    from ovi_attn_capture.probe import maps
 
     if kind == "text":
         kg, _ = text_groups(shapes, q.device)
@@ -262,7 +262,7 @@ def watched_writers(record: bool):
     """Every AsyncCaptureWriter made inside the block reports to a _Watch (yielded list);
     with record=True each map is also copied to the host synchronously, to compare with
     what the asynchronous pinned copy put in the file."""
-    from ovi_attn_capture import writer as W
+    from ovi_attn_capture.pipeline import writer as W
 
     base = W.AsyncCaptureWriter
     watches: list[_Watch] = []
@@ -306,7 +306,7 @@ def file_matches_copies(watch: _Watch) -> tuple[int, int]:
     import h5py
     import numpy as np
 
-    from ovi_attn_render.format import MAP_DIMS, MAP_ENCODINGS, VALUE_DIMS, decode
+    from ovi_attn_render.contract.format import MAP_DIMS, MAP_ENCODINGS, VALUE_DIMS, decode
 
     same = 0
     with h5py.File(watch.path, "r") as f:

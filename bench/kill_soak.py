@@ -91,7 +91,7 @@ def opens_everywhere(path: Path) -> int:
     """steps_done of a file that opens in h5py, xarray and our reader; raises otherwise."""
     import xarray as xr
 
-    from ovi_attn_render.reader import open_capture
+    from ovi_attn_render.contract.reader import open_capture
 
     done = status_of(path)[1]
     xr.open_dataset(path, engine="h5netcdf").close()
@@ -108,7 +108,7 @@ def steps_equal(path: Path, ref: Path, done: int) -> bool:
         for var in MAP_VARS:
             if var not in r:
                 continue
-            from ovi_attn_render.format import MAP_DIMS
+            from ovi_attn_render.contract.format import MAP_DIMS
 
             sl = (slice(None),) * MAP_DIMS[var].index("step") + (slice(0, done),)
             if not np.array_equal(f[var][sl], r[var][sl], equal_nan=True):

@@ -86,7 +86,7 @@ def commands(h5: str, spec: C.SyntheticSpec, out_dir: str, pixel_frame: int) -> 
 def _map_itemsize(spec: C.SyntheticSpec) -> int:
     import numpy as np
 
-    from ovi_attn_render.format import MAP_ENCODINGS
+    from ovi_attn_render.contract.format import MAP_ENCODINGS
 
     return np.dtype(MAP_ENCODINGS[spec.map_dtype].dtype).itemsize
 
@@ -249,7 +249,7 @@ def compare_layout(spec: C.SyntheticSpec, cmds: list[Command], results: list[Res
 
 
 def MAP_DIMS_TEXT_VIDEO() -> tuple[str, ...]:  # noqa: N802 - reads like the constant it returns
-    from ovi_attn_render.format import MAP_DIMS
+    from ovi_attn_render.contract.format import MAP_DIMS
 
     return MAP_DIMS["text_video"]
 

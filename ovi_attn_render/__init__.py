@@ -13,11 +13,11 @@ def __getattr__(name: str):
     # Loaded on first use, so that the CLI and the capture side, which import this package for
     # its errors, do not pay for xarray and h5py at start-up.
     if name in ("Capture", "open_capture", "render"):
-        from . import api
+        from ovi_attn_render import api
 
         return getattr(api, name)
     if name == "UserError":
-        from .errors import UserError
+        from ovi_attn_render.common.errors import UserError
 
         return UserError
     raise AttributeError(f"module 'ovi_attn_render' has no attribute {name!r}")

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from . import reader
-from .errors import UserError
-from .format import MAP_DESCRIPTIONS, latent_frame_of, pixel_frames_of
-from .selection import resolve
+from ovi_attn_render.contract import reader
+from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.contract.format import MAP_DESCRIPTIONS, latent_frame_of, pixel_frames_of
+from ovi_attn_render.contract.selection import resolve
 
 REDUCTIONS = ("mean", "max", None)  # over heads; None keeps the `head` dimension
 
@@ -173,7 +173,7 @@ class Capture:
         scaled to [0, 1] by `norm`, then `threshold` (a value on that scale, or None / "otsu":
         Otsu's per latent frame); the value used per frame is the `threshold` coordinate and
         attrs record the selection. The same masks as `ovi-attn render --view mask -o x.npz`."""
-        from .masks import mask
+        from ovi_attn_render.views.masks import mask
 
         return mask(self.file, token, threshold, steps=_spec(steps), layers=_spec(layers), frames=_spec(frames),
                     heads=_spec(heads), branch=branch, norm=norm, reduce=reduce, renorm=renorm)
@@ -252,8 +252,8 @@ def render(cap: Capture | str | os.PathLike, view: str = "steps", out=None, *, f
     out: a file (its suffix picks the format), a folder (the CLI's file name), or None to get
     the picture back as uint8 [H, W, 3] (PNG views) or [N, H, W, 3] (animations) without
     keeping a file. Returns the path written when out is given."""
-    from . import views
-    from .commands import output_path, render_file
+    from ovi_attn_render.views import video as views
+    from ovi_attn_render.commands import output_path, render_file
 
     names = {f.name for f in fields(views.Options)} - {"view", "tokens"}
     unknown = sorted(set(options) - names - {"token"})
@@ -278,7 +278,7 @@ def render(cap: Capture | str | os.PathLike, view: str = "steps", out=None, *, f
             raise UserError(f"--view {o.view} draws no raster picture; give out= to write its file.")
         with tempfile.TemporaryDirectory(prefix="ovi-attn-render-") as tmp:
             path = os.path.join(tmp, f"picture.{format or raster[0]}")
-            from .reader import reading
+            from ovi_attn_render.contract.reader import reading
 
             with reading(cap.path):
                 views.render(cap.file, o, path)

@@ -1,7 +1,7 @@
 """The `ovi-attn` command: a thin Typer layer over the two packages' library APIs.
 
 Render-side commands (render, info, compare) live in `ovi_attn_render.commands`; the
-GPU-side ones (capture, tokens, eval) in `ovi_attn_capture.commands`, found through the
+GPU-side ones (capture, tokens, eval) in `ovi_attn_capture.pipeline.commands`, found through the
 entry-point hook COMMAND_HOOK (render never imports capture). That module declares its
 options without importing torch, so `ovi-attn --help` and rendering work where torch is
 not installed.
@@ -15,8 +15,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from . import __version__
-from .errors import Interrupted, UserError
+from ovi_attn_render import __version__
+from ovi_attn_render.common.errors import Interrupted, UserError
 
 app = typer.Typer(
     name="ovi-attn",
@@ -53,10 +53,10 @@ def _register_commands() -> None:
     and eval this way), so render never imports the capture side and works without it."""
     from importlib.metadata import entry_points
 
-    from . import commands as render_commands
+    from ovi_attn_render import commands as render_commands
 
     render_commands.register(app)
-    from .viewer import command as view_command
+    from ovi_attn_render.viewer import command as view_command
 
     view_command.register(app)
     for hook in sorted(entry_points(group=COMMAND_HOOK), key=lambda e: e.name):

@@ -17,8 +17,8 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from .errors import UserError
-from .options import number, whole_number
+from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.common.options import number, whole_number
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -84,7 +84,8 @@ def output_path(caps, o, out: Optional[Path], fmt: Optional[str], force: bool, a
     """The one place that decides where a render is written: `-o file.ext` exactly (a name
     with a suffix is a file, never a folder), else `-o DIR` or the first input's folder plus
     a name made from the run and the canonical selection. Refuses to overwrite without --force."""
-    from . import draw, views
+    from ovi_attn_render.views import draw
+    from ovi_attn_render.views import video as views
 
     if fmt is not None:
         fmt = fmt.lower().lstrip(".")
@@ -138,7 +139,7 @@ def _compare_pictures(paths: list[str], titles: list[str], out: str, fps: float)
     import imageio.v3 as iio
     import numpy as np
 
-    from . import draw
+    from ovi_attn_render.views import draw
 
     def load(p: str) -> np.ndarray:  # [N, H, W, 3]
         a = iio.imread(p, index=None) if p.endswith(".gif") else iio.imread(p)[None]
@@ -164,8 +165,9 @@ def render_file(cap, opts, target: str):
     """views.render into `target`, atomically (a temporary name beside it, renamed when
     whole: a kill or an error never leaves a torn or 0-byte picture, --force never loses
     the old one), with HDF5 read errors as one sentence naming the file."""
-    from . import atomic, views
-    from .reader import reading
+    from ovi_attn_render.common import atomic
+    from ovi_attn_render.views import video as views
+    from ovi_attn_render.contract.reader import reading
 
     with reading(cap.path), atomic.replacing(target) as tmp:
         drawn = views.render(cap, opts, tmp)
@@ -176,7 +178,7 @@ def render_file(cap, opts, target: str):
             if p != tmp and p.startswith(tmp_stem):
                 final = target_stem + p[len(tmp_stem):]
                 if os.path.isdir(p):  # the mask export's frame PNGs: earlier frames go, a user's files stay
-                    from .masks import move_export_folder
+                    from ovi_attn_render.views.masks import move_export_folder
 
                     move_export_folder(p, final)
                 else:
@@ -195,8 +197,9 @@ def _say_state(cap) -> None:
 
 def run_render(paths: list[Path], opts, out: Optional[Path], fmt: Optional[str], force: bool) -> list[str]:
     """Render one capture, or two side by side (compare). Returns the paths written."""
-    from . import atomic, views
-    from .reader import open_capture, reading
+    from ovi_attn_render.common import atomic
+    from ovi_attn_render.views import video as views
+    from ovi_attn_render.contract.reader import open_capture, reading
 
     views.check_options(opts)
     allowed = views.VIEW_FORMATS[opts.view]
@@ -273,7 +276,7 @@ def _make_render_command(compare: bool):
         fmt: Optional[str] = typer.Option(None, "--format", help="gif, mp4, png or svg (default depends on the view)."),
         force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
     ) -> None:
-        from .views import Options
+        from ovi_attn_render.views.video import Options
 
         want = 2 if compare else 1
         if len(paths) != want:
@@ -310,9 +313,9 @@ def info(path: Path = typer.Argument(..., help="The capture file (.h5)."),
     from rich.markup import escape
     from rich.table import Table
 
-    from .reader import open_capture, reading
-    from .selection import describe_values
-    from .units import format_bytes
+    from ovi_attn_render.contract.reader import open_capture, reading
+    from ovi_attn_render.contract.selection import describe_values
+    from ovi_attn_render.common.units import format_bytes
 
     with open_capture(path) as cap, reading(cap.path):
         a = cap.attrs

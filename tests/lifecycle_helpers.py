@@ -1,5 +1,5 @@
 """Real capture processes for the lifecycle tests: start one, stop it at a chosen phase
-(the OVI_ATTN_TEST_HOOK pause, see ovi_attn_render/hooks.py), signal or kill it."""
+(the OVI_ATTN_TEST_HOOK pause, see ovi_attn_render/common/hooks.py), signal or kill it."""
 
 import os
 import signal
@@ -74,7 +74,7 @@ def opens_everywhere(path: Path) -> int:
     """Open in h5py, xarray and our reader; return steps_done (the test fails if any cannot)."""
     import xarray as xr
 
-    from ovi_attn_render.reader import open_capture
+    from ovi_attn_render.contract.reader import open_capture
 
     with h5py.File(path, "r", locking=False) as f:
         done = int(f.attrs["steps_done"])

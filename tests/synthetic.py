@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ovi_attn_render.format import DEFAULT_MAP_ENCODING, CaptureFileWriter, CaptureLayout, TokenRow
+from ovi_attn_render.contract.format import DEFAULT_MAP_ENCODING, CaptureFileWriter, CaptureLayout, TokenRow
 
 GREY = 128
 BASE = 0.01  # every map's value outside its hot cell

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ovi_attn_capture import attention as attn
+from ovi_attn_capture.model import attention as attn
 
 
 def _qkv(B=2, Lq=37, Lk=19, H=3, D=64, dtype=torch.float32, seed=0):

@@ -8,9 +8,9 @@ import matplotlib
 import numpy as np
 import pytest
 
-from ovi_attn_render import audio_views as av
-from ovi_attn_render.errors import UserError
-from ovi_attn_render.format import pixel_frames_of
+from ovi_attn_render.views import audio as av
+from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.contract.format import pixel_frames_of
 
 SR, SPT, FPS, STRIDE = 16000, 512, 24.0, 4
 F, LA = 31, 157  # Ovi 5 s clip: 121 pixel frames, 157 audio tokens
@@ -226,7 +226,7 @@ def test_render_audio_strip_writes_png_and_svg(tmp_path):
 def test_views_never_import_torch(tmp_path):
     code = (
         "import sys, numpy as np\n"
-        "from ovi_attn_render import audio_views as av, masks as mk\n"
+        "from ovi_attn_render.views import audio as av, masks as mk\n"
         f"av.render_sync(np.eye(4, 20), None, out_path=r'{tmp_path}/s.png')\n"
         f"av.render_audio_strip(np.zeros(2048), 16000, np.ones((1, 4)), ['a'], background='spectrogram', out_path=r'{tmp_path}/a.png')\n"
         "m = np.zeros((2, 2, 2), bool)\n"

@@ -8,11 +8,11 @@ import h5py
 import numpy as np
 import pytest
 
-from ovi_attn_capture import components
-from ovi_attn_capture.batch import expand, is_single
-from ovi_attn_capture.distributed import check_sp_size
+from ovi_attn_capture.components import loading as components
+from ovi_attn_capture.pipeline.batch import expand, is_single
+from ovi_attn_capture.parallel.distributed import check_sp_size
 from ovi_attn_render.cli import main
-from ovi_attn_render.errors import UserError
+from ovi_attn_render.common.errors import UserError
 
 PROMPT = 'prompt: "A red circle number {n} moves left."\nsteps: 1\n{extra}capture:\n  tokens: [circle]\n'
 

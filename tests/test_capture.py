@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from ovi_attn_render.cli import main
-from ovi_attn_render.format import MAP_DIMS
-from ovi_attn_render.reader import read_strings
+from ovi_attn_render.contract.format import MAP_DIMS
+from ovi_attn_render.contract.reader import read_strings
 
 PROMPT = """\
 prompt: "A red circle moves left while a blue square stays still. <AUDCAP>a beep<ENDAUDCAP>"
@@ -95,9 +95,9 @@ def test_fusion_rows_are_distributions(captured):
 
 
 def test_capture_does_not_change_a_single_bit_of_the_generation():
-    from ovi_attn_capture.generate import SamplerSettings, Texts, sample
-    from ovi_attn_capture.model import build_random, tiny_configs
-    from ovi_attn_capture.probe import CapturePlan, CaptureProbe, key_groups
+    from ovi_attn_capture.sampling.generate import SamplerSettings, Texts, sample
+    from ovi_attn_capture.model.fusion import build_random, tiny_configs
+    from ovi_attn_capture.probe.probe import CapturePlan, CaptureProbe, key_groups
 
     model = build_random(*tiny_configs(), seed=0)
     g = torch.Generator().manual_seed(0)
@@ -167,7 +167,7 @@ def test_a_capture_killed_at_any_point_leaves_a_readable_partial_file(tmp_path):
         import xarray as xr
 
         xr.open_dataset(out, engine="h5netcdf").close()
-        from ovi_attn_render.reader import open_capture
+        from ovi_attn_render.contract.reader import open_capture
 
         with open_capture(out) as cap:
             assert cap.steps_done == done and cap.partial == (done < 20 or cap.status != "complete")
@@ -208,7 +208,7 @@ def test_captures_over_the_size_budget_are_refused_before_generating(tmp_path, c
 def test_image_to_video_keeps_the_clean_first_latent_frame(tmp_path):
     import cv2
 
-    from ovi_attn_capture.components import image_size_for_area
+    from ovi_attn_capture.components.loading import image_size_for_area
 
     img = np.zeros((200, 300, 3), np.uint8)
     img[50:150, 100:200] = (0, 0, 255)  # BGR red square
@@ -226,8 +226,8 @@ def test_image_to_video_keeps_the_clean_first_latent_frame(tmp_path):
 
 
 def test_sampling_with_a_first_frame_returns_it_untouched():
-    from ovi_attn_capture.generate import SamplerSettings, Texts, sample
-    from ovi_attn_capture.model import build_random, tiny_configs
+    from ovi_attn_capture.sampling.generate import SamplerSettings, Texts, sample
+    from ovi_attn_capture.model.fusion import build_random, tiny_configs
 
     model = build_random(*tiny_configs(), seed=0)
     g = torch.Generator().manual_seed(1)
@@ -276,7 +276,7 @@ def test_tokens_command_prints_the_table(tmp_path, capsys):
 
 
 def test_another_process_can_follow_a_capture_with_xarray_while_it_is_written(tmp_path):
-    from ovi_attn_render.format import CaptureFileWriter, CaptureLayout, TokenRow
+    from ovi_attn_render.contract.format import CaptureFileWriter, CaptureLayout, TokenRow
 
     tokens = [TokenRow(0, 10, "▁a", 0, 1, "a", 0), TokenRow(1, 1, "</s>", 1, 1, "", -1)]
     layout = CaptureLayout(grid=(2, 2, 2), audio_tokens=3, steps=[0, 1], layers=[0], groups=["a", "<eos>", "<pad>"],

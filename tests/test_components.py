@@ -10,18 +10,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovi_attn_capture import checkpoints
-from ovi_attn_capture.audio_vae import (AudioDecoder, BigVGANConfig, BigVGANGenerator, fold_mp_weight,
+from ovi_attn_capture.components import checkpoints
+from ovi_attn_capture.components.audio_vae import (AudioDecoder, BigVGANConfig, BigVGANGenerator, fold_mp_weight,
                                         fold_weight_norm, kaiser_sinc_filter, mel_vae_from_state,
                                         vocoder_from_state)
-from ovi_attn_capture.checkpoints import MODELS, resolve_checkpoint_dir, set_offline, snap_size
-from ovi_attn_capture.text_encoder import TextEncoder, clean_text, umt5_from_wan_state, wan_t5_to_hf
-from ovi_attn_capture.tiny_components import (TINY_BIGVGAN, build_tiny_tokenizer, tiny_bigvgan_state_dict,
+from ovi_attn_capture.components.checkpoints import MODELS, resolve_checkpoint_dir, set_offline, snap_size
+from ovi_attn_capture.components.text_encoder import TextEncoder, clean_text, umt5_from_wan_state, wan_t5_to_hf
+from ovi_attn_capture.components.tiny import (TINY_BIGVGAN, build_tiny_tokenizer, tiny_bigvgan_state_dict,
                                               tiny_mel_vae_state_dict, tiny_t5_state_dict, wan_t5_shapes,
                                               wan_vae_shapes, write_official_layout)
-from ovi_attn_capture.video_vae import (LATENT_MEAN, LATENT_STD, VideoVAE, vae_from_wan_state,
+from ovi_attn_capture.components.video_vae import (LATENT_MEAN, LATENT_STD, VideoVAE, vae_from_wan_state,
                                         wan_vae_config_from_state, wan_vae_to_diffusers)
-from ovi_attn_render.errors import UserError
+from ovi_attn_render.common.errors import UserError
 
 
 

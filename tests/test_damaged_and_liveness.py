@@ -17,7 +17,7 @@ import pytest
 from synthetic import Synth, write_synthetic
 
 from ovi_attn_render.cli import main
-from ovi_attn_render.liveness import describe_writer, process_start_ticks
+from ovi_attn_render.contract.liveness import describe_writer, process_start_ticks
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def test_another_hosts_writer_is_judged_by_its_heartbeat():
 
 def test_info_and_render_say_a_running_capture_is_live(tmp_path, capsys):
     """A file still being written (the writer is this test process) is `running, last write ...`."""
-    from ovi_attn_render.format import CaptureFileWriter
+    from ovi_attn_render.contract.format import CaptureFileWriter
 
     s = Synth(steps_done=2)
     path = tmp_path / "live.h5"

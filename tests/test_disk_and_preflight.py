@@ -35,7 +35,7 @@ def small_fs(tmp_path):
 @pytest.fixture
 def no_weights(monkeypatch):
     """Fail the test if capture loads any weights."""
-    import ovi_attn_capture.capture as capture
+    import ovi_attn_capture.pipeline.capture as capture
 
     def refuse(*a, **k):
         raise AssertionError("the weights were loaded before the check")
@@ -64,7 +64,7 @@ def test_too_little_free_space_is_refused_before_the_weights_load(small_fs, tmp_
 
 
 def test_free_space_check_with_an_injected_small_disk(monkeypatch, tmp_path, capsys, no_weights):
-    import ovi_attn_capture.outputs as outputs
+    import ovi_attn_capture.pipeline.outputs as outputs
 
     real = shutil.disk_usage
     monkeypatch.setattr(outputs.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from ovi_attn_render.cli import main
-from ovi_attn_render.format import decode
+from ovi_attn_render.contract.format import decode
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = 'prompt: "A red circle number {n} moves left."\nseed: {n}\nsteps: 1\ndevice: cpu\ncapture:\n  tokens: [circle, all]\n'
@@ -200,7 +200,7 @@ class _Store:
 def _world(rank=0, size=2, sp_size=2, dead_after=0.3):
     from types import SimpleNamespace
 
-    from ovi_attn_capture.distributed import World
+    from ovi_attn_capture.parallel.distributed import World
 
     return World(rank, size, sp_size, "cpu", _Store(), SimpleNamespace(calls=12), dead_after)
 
@@ -214,8 +214,8 @@ def test_a_silent_partner_is_reported_dead_with_its_prompt():
 
 
 def test_sp_group_stops_when_its_ranks_ended_a_prompt_out_of_step():
-    from ovi_attn_capture.batch import Job, Result
-    from ovi_attn_capture.distributed import _sp_agree
+    from ovi_attn_capture.pipeline.batch import Job, Result
+    from ovi_attn_capture.parallel.distributed import _sp_agree
 
     job = Job(0, "a.yaml seed 1", "a.yaml", 1, Path("a.h5"), None)
     ok = Result(job.label, 1, "a.h5", "complete", 1.0, "", 0, 0)
@@ -231,7 +231,7 @@ def test_sp_group_stops_when_its_ranks_ended_a_prompt_out_of_step():
 
 SWAP_CHECK = """
 import torch, torch.distributed as dist
-from ovi_attn_capture.sequence_parallel import SequenceParallel
+from ovi_attn_capture.parallel.sequence_parallel import SequenceParallel
 dist.init_process_group("gloo")
 sp = SequenceParallel(dist.group.WORLD, dist.get_rank(), dist.get_world_size(), total_heads=4)
 for L in (157, 158, 5):  # odd lengths (the released models' 157 audio tokens) need padding

@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from ovi_attn_render.format import CaptureFileWriter, estimate_bytes
+from ovi_attn_render.contract.format import CaptureFileWriter, estimate_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 
 def _example_layout(path: Path, ckpt_dir: Path):
-    from ovi_attn_capture.capture import build_plan
-    from ovi_attn_capture.components import model_facts
-    from ovi_attn_capture.preflight import preflight_shapes
-    from ovi_attn_capture.prompt_file import load_prompt_file, resolve_model_defaults
-    from ovi_attn_capture.text_encoder import TextEncoder
-    from ovi_attn_capture.tiny_components import build_tiny_tokenizer
+    from ovi_attn_capture.pipeline.capture import build_plan
+    from ovi_attn_capture.components.loading import model_facts
+    from ovi_attn_capture.pipeline.preflight import preflight_shapes
+    from ovi_attn_capture.pipeline.prompt_file import load_prompt_file, resolve_model_defaults
+    from ovi_attn_capture.components.text_encoder import TextEncoder
+    from ovi_attn_capture.components.tiny import build_tiny_tokenizer
 
     import yaml
 
@@ -51,7 +51,7 @@ def _real_file_size(layout, path: Path, fill: bool) -> int:
 
 
 def _chunks(layout) -> int:
-    from ovi_attn_render.format import big_variables
+    from ovi_attn_render.contract.format import big_variables
 
     return sum(v.n_chunks for v in big_variables(layout))
 
@@ -88,7 +88,7 @@ def test_the_estimate_is_within_5_percent_at_the_real_benchmark_shape(tmp_path):
 def test_the_estimate_counts_the_chunk_index_that_dominates_small_maps(tmp_path):
     """Toy-sized maps are smaller than their index entries: the raw bytes alone would be far off."""
     layout = _example_layout(ROOT / "data" / "prompts" / "example.yaml", tmp_path)
-    from ovi_attn_render.format import big_variables
+    from ovi_attn_render.contract.format import big_variables
 
     raw = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in big_variables(layout))
     size = _real_file_size(layout, tmp_path / "toy.h5", fill=True)

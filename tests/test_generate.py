@@ -2,8 +2,8 @@
 
 import torch
 
-from ovi_attn_capture.generate import SamplerSettings, Texts, initial_noise, sample
-from ovi_attn_capture.model import build_random, tiny_configs
+from ovi_attn_capture.sampling.generate import SamplerSettings, Texts, initial_noise, sample
+from ovi_attn_capture.model.fusion import build_random, tiny_configs
 
 
 def _setup():

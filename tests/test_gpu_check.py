@@ -57,7 +57,7 @@ def test_a_kernel_with_a_wrong_lse_fails_the_check(tmp_path, monkeypatch):
         import gpu_check
     finally:
         sys.path.remove(str(SCRIPT.parent))
-    from ovi_attn_capture import attention as A
+    from ovi_attn_capture.model import attention as A
 
     def flipped(q, k, v, k_lens):  # right values, queries in the wrong order
         out, lse = A._math(q, k, v, k_lens)

@@ -3,7 +3,7 @@
 No CUDA kernel runs in CI, yet every real user runs one. So each kernel's documented
 Python signature and return layout is mimicked here by a stand-in that computes with a
 float64 reference on the CPU, checks its inputs the way the real kernel does, and returns
-exactly the real tuple, in the real layout. Our wrappers (ovi_attn_capture/attention.py)
+exactly the real tuple, in the real layout. Our wrappers (ovi_attn_capture/model/attention.py)
 run through these stand-ins with and without key masks, and out and lse must match the
 reference. Stand-ins with one deliberate layout slip show that such a slip fails here.
 
@@ -31,7 +31,7 @@ import types
 import pytest
 import torch
 
-from ovi_attn_capture import attention as attn
+from ovi_attn_capture.model import attention as attn
 
 B, LQ, LK, H, D = 2, 37, 19, 3, 64  # Lq not a multiple of 32 and Lk not of 16: the paddings matter
 MASKS = {"none": None, "short": [LK, 11], "over": [LK + 3, 4]}  # "over": a length past the keys
@@ -322,7 +322,7 @@ def test_no_lse_flash3_build_falls_back_once_when_chosen_automatically(monkeypat
 
 
 def test_no_lse_flash3_build_asked_for_by_name_is_one_clear_error(monkeypatch):
-    from ovi_attn_render.errors import UserError
+    from ovi_attn_render.common.errors import UserError
 
     monkeypatch.setattr(attn, "_fa3", fa3_module("2025-07"))
     with pytest.raises(UserError, match="update flash-attn 3 or set OVI_ATTN_BACKEND=sdpa"):

@@ -11,7 +11,7 @@ import pytest
 from lifecycle_helpers import Proc, opens_everywhere, status_of, write_toy_prompt
 
 from ovi_attn_render.cli import main
-from ovi_attn_render.format import MAP_DIMS
+from ovi_attn_render.contract.format import MAP_DIMS
 
 
 def _digest(path) -> str:
@@ -177,7 +177,7 @@ def test_sigint_before_the_file_exists_writes_nothing(reference, tmp_path):
 
 
 def _tiny_layout():
-    from ovi_attn_render.format import CaptureLayout, TokenRow
+    from ovi_attn_render.contract.format import CaptureLayout, TokenRow
 
     tokens = [TokenRow(0, 10, "▁a", 0, 1, "a", 0), TokenRow(1, 1, "</s>", 1, 1, "", -1)]
     return CaptureLayout(grid=(2, 2, 2), audio_tokens=3, steps=[0, 1], layers=[0], groups=["a", "<eos>", "<pad>"],
@@ -188,7 +188,7 @@ def _tiny_layout():
 def test_the_writer_beats_while_idle_and_its_join_is_bounded(tmp_path, monkeypatch):
     import torch
 
-    import ovi_attn_capture.writer as writer_module
+    import ovi_attn_capture.pipeline.writer as writer_module
 
     monkeypatch.setattr(writer_module, "HEARTBEAT_SECONDS", 0.05)
     w = writer_module.AsyncCaptureWriter(tmp_path / "w.h5", _tiny_layout())

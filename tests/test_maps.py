@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from ovi_attn_capture import attention as attn
-from ovi_attn_capture import maps
-from ovi_attn_capture.probe import key_groups
+from ovi_attn_capture.model import attention as attn
+from ovi_attn_capture.probe import maps
+from ovi_attn_capture.probe.probe import key_groups
 
 
 def _softmax64(q, k, k_lens=None):

@@ -5,8 +5,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from ovi_attn_render import masks as mk
-from ovi_attn_render.errors import UserError
+from ovi_attn_render.views import masks as mk
+from ovi_attn_render.common.errors import UserError
 
 GREY = 100
 CYAN = (0, 255, 255)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ovi_attn_capture.model import (CheckpointMismatch, FusionModel, build_on_meta, build_random,
+from ovi_attn_capture.model.fusion import (CheckpointMismatch, FusionModel, build_on_meta, build_random,
                                     load_checkpoint, released_configs, rope_1d, rope_3d, rope_table,
                                     sinusoidal_embedding, tiny_configs)
 
@@ -220,7 +220,7 @@ def test_sinusoidal_embedding_is_float64_cos_then_sin():
 def test_configs_are_read_back_from_checkpoint_shapes(tmp_path, tiny):
     from safetensors.torch import save_file
 
-    from ovi_attn_capture.model import configs_from_shapes
+    from ovi_attn_capture.model.fusion import configs_from_shapes
 
     video, audio = configs_from_shapes({k: tuple(v.shape) for k, v in
                                         build_on_meta(*released_configs()).state_dict().items()})
@@ -236,7 +236,7 @@ def test_configs_are_read_back_from_checkpoint_shapes(tmp_path, tiny):
 def test_a_damaged_checkpoint_is_a_user_error(tmp_path, tiny):
     from safetensors.torch import save_file
 
-    from ovi_attn_render.errors import UserError
+    from ovi_attn_render.common.errors import UserError
 
     path = tmp_path / "cut.safetensors"
     save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(path))

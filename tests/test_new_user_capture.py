@@ -77,7 +77,7 @@ def test_model_override_drops_what_only_the_files_model_needs(capsys):
 
 
 def test_model_override_keeps_a_flag_given_with_it(tmp_path):
-    from ovi_attn_capture.prompt_file import load_prompt_file
+    from ovi_attn_capture.pipeline.prompt_file import load_prompt_file
 
     run = load_prompt_file(ROOT / "data/prompts/every_word_960_10s.yaml", {"--model": "toy", "--height": "256",
                                                                            "--width": "256"})
@@ -111,7 +111,7 @@ def test_capture_size_matches_info_and_progress_prints_lines_without_a_terminal(
     _, err = ok(capsys, "capture", p, "-o", out, "--no-mp4")
     lines = [x for x in err.splitlines() if x.startswith("denoising: ")]
     assert [x.split(" steps")[0] for x in lines] == ["denoising: 1/3", "denoising: 2/3", "denoising: 3/3"]
-    from ovi_attn_render.units import format_bytes
+    from ovi_attn_render.common.units import format_bytes
 
     size = format_bytes(out.stat().st_size)
     panel = re.sub(r"[\s│]", "", err)  # the summary panel, however rich wrapped it
@@ -122,7 +122,7 @@ def test_capture_size_matches_info_and_progress_prints_lines_without_a_terminal(
 
 # ---------------------------------------------------------------------- 10. capture --help
 def test_capture_help_names_every_option_in_full_with_help_and_defaults(capsys, monkeypatch):
-    from ovi_attn_capture.prompt_file import KEYS, OVERRIDABLE
+    from ovi_attn_capture.pipeline.prompt_file import KEYS, OVERRIDABLE
 
     monkeypatch.setenv("COLUMNS", "80")
     out, _ = ok(capsys, "capture", "--help")

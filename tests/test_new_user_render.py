@@ -18,9 +18,9 @@ import pytest
 from cli_calls import fails, ok, written
 from synthetic import GREY, Synth, write_synthetic
 
-from ovi_attn_render import draw
+from ovi_attn_render.views import draw
 from ovi_attn_render.cli import main
-from ovi_attn_render.reader import open_capture
+from ovi_attn_render.contract.reader import open_capture
 
 PROMPT = """\
 prompt: "A red circle, a blue square; both move. <AUDCAP>a beep<ENDAUDCAP>"
@@ -98,7 +98,7 @@ def test_long_caption_lines_wrap_instead_of_running_off_the_picture():
 
 
 def test_mask_banner_wraps_a_long_title():
-    from ovi_attn_render.masks import _banner
+    from ovi_attn_render.views.masks import _banner
 
     title = "'a man in a red jacket rides a bicycle' cond frame 120 (latent 30) threshold 0.5 on the global map"
     assert not _ink_at_right_edge(_banner(384, [title, "step 49   area 12.5%"]))
@@ -215,7 +215,7 @@ def test_progress_draws_a_bar_on_a_terminal():
 
     from rich.console import Console
 
-    from ovi_attn_render.progress import Progress
+    from ovi_attn_render.common.progress import Progress
 
     out = io.StringIO()
     with Progress("denoising", 3, "steps", console=Console(file=out, force_terminal=True, width=80)) as p:

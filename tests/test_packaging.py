@@ -25,7 +25,7 @@ def test_wheel_ships_the_toy_model_and_configs(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ("toy.safetensors", "text_encoder.safetensors", "tokenizer.json", "eval.yaml", "README.md"):
         assert f"ovi_attn_capture/toy/bundled/{name}" in names
-    assert "ovi_attn_capture/configs/video_released.json" in names
+    assert "ovi_attn_capture/model/configs/video_released.json" in names
     assert "ovi_attn_render/cli.py" in names
     for name in ("index.html", "app.js", "style.css"):  # the viewer's page
         assert f"ovi_attn_render/viewer/static/{name}" in names

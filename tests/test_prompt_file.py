@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ovi_attn_capture.prompt_file import (
+from ovi_attn_capture.pipeline.prompt_file import (
     KEYS,
     KINDS,
     OVERRIDABLE,
@@ -20,7 +20,7 @@ from ovi_attn_capture.prompt_file import (
     parse_steps,
     resolve_model_defaults,
 )
-from ovi_attn_render.errors import UserError
+from ovi_attn_render.common.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ROOT / "data" / "prompts"
@@ -205,13 +205,13 @@ def test_every_key_has_a_flag_and_docs():
 
 
 def test_kinds_match_the_file_format():
-    from ovi_attn_render.format import KIND_VARIABLES
+    from ovi_attn_render.contract.format import KIND_VARIABLES
 
     assert tuple(KIND_VARIABLES) == KINDS
 
 
 def test_no_torch_needed():
-    code = "import sys, ovi_attn_capture.prompt_file, ovi_attn_capture.token_groups; assert 'torch' not in sys.modules"
+    code = "import sys, ovi_attn_capture.pipeline.prompt_file, ovi_attn_render.contract.token_groups; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 

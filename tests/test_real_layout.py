@@ -14,9 +14,9 @@ import h5py
 import numpy as np
 import pytest
 
-from ovi_attn_capture import checkpoints
-from ovi_attn_capture.model import build_random, tiny_configs
-from ovi_attn_capture.tiny_components import write_official_layout
+from ovi_attn_capture.components import checkpoints
+from ovi_attn_capture.model.fusion import build_random, tiny_configs
+from ovi_attn_capture.components.tiny import write_official_layout
 from ovi_attn_render.cli import main
 
 PROMPT = """\

@@ -12,8 +12,8 @@ import pytest
 from synthetic import Synth, write_synthetic
 
 from ovi_attn_render.cli import main
-from ovi_attn_render.errors import UserError
-from ovi_attn_render.reader import open_capture
+from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.contract.reader import open_capture
 
 
 def fails(capsys, *args) -> str:

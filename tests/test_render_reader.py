@@ -10,9 +10,9 @@ import pytest
 
 from synthetic import BASE, Synth, hot_value, write_synthetic
 
-from ovi_attn_render.errors import UserError
-from ovi_attn_render.reader import open_capture, read_hyperslab
-from ovi_attn_render.selection import describe_values, parse_spec, resolve
+from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.contract.reader import open_capture, read_hyperslab
+from ovi_attn_render.contract.selection import describe_values, parse_spec, resolve
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import pytest
 
 from synthetic import GREY, Synth, cell_box, hot_value, write_synthetic
 
-from ovi_attn_render import draw
+from ovi_attn_render.views import draw
 from ovi_attn_render.cli import main
-from ovi_attn_render.views import spatial_stats
+from ovi_attn_render.views.video import spatial_stats
 
 ALPHA = 0.5
 SIZE = (256, 256)

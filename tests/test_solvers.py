@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ovi_attn_capture.solvers import SOLVERS, make_scheduler
-from ovi_attn_render.errors import UserError
+from ovi_attn_capture.sampling.solvers import SOLVERS, make_scheduler
+from ovi_attn_render.common.errors import UserError
 
 DATA = Path(__file__).parent / "data"
 # A git checkout of character-ai/Ovi, from the environment only; the tests that need it skip without it.

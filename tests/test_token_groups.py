@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from ovi_attn_capture.token_groups import (
+from ovi_attn_render.contract.token_groups import (
     check_selection,
     clean_prompt_text,
     group_for_other_text,
@@ -19,7 +19,7 @@ from ovi_attn_capture.token_groups import (
     token_table_rows,
     words_of,
 )
-from ovi_attn_render.errors import UserError
+from ovi_attn_render.common.errors import UserError
 
 
 @dataclass

@@ -51,7 +51,7 @@ def test_audio_codec_round_trip_finds_the_beep():
 
 def test_tokenizer_keeps_words_whole():
     from ovi_attn_capture.toy.text import build_tokenizer
-    from ovi_attn_capture.text_encoder import TextEncoder
+    from ovi_attn_capture.components.text_encoder import TextEncoder
 
     enc = TextEncoder(build_tokenizer(), None)
     tokens = enc.tokenize("A red circle moves left. <AUDCAP>the circle beeps<ENDAUDCAP>")

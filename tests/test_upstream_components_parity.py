@@ -67,8 +67,8 @@ def test_video_vae_decode_matches_upstream(tmp_path, monkeypatch):
     pytest.importorskip("einops")  # upstream's vae2_2.py uses einops.rearrange
     _copy_upstream(tmp_path, ["ovi/modules/vae2_2.py"])
     vae2_2 = _import(tmp_path, "ovi.modules.vae2_2")
-    from ovi_attn_capture.tiny_components import TINY_VAE, tiny_video_vae_state_dict
-    from ovi_attn_capture.video_vae import VideoVAE, vae_from_wan_state
+    from ovi_attn_capture.components.tiny import TINY_VAE, tiny_video_vae_state_dict
+    from ovi_attn_capture.components.video_vae import VideoVAE, vae_from_wan_state
 
     # upstream's Wan2_2_VAE hard-codes dec_dim 256 and 2 res blocks (only c_dim is an argument):
     # pass the tiny ones through to its builder, whose cfg.update(**kwargs) accepts them
@@ -124,8 +124,8 @@ def _upstream_audio(tmp_path):
 
 def test_audio_decode_matches_upstream(tmp_path):
     vae_mod, models = _upstream_audio(tmp_path)
-    from ovi_attn_capture.audio_vae import AudioDecoder, mel_vae_from_state, vocoder_from_state
-    from ovi_attn_capture.tiny_components import TINY_BIGVGAN, TINY_MEL_VAE, tiny_bigvgan_state_dict
+    from ovi_attn_capture.components.audio_vae import AudioDecoder, mel_vae_from_state, vocoder_from_state
+    from ovi_attn_capture.components.tiny import TINY_BIGVGAN, TINY_MEL_VAE, tiny_bigvgan_state_dict
 
     torch.manual_seed(0)
     up_vae = vae_mod.VAE(data_dim=TINY_MEL_VAE["mel_bins"], embed_dim=TINY_MEL_VAE["latent_dim"],
@@ -166,8 +166,8 @@ def test_umt5_encoder_matches_upstream(tmp_path, monkeypatch):
     # t5.py evaluates torch.cuda.current_device() as a default argument at import: give it a CPU answer
     monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")
     t5 = _import(tmp_path, "ovi.modules.t5")
-    from ovi_attn_capture.text_encoder import TextEncoder, umt5_from_wan_state
-    from ovi_attn_capture.tiny_components import TINY_T5, build_tiny_tokenizer
+    from ovi_attn_capture.components.text_encoder import TextEncoder, umt5_from_wan_state
+    from ovi_attn_capture.components.tiny import TINY_T5, build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(0)

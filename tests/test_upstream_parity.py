@@ -40,7 +40,7 @@ def _upstream(tmp_path):
         sys.path.remove(str(tmp_path))
 
     def cpu_flash(q, k, v, q_lens=None, k_lens=None, **kw):  # upstream's kernel needs CUDA
-        from ovi_attn_capture.attention import attention
+        from ovi_attn_capture.model.attention import attention
         return attention(q.to(v.dtype), k.to(v.dtype), v, k_lens)[0].to(q.dtype)
 
     fusion.flash_attention = model.flash_attention = cpu_flash
@@ -49,8 +49,8 @@ def _upstream(tmp_path):
 
 def test_fusion_model_is_bit_identical_to_upstream(tmp_path, monkeypatch):
     fusion = _upstream(tmp_path)
-    import ovi_attn_capture.model as ours_mod
-    from ovi_attn_capture.model import build_random, tiny_configs
+    import ovi_attn_capture.model.fusion as ours_mod
+    from ovi_attn_capture.model.fusion import build_random, tiny_configs
 
     def rms_bf16(self, x):
         xb = x.bfloat16()

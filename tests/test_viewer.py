@@ -17,10 +17,12 @@ import h5py
 import numpy as np
 import pytest
 
-from ovi_attn_render import draw, views
+from ovi_attn_render.views import draw
+
+from ovi_attn_render.views import video as views
 from ovi_attn_render.cli import main
-from ovi_attn_render.format import MAP_DIMS, MAP_ENCODINGS, decode
-from ovi_attn_render.reader import open_capture
+from ovi_attn_render.contract.format import MAP_DIMS, MAP_ENCODINGS, decode
+from ovi_attn_render.contract.reader import open_capture
 from ovi_attn_render.viewer.process import CHROMIUM, CHROMIUM_ARGS, ViewerProcess as Server
 
 from synthetic import Synth, write_synthetic

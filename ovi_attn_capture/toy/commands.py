@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 
-from ovi_attn_render.errors import UserError
-from ovi_attn_render.options import whole_number
+from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.common.options import whole_number
 
-from . import TOY_DIR
+from ovi_attn_capture.toy import TOY_DIR
 
 
 def eval_command(
@@ -29,7 +29,7 @@ def eval_command(
     objects and beeps found in the generated clips (pointing game, IoU, text->audio)."""
     from rich.console import Console
 
-    from .evaluate import evaluate, load_eval_file
+    from ovi_attn_capture.toy.evaluate import evaluate, load_eval_file
 
     settings = load_eval_file(eval_file)
     if num_steps is not None:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from ovi_attn_render.errors import UserError
+from ovi_attn_render.common.errors import UserError
 
-from . import TOY_DIR
-from .codec import AudioCodec, VideoCodec
+from ovi_attn_capture.toy import TOY_DIR
+from ovi_attn_capture.toy.codec import AudioCodec, VideoCodec
 
 NATIVE_SIZE = (128, 128)  # pixels; latent 8 x 8, token grid 8 x 8 per latent frame (video patch 1)
 LATENT_FRAMES = 5  # 17 pixel frames
@@ -62,7 +62,7 @@ def load_toy_model(path: Path, device="cpu", compute_dtype=torch.float32):
     """FusionModel at the configs stored in the file's metadata, weights cast to the compute dtype."""
     from safetensors import safe_open
 
-    from ovi_attn_capture.model import load_checkpoint
+    from ovi_attn_capture.model.fusion import load_checkpoint
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
@@ -76,7 +76,7 @@ def load_toy_model(path: Path, device="cpu", compute_dtype=torch.float32):
 def load_toy_text_encoder(folder: Path = TOY_DIR, device="cpu"):
     from safetensors.torch import load_file
 
-    from .text import load_text_encoder
+    from ovi_attn_capture.toy.text import load_text_encoder
 
     files = toy_files(folder)
     return load_text_encoder(files["tokenizer"], load_file(str(files["text_encoder"])), device)
@@ -86,15 +86,15 @@ def toy_tokenizer_only(folder: Path = TOY_DIR):
     """Just the toy tokenizer as a TextEncoder (for `ovi-attn tokens`): tokenize works, encode does not."""
     from tokenizers import Tokenizer
 
-    from ovi_attn_capture.text_encoder import TextEncoder
+    from ovi_attn_capture.components.text_encoder import TextEncoder
 
     return TextEncoder(Tokenizer.from_file(str(toy_files(folder)["tokenizer"])), None)
 
 
 def load_toy_components(run, device: torch.device, say=print, folder: Path = TOY_DIR):
     """The toy model, its text encoder and fixed codecs as the capture pipeline's Components."""
-    from ovi_attn_capture.components import Components, _pixel_size, _slg, _use_first_frame
-    from ovi_attn_capture.text_encoder import clean_text
+    from ovi_attn_capture.components.loading import Components, _pixel_size, _slg, _use_first_frame
+    from ovi_attn_capture.components.text_encoder import clean_text
 
     files = toy_files(folder)
     missing = [p for p in files.values() if not p.is_file()]

@@ -1,7 +1,7 @@
 """Score captured attention maps against the ground truth of the toy world, end to end.
 
 For each held-out prompt the REAL capture path runs (`capture.run_capture` writes an .h5
-file), then the file is read back with `ovi_attn_render.reader.open_capture`, so the
+file), then the file is read back with `ovi_attn_render.contract.reader.open_capture`, so the
 whole chain (probe, maps, writer, file layout, reader geometry, frame mapping) is under
 test. The truth comes from the clip the model generated: each object the caption names
 is found by its colour in the decoded frames stored in the file, and each beep by its
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import TOY_DIR
-from .world import BEEP_AMPLITUDE, COLOURS, TONE_CHANNEL, parse_caption
+from ovi_attn_capture.toy import TOY_DIR
+from ovi_attn_capture.toy.world import BEEP_AMPLITUDE, COLOURS, TONE_CHANNEL, parse_caption
 
 HIT_COVERAGE = 0.1  # a cell "is on" an object when the object covers at least this share of it
 MIN_OBJECT_PIXELS = 200  # fewer matching pixels in a frame (a fifth of an object): the object is not there
@@ -49,7 +49,7 @@ class EvalSettings:
 def load_eval_file(path: str | Path) -> EvalSettings:
     import yaml
 
-    from ovi_attn_render.errors import UserError
+    from ovi_attn_render.common.errors import UserError
 
     p = Path(path)
     if not p.is_file():
@@ -87,7 +87,7 @@ def beep_latents(waveform: np.ndarray, shape: str) -> np.ndarray:
     """bool [La]: audio latents where the shape's tone sounds (above half the beep's amplitude)."""
     import torch
 
-    from .codec import AudioCodec
+    from ovi_attn_capture.toy.codec import AudioCodec
 
     amp = AudioCodec.amplitudes(AudioCodec().encode(torch.from_numpy(waveform))).numpy()
     return amp[:, TONE_CHANNEL[shape]] > 0.5 * BEEP_AMPLITUDE
@@ -113,7 +113,7 @@ class FileScores:
 
 def score_file(path: str | Path, geometry: Geometry = Geometry()) -> FileScores:
     """Read one capture file and score every object word and beep phrase it holds."""
-    from ovi_attn_render.reader import open_capture
+    from ovi_attn_render.contract.reader import open_capture
 
     with open_capture(str(path)) as cap:
         prompt = str(cap.attrs["prompt"])
@@ -274,9 +274,9 @@ def capture_tokens(prompt: str) -> list[str]:
 
 def run_spec(prompt: str, seed: int, steps: int, layers, settings: EvalSettings, device: str = "cpu"):
     """A validated-by-construction RunSpec for the toy model (the prompt file's keys, no file)."""
-    from ovi_attn_capture.prompt_file import CaptureSpec, RunSpec
+    from ovi_attn_capture.pipeline.prompt_file import CaptureSpec, RunSpec
 
-    from .components import AUDIO_NEGATIVE_PROMPT, VIDEO_NEGATIVE_PROMPT
+    from ovi_attn_capture.toy.components import AUDIO_NEGATIVE_PROMPT, VIDEO_NEGATIVE_PROMPT
 
     capture = CaptureSpec(tokens=capture_tokens(prompt), layers=layers, steps="all",
                           kinds=["text_video", "text_audio"], branch="cond", heads="mean", dtype="float32")
@@ -304,14 +304,14 @@ def evaluate(prompts: list[str], weights: str | Path = TOY_DIR, steps: int = 30,
     none is left stale beside the new ones). Progress goes to stderr (see progress.py)."""
     import h5py
 
-    from ovi_attn_capture.capture import resolve_device, run_capture
-    from ovi_attn_capture.prompt_file import parse_layers, parse_steps
-    from ovi_attn_capture.text_encoder import clean_text
+    from ovi_attn_capture.pipeline.capture import resolve_device, run_capture
+    from ovi_attn_capture.pipeline.prompt_file import parse_layers, parse_steps
+    from ovi_attn_capture.components.text_encoder import clean_text
 
-    from .components import load_toy_components
+    from ovi_attn_capture.toy.components import load_toy_components
 
-    from ovi_attn_render.errors import UserError
-    from ovi_attn_render.progress import Progress
+    from ovi_attn_render.common.errors import UserError
+    from ovi_attn_render.common.progress import Progress
 
     settings = settings or EvalSettings(prompts=list(prompts), steps=steps)
     if not prompts:

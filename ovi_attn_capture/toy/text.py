@@ -14,10 +14,10 @@ from __future__ import annotations
 import torch
 from tokenizers import Tokenizer
 
-from ovi_attn_capture.text_encoder import TextEncoder, umt5_from_wan_state
-from ovi_attn_capture.tiny_components import unigram_tokenizer, wan_t5_shapes
+from ovi_attn_capture.components.text_encoder import TextEncoder, umt5_from_wan_state
+from ovi_attn_capture.components.tiny import unigram_tokenizer, wan_t5_shapes
 
-from .world import WORDS
+from ovi_attn_capture.toy.world import WORDS
 
 T5_SIZE = dict(d_model=64, inner=64, num_heads=2, d_ff=128, num_layers=2, num_buckets=32)
 T5_SEED = 0

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovi_attn_capture.model import FusionModel, build_random, sinusoidal_embedding
+from ovi_attn_capture.model.fusion import FusionModel, build_random, sinusoidal_embedding
 
-from . import TOY_DIR
-from .codec import AudioCodec, VideoCodec
-from .world import AUDIO_LATENTS, Scene, audio_amplitudes, render_frames, sample_scene
+from ovi_attn_capture.toy import TOY_DIR
+from ovi_attn_capture.toy.codec import AudioCodec, VideoCodec
+from ovi_attn_capture.toy.world import AUDIO_LATENTS, Scene, audio_amplitudes, render_frames, sample_scene
 
 UPSTREAM_VIDEO_NEGATIVE = "jitter, bad hands, blur, distortion"
 UPSTREAM_AUDIO_NEGATIVE = "robotic, muffled, echo, distorted"
@@ -263,7 +263,7 @@ def build_model(cfg: TrainConfig) -> FusionModel:
 
 def train(cfg: TrainConfig, out_dir: Path, log=print) -> dict:
     """Train, saving the EMA weights to out_dir every `save_every` steps and at the end; returns the facts."""
-    from .text import build_tokenizer, fresh_text_encoder
+    from ovi_attn_capture.toy.text import build_tokenizer, fresh_text_encoder
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -329,7 +329,7 @@ def _facts(cfg: TrainConfig, steps_done: int, wall: float, losses: list, held_ou
 def save(out_dir: Path, cfg: TrainConfig, state: dict, tokenizer, facts: dict) -> None:
     from safetensors.torch import save_file
 
-    from .text import t5_state_dict
+    from ovi_attn_capture.toy.text import t5_state_dict
 
     out_dir.mkdir(parents=True, exist_ok=True)
     video_config, audio_config = tower_configs(cfg)

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import UserError
+from ovi_attn_render.common.errors import UserError
 
 DEFAULT_PORT = 8765
 
@@ -57,8 +57,8 @@ def view(
         raise UserError("the viewer needs its web server; install it with pip install 'ovi-attn[view]'.") from None
     from rich.console import Console
 
-    from .server import create_app
-    from .sources import open_sources
+    from ovi_attn_render.viewer.server import create_app
+    from ovi_attn_render.viewer.sources import open_sources
 
     if not 1 <= len(paths) <= 2:
         raise UserError(f"view takes one capture file, or two to compare, got {len(paths)}.")

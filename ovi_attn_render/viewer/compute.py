@@ -22,13 +22,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .. import draw, views
-from ..errors import UserError
-from ..format import MAP_DIMS
-from ..reader import read_hyperslab
-from ..selection import resolve
-from .sources import Source
-from .state import ViewState
+from ovi_attn_render.views import draw
+
+from ovi_attn_render.views import video as views
+from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.contract.format import MAP_DIMS
+from ovi_attn_render.contract.reader import read_hyperslab
+from ovi_attn_render.contract.selection import resolve
+from ovi_attn_render.viewer.sources import Source
+from ovi_attn_render.viewer.state import ViewState
 
 DISPLAY_SIDE = 512  # the CLI's default --size: frames are served at the size render draws them
 CACHE_BYTES = 128 * 2**20  # ~24 layer stacks at real size (5.4 MB each)
@@ -301,7 +303,7 @@ def waveform_envelope(src: Source, columns: int) -> np.ndarray:
 def spectrogram_db(src: Source) -> np.ndarray:
     """[64, T] float32: the decoded audio's mel spectrogram in dB below its loudest cell (the
     audio view's --background spectrogram), zeros before the clip is written."""
-    from ..audio_views import spectrogram
+    from ovi_attn_render.views.audio import spectrogram
 
     cap = src.cap
     key = ("spectrogram", src.index, src.generation)
@@ -381,8 +383,8 @@ def render_command(sources: list[Source], s: ViewState, out: str | None = None) 
 def save_view(sources: list[Source], s: ViewState, folder: str) -> dict:
     """Write the CLI's picture of this state (the steps view over every readable step, whose
     frame for the current step is what the page shows) into `folder`, never over a file."""
-    from .. import views
-    from ..commands import output_name, run_render
+    from ovi_attn_render.views import video as views
+    from ovi_attn_render.commands import output_name, run_render
 
     if not s.tokens:
         raise UserError("pick at least one token before saving the view.")

@@ -19,11 +19,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from .. import draw
-from ..errors import UserError
-from . import compute
-from .sources import Source
-from .state import BadParameter, ViewState, int_param, parse_state
+from ovi_attn_render.views import draw
+from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.viewer import compute
+from ovi_attn_render.viewer.sources import Source
+from ovi_attn_render.viewer.state import BadParameter, ViewState, int_param, parse_state
 
 STATIC_TYPES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
                 "style.css": "text/css; charset=utf-8"}

@@ -15,8 +15,8 @@ import socket
 import threading
 import time
 
-from ..errors import UserError
-from ..reader import Capture, open_capture
+from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.contract.reader import Capture, open_capture
 
 FINISHED = ("complete",)
 STALE_SECONDS = 600.0  # no write for this long and no live writer process known: the run stopped

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from ..views import NORMS
+from ovi_attn_render.views.video import NORMS
 
 BRANCH_CHOICES = ("cond", "uncond", "diff")
 REDUCE_CHOICES = ("mean", "max")

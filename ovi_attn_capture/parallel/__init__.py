@@ -1,0 +1,1 @@
+"""torchrun: data parallel over prompts and Ulysses sequence parallel inside the model."""

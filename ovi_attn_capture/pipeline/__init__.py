@@ -1,0 +1,1 @@
+"""Prompt files, the capture run and batches, the file writer and the CLI commands."""

@@ -1,0 +1,1 @@
+"""Shared by both packages and every command: user errors, atomic writes, progress, units, option parsers, test hooks."""

@@ -1,0 +1,1 @@
+"""The file contract: layout, reader, selection grammar, token groups, liveness (torch-free)."""

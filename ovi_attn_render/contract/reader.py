@@ -1,0 +1,441 @@
+"""Read a capture file (format versions 1 and 2, see docs/FORMAT.md) without torch or xarray.
+
+Everything here reads lazily: opening a file touches only its attributes and small
+coordinate arrays; map reads are h5py hyperslabs over exactly the chunks asked for (one
+chunk is one 2-D map), never a whole variable. Steps past `steps_done` are never read.
+Maps are decoded from their CF attributes (format 2 packs them into int16); a chunk whose
+Fletcher-32 checksum fails is named in a UserError, never returned.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from typing import Sequence
+
+import h5py
+import numpy as np
+
+from contextlib import contextmanager
+
+from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.contract.format import BRANCHES, FORMAT_NAME, FORMAT_VERSION, MAP_DIMS, READABLE_VERSIONS, decode, latent_frame_of
+from ovi_attn_render.contract.liveness import describe_writer
+from ovi_attn_render.contract.selection import describe_values
+
+
+class Damaged(ValueError):
+    """Part of the file is not what the format says (a wrong type, shape or value)."""
+
+
+def _scalar(attrs: dict, name: str, kind=int, default=None, minimum=None):
+    """Attribute `name` as one int or float, or Damaged naming what is wrong with it."""
+    if name not in attrs:
+        if default is None:
+            raise Damaged(f"attribute {name} is missing")
+        return default
+    v = np.asarray(attrs[name])
+    if v.size != 1 or v.dtype.kind not in ("i", "u", "f", "b"):
+        raise Damaged(f"attribute {name} should be one number, not {attrs[name]!r}"[:200])
+    x = v.reshape(()).item()
+    if kind is int and float(x) != int(x):
+        raise Damaged(f"attribute {name} should be a whole number, not {x!r}")
+    x = kind(x)
+    if minimum is not None and not x >= minimum:
+        raise Damaged(f"attribute {name} is {x}, below its minimum {minimum}")
+    return x
+
+
+def _grid(attrs: dict) -> tuple[int, int, int]:
+    v = np.asarray(attrs.get("video_grid", []))
+    if v.shape != (3,) or v.dtype.kind not in ("i", "u") or (v < 1).any():
+        raise Damaged(f"attribute video_grid should be 3 positive whole numbers [F, h, w], not {v.tolist()!r}"[:200])
+    return tuple(int(x) for x in v)
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def read_strings(ds: h5py.Dataset) -> list[str]:
+    """A string variable: a CF character array [N, strlen] of UTF-8 (format 2) or
+    variable-length strings (format 1)."""
+    data = ds[...]
+    if data.dtype.kind == "S" and data.ndim == 2:
+        rows = np.ascontiguousarray(data).view(f"S{max(1, data.shape[1])}").reshape(-1)  # NUL padding dropped
+        return [r.decode("utf-8") for r in rows]
+    return [_text(v) for v in data]
+
+
+def _as_pick(idx: Sequence[int]):
+    """Positions -> the cheapest h5py selection: a slice for an arithmetic progression
+    (one hyperslab), else a list (h5py allows one list per read)."""
+    idx = [int(i) for i in idx]
+    if len(idx) == 1:
+        return slice(idx[0], idx[0] + 1)
+    d = idx[1] - idx[0]
+    if d > 0 and all(b - a == d for a, b in zip(idx, idx[1:])):
+        return slice(idx[0], idx[-1] + 1, d)
+    return idx
+
+
+def read_hyperslab(ds: h5py.Dataset, sels: Sequence[Sequence[int]]) -> np.ndarray:
+    """ds at the given positions per dimension (every dim kept), decoded to float32.
+
+    Several non-progression lists are split into one read per entry of the first one."""
+    picks = [_as_pick(s) for s in sels]
+    lists = [i for i, p in enumerate(picks) if isinstance(p, list)]
+    if len(lists) > 1:
+        i = lists[0]
+        parts = [read_hyperslab(ds, [*sels[:i], [j], *sels[i + 1:]]) for j in sels[i]]
+        return np.concatenate(parts, axis=i)
+    return decode(ds.attrs, ds[tuple(picks)])
+
+
+class Capture:
+    """An open capture file. Use `open_capture(path)`; close it or use `with`."""
+
+    def __init__(self, path: str, f: h5py.File):
+        self.path = path
+        self.f = f
+        a = {k: f.attrs[k] for k in f.attrs}
+        self.attrs: dict = {k: (_text(v) if isinstance(v, (bytes, str)) else v) for k, v in a.items()}
+        self.format_version: int = int(self.attrs.get("format_version", 1))
+        self.status: str = str(self.attrs.get("status", "running"))
+        self.steps = np.asarray(f["step"][...], np.int64)
+        self.steps_done: int = int(min(_scalar(self.attrs, "steps_done", default=0, minimum=0), len(self.steps)))
+        self.partial: bool = self.status != "complete" or self.steps_done < len(self.steps)
+        self.timesteps = np.asarray(f["timestep"][...], np.float64)  # NaN where not yet written
+        self.sigmas = np.asarray(f["sigma"][...], np.float32)
+        self.layers = np.asarray(f["layer"][...], np.int64)
+        # Format 2 keeps string labels in auxiliary coordinates (CF); format 1 in the dims'.
+        labels = "token_label" if self.format_version >= 2 else "token"
+        self.groups: list[str] = read_strings(f[labels])
+        self.group_kinds: list[str] = read_strings(f["token_kind"])
+        self.branches: list[str] = read_strings(f["branch_label" if self.format_version >= 2 else "branch"])
+        self.heads = np.asarray(f["head"][...], np.int64)
+        self.heads_mode: str = str(self.attrs.get("heads", "mean"))
+        self.grid: tuple[int, int, int] = _grid(self.attrs)
+        self.audio_tokens: int = _scalar(self.attrs, "audio_tokens", default=0, minimum=0)
+        self.kinds: list[str] = [k for k in str(self.attrs.get("kinds", "")).split(",") if k]
+        self.has_video: bool = "video" in f
+        self.has_audio: bool = "audio" in f
+        self.fps: float = _scalar(self.attrs, "fps", float, default=24.0, minimum=1e-3)
+        self.stride: int = _scalar(self.attrs, "pixel_frame_stride", default=4, minimum=1)
+        self.sample_rate: int = _scalar(self.attrs, "audio_sample_rate", default=16000, minimum=1)
+        self.samples_per_token: int = _scalar(self.attrs, "audio_samples_per_token", default=512, minimum=1)
+        F = self.grid[0]
+        self.num_pixel_frames: int = int(f["video"].shape[0]) if self.has_video else 1 + self.stride * (F - 1)
+        # The decoded clip is written after the last step; before that it is all zeros.
+        self.clip_written: bool = self.status == "complete"
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """Every map variable's shape must match the coordinates and the grid it is read by."""
+        F, h, w = self.grid
+        sizes = {"branch": len(self.branches), "step": len(self.steps), "layer": len(self.layers),
+                 "token": len(self.groups), "head": len(self.heads), "frame": F, "y": h, "x": w,
+                 "audio_time": self.audio_tokens}
+        for var in self.variables():
+            want = tuple(sizes[d] for d in MAP_DIMS[var])
+            if tuple(self.f[var].shape) != want:
+                raise Damaged(f"{var} has shape {tuple(self.f[var].shape)}, but its coordinates and video_grid "
+                              f"say {want}")
+        if self.has_video and (len(self.f["video"].shape) != 4 or self.f["video"].shape[3] != 3):
+            raise Damaged(f"video has shape {tuple(self.f['video'].shape)}, not [frames, H, W, 3]")
+
+    def state(self) -> str:
+        """How the capture stands: complete, interrupted, failed..., or for `running` whether its
+        writer lives: "running, last write 3 s ago" / "stopped without finishing (...)"."""
+        if self.status != "running":
+            return self.status
+        return describe_writer(self.attrs)[1]
+
+    # ----------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        if self.f.id.valid:
+            self.f.close()
+
+    def __enter__(self) -> "Capture":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- lookups
+    @property
+    def readable_steps(self) -> np.ndarray:
+        """Sampler step numbers whose maps are complete (the first steps_done entries)."""
+        return self.steps[: self.steps_done]
+
+    def variables(self) -> list[str]:
+        return [v for v in ("text_video", "text_audio", "video_audio", "audio_video", "audio_video_spatial")
+                if v in self.f]
+
+    def token_index(self, selector: str) -> int:
+        """'man', 'man#2', '#5', an exact label, or a bare text-token index '5' -> group position."""
+        sel = str(selector).strip()
+        if sel in self.groups:
+            return self.groups.index(sel)
+        lower = [g.lower() for g in self.groups]
+        if sel.lower() in lower:
+            return lower.index(sel.lower())
+        if sel.isdigit() and f"#{sel}" in self.groups:
+            return self.groups.index(f"#{sel}")
+        close = difflib.get_close_matches(sel, self.groups, n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        shown = ", ".join(repr(g) for g in self.groups[:40]) + (" ..." if len(self.groups) > 40 else "")
+        raise UserError(f"token '{sel}' was not captured{hint}; captured groups: {shown}.")
+
+    def branch_index(self, branch: str | int) -> int:
+        if isinstance(branch, int) or str(branch).isdigit():
+            b = int(branch)
+            if 0 <= b < len(self.branches):
+                return b
+        elif str(branch) in self.branches:
+            return self.branches.index(str(branch))
+        raise UserError(f"branch '{branch}' was not captured; captured branches: {', '.join(self.branches)}.")
+
+    def check_frame(self, pixel_frame: int) -> int:
+        """A pixel frame number; negative counts from the end (-1: the last), as selections do."""
+        n = int(pixel_frame)
+        if -self.num_pixel_frames <= n < 0:
+            n += self.num_pixel_frames
+        if not 0 <= n < self.num_pixel_frames:
+            raise UserError(f"frame {pixel_frame} is out of range; the clip has {self.num_pixel_frames} decoded "
+                            f"frames (0-{self.num_pixel_frames - 1}); negative values count from the end (-1 is "
+                            f"the last).")
+        return n
+
+    def latent_frame(self, pixel_frame: int) -> int:
+        return int(latent_frame_of(self.check_frame(pixel_frame), self.stride))
+
+    def frame(self, pixel_frame: int) -> np.ndarray:
+        """Decoded frame n as uint8 [H, W, 3] (one chunk read)."""
+        n = self.check_frame(pixel_frame)
+        if not self.has_video:
+            raise UserError(f"{os.path.basename(self.path)} holds no decoded video; capture with the video decoder on.")
+        try:
+            return np.asarray(self.f["video"][n])
+        except OSError as e:
+            raise self._damaged(e, f"decoded video frame {n}") from None
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(H, W) of decoded frames; without video, 32 pixels per token cell."""
+        if self.has_video:
+            return tuple(int(s) for s in self.f["video"].shape[1:3])
+        return self.grid[1] * 32, self.grid[2] * 32
+
+    def waveform(self) -> np.ndarray:
+        if not self.has_audio:
+            raise UserError(f"{os.path.basename(self.path)} holds no decoded audio.")
+        try:
+            return np.asarray(self.f["audio"][...], np.float32)
+        except OSError as e:
+            raise self._damaged(e, "decoded audio") from None
+
+    def token_table(self) -> list[dict]:
+        f = self.f
+        n = f["token_id"].shape[0]
+        members = np.asarray(f["group_members"][...]) if n else np.zeros((len(self.groups), 0), np.uint8)
+        cols = {k: f[k][...] for k in ("token_id", "token_word_index", "token_start", "token_end")}
+        cols |= {k: read_strings(f[k]) for k in ("token_piece", "token_word")}
+        rows = []
+        for t in range(n):
+            rows.append({
+                "index": t,
+                "id": int(cols["token_id"][t]),
+                "piece": _text(cols["token_piece"][t]),
+                "word": _text(cols["token_word"][t]),
+                "word_index": int(cols["token_word_index"][t]),
+                "start": int(cols["token_start"][t]),
+                "end": int(cols["token_end"][t]),
+                "groups": [self.groups[g] for g in np.flatnonzero(members[:, t])],
+            })
+        return rows
+
+    def settings(self) -> dict:
+        try:
+            return json.loads(self.attrs.get("settings", "") or "{}")
+        except json.JSONDecodeError:
+            return {}
+
+    # ----------------------------------------------------------------- maps
+    def _need(self, var: str) -> h5py.Dataset:
+        if var not in self.f:
+            kind = "audio_video" if var.startswith("audio_video") else var
+            raise UserError(f"this capture has no {var} maps (captured kinds: {', '.join(self.kinds) or 'none'}); "
+                            f"capture again with kinds including {kind}.")
+        return self.f[var]
+
+    def _outer(self, steps, layers, branch, heads) -> list[list[int]]:
+        """Selections of the leading (branch, step, layer) dims plus checks."""
+        steps = list(range(self.steps_done)) if steps is None else [int(s) for s in steps]
+        bad = [s for s in steps if not 0 <= s < self.steps_done]
+        if bad:
+            raise UserError(f"step position {bad[0]} is not readable; {self.steps_done} of {len(self.steps)} "
+                            f"captured steps exist (steps {describe_values(self.readable_steps)}).")
+        layers = list(range(len(self.layers))) if layers is None else [int(i) for i in layers]
+        return [[self.branch_index(branch)], steps, layers]
+
+    def _heads(self, heads) -> list[int]:
+        return list(range(len(self.heads))) if heads is None else [int(h) for h in heads]
+
+    def _read(self, var: str, picks: dict, out_dims: tuple[str, ...]) -> np.ndarray:
+        """Read `var` at the positions `picks[dim]` (every dim of the file listed), returned
+        with its dims in `out_dims` order: the file's dim order is format.MAP_DIMS'."""
+        ds = self._need(var)
+        file_dims = MAP_DIMS[var]
+        try:
+            data = read_hyperslab(ds, [picks[d] for d in file_dims])
+        except OSError as e:
+            raise self._damaged(e, self._find_damaged_map(var, picks)) from None
+        return np.transpose(data, [file_dims.index(d) for d in out_dims])
+
+    # ----------------------------------------------------------------- damage
+    def _damaged(self, error: OSError, what: str) -> UserError:
+        """One sentence naming what cannot be read and why."""
+        text = str(error).lower()
+        why = ("fails its Fletcher-32 checksum" if "filter" in text or "checksum" in text
+               else f"cannot be read ({str(error).splitlines()[0]})")
+        return UserError(f"{os.path.basename(self.path)} is damaged: the {what} {why}; render other tokens, "
+                         f"steps or layers, or capture again.")
+
+    def _find_damaged_map(self, var: str, picks: dict) -> str:
+        """After a failed read: read the selected maps one chunk at a time and describe the
+        first that fails (variable, token, step, layer, then the other leading dims)."""
+        import itertools
+
+        ds = self.f[var]
+        dims = MAP_DIMS[var]
+        lead = [d for d, c in zip(dims, ds.chunks) if c == 1]  # one position per chunk
+        for pos in itertools.product(*[picks[d] for d in lead]):
+            at = dict(zip(lead, pos))
+            try:
+                ds[tuple(slice(at[d], at[d] + 1) if d in at else slice(None) for d in dims)]
+            except OSError:
+                named = [d for d in sorted(at, key=_DAMAGE_ORDER.index) if ds.shape[dims.index(d)] > 1
+                         or d in ("token", "step", "layer")]  # a dim of one entry says nothing
+                return f"{var} map of " + ", ".join(self._describe_position(d, at[d]) for d in named)
+        return f"{var} maps selected"  # the batch failed but no single map did: say what was asked
+
+    def _describe_position(self, dim: str, i: int) -> str:
+        if dim == "token":
+            return f"token '{self.groups[i]}'"
+        if dim == "step":
+            return f"step {int(self.steps[i])}"
+        if dim == "layer":
+            return f"layer {int(self.layers[i])}"
+        if dim == "branch":
+            return f"branch {self.branches[i]}"
+        if dim == "head":
+            return "the head mean" if int(self.heads[i]) < 0 else f"head {int(self.heads[i])}"
+        return f"latent frame {i}" if dim == "frame" else f"{dim} {i}"
+
+    def _picks(self, steps, layers, branch, heads) -> dict:
+        b, s, l = self._outer(steps, layers, branch, heads)
+        return {"branch": b, "step": s, "layer": l, "head": self._heads(heads)}
+
+    def _frames(self, frames) -> list[int]:
+        return list(range(self.grid[0])) if frames is None else [int(x) for x in frames]
+
+    def text_video(self, token: int, steps=None, layers=None, branch=0, heads=None, frames=None) -> np.ndarray:
+        """[S, L, Hd, F', h, w] float32: one token's video maps (positions, not values)."""
+        F, h, w = self.grid
+        picks = self._picks(steps, layers, branch, heads) | {
+            "token": [int(token)], "frame": self._frames(frames), "y": list(range(h)), "x": list(range(w))}
+        out = self._read("text_video", picks, ("branch", "token", "step", "layer", "head", "frame", "y", "x"))
+        return out[0, 0]
+
+    def text_audio(self, token: int, steps=None, layers=None, branch=0, heads=None) -> np.ndarray:
+        """[S, L, Hd, La] float32."""
+        picks = self._picks(steps, layers, branch, heads) | {
+            "token": [int(token)], "audio_time": list(range(self.audio_tokens))}
+        out = self._read("text_audio", picks, ("branch", "token", "step", "layer", "head", "audio_time"))
+        return out[0, 0]
+
+    def video_audio(self, steps=None, layers=None, branch=0, heads=None) -> np.ndarray:
+        """[S, L, Hd, F, La] float32: each latent frame's attention over audio tokens."""
+        picks = self._picks(steps, layers, branch, heads) | {
+            "frame": self._frames(None), "audio_time": list(range(self.audio_tokens))}
+        return self._read("video_audio", picks, ("branch", "step", "layer", "head", "frame", "audio_time"))[0]
+
+    def audio_video(self, steps=None, layers=None, branch=0, heads=None) -> np.ndarray:
+        """[S, L, Hd, La, F] float32: each audio token's mass per latent frame."""
+        picks = self._picks(steps, layers, branch, heads) | {
+            "frame": self._frames(None), "audio_time": list(range(self.audio_tokens))}
+        return self._read("audio_video", picks, ("branch", "step", "layer", "head", "audio_time", "frame"))[0]
+
+    def audio_video_spatial(self, steps=None, layers=None, branch=0, heads=None, frames=None) -> np.ndarray:
+        """[S, L, Hd, F', h, w] float32: where the audio looks in the video."""
+        F, h, w = self.grid
+        picks = self._picks(steps, layers, branch, heads) | {
+            "frame": self._frames(frames), "y": list(range(h)), "x": list(range(w))}
+        return self._read("audio_video_spatial", picks, ("branch", "step", "layer", "head", "frame", "y", "x"))[0]
+
+
+_DAMAGE_ORDER = ("token", "step", "layer", "frame", "head", "audio_time", "branch")
+
+
+def open_capture(path) -> Capture:
+    """Open a capture for reading (HDF5 locking off, so a running capture can be followed)."""
+    path = str(path)
+    name = os.path.basename(path)
+    if not os.path.exists(path):
+        raise UserError(f"{path} does not exist; check the path of the capture file.")
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a directory; give the path of a capture .h5 file.")
+    if not h5py.is_hdf5(path):
+        raise UserError(f"{name} is not an HDF5 file; give a capture written by `ovi-attn capture`.")
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except OSError as e:
+        raise UserError(f"{name} cannot be opened ({str(e).splitlines()[0]}); the file is truncated or damaged.") from None
+    fmt = _text(f.attrs.get("format", ""))
+    if fmt != FORMAT_NAME:
+        f.close()
+        raise UserError(f"{name} is an HDF5 file but not an ovi-attn capture (format attribute "
+                        f"{fmt or 'missing'}); give a file written by `ovi-attn capture`.")
+    version = _version_of(f, name)
+    if version not in READABLE_VERSIONS and version < FORMAT_VERSION:
+        f.close()
+        raise UserError(f"{name} has capture format version {version}, which this ovi-attn does not read "
+                        f"(it reads {', '.join(map(str, READABLE_VERSIONS))}); capture it again.")
+    if version > FORMAT_VERSION:
+        f.close()
+        raise UserError(f"{name} has capture format version {version}, newer than this ovi-attn reads "
+                        f"({FORMAT_VERSION}); upgrade ovi-attn.")
+    try:
+        return Capture(path, f)
+    except Damaged as e:
+        f.close()
+        raise UserError(f"{name} is damaged: {e}; capture it again or restore the file.") from None
+    except (KeyError, OSError, ValueError, TypeError, RuntimeError) as e:
+        f.close()
+        raise UserError(f"{name} is missing part of the capture layout or cannot be read "
+                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); the file is damaged.") from None
+
+
+def _version_of(f: h5py.File, name: str) -> int:
+    try:
+        return _scalar({k: f.attrs[k] for k in ("format_version",) if k in f.attrs}, "format_version", default=0,
+                       minimum=0)
+    except Damaged as e:
+        f.close()
+        raise UserError(f"{name} is damaged: {e}; capture it again or restore the file.") from None
+
+
+@contextmanager
+def reading(path: str):
+    """Turn an HDF5 read error anywhere inside (any view, info) into one sentence naming the file."""
+    try:
+        yield
+    except (OSError, KeyError, RuntimeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{os.path.basename(str(path))} could not be read ({first}); the file is damaged or "
+                        f"truncated: capture it again or restore it.") from None
+
+
+__all__ = ["Capture", "open_capture", "read_hyperslab", "reading", "BRANCHES"]

@@ -1,0 +1,1 @@
+"""The pictures: GIF/MP4/PNG/SVG views over the reader."""
