@@ -283,6 +283,22 @@ def test_status_follows_a_running_capture_and_tells_a_stopped_one(tmp_path):
         assert st["state"] == "stopped" and st["text"].startswith("stopped (interrupted)")
 
 
+def test_status_of_a_running_file_whose_writer_is_gone_is_the_sentence_info_gives(tmp_path):
+    import socket
+
+    live = tmp_path / "live.h5"
+    write_synthetic(live, Synth(steps=4, steps_done=2))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs
+    with h5py.File(live, "r+", locking=False) as f:
+        f.attrs.update({"heartbeat": time.time() - 5, "writer_pid": gone.pid, "writer_host": socket.gethostname()})
+    with Server([live]) as s:
+        st = s.json("/api/status")["files"][0]
+    assert st["state"] == "stopped"
+    assert st["text"].startswith("stopped without finishing (no write for ")
+    assert st["text"].endswith(f" s; process {gone.pid} on this host is gone), 2 of 4 steps")
+
+
 # ---------------------------------------------------------------------- the page in Chromium
 @pytest.fixture(scope="module")
 def browser():

@@ -3,58 +3,23 @@
 HDF5 caches a file's metadata for the life of an open handle, so a reader that keeps one
 handle would never see the writer's new `steps_done`. A `Source` therefore reopens its
 file when its size or modification time changes (cheap: attributes and coordinates only)
-while the capture is not finished. Status attributes that other versions of the writer add
-(a heartbeat time, the writer's host and pid) are read defensively: any may be missing.
+while the capture is not finished. Whether a `running` file's writer lives is decided by
+contract.liveness (the check `info` and `render` use) when the file has a heartbeat, else by
+how long ago the file was last written.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
-import socket
 import threading
 import time
 
 from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.contract.liveness import describe_writer
 from ovi_attn_render.contract.reader import Capture, open_capture
 
 FINISHED = ("complete",)
-STALE_SECONDS = 600.0  # no write for this long and no live writer process known: the run stopped
-
-
-def _attr(cap: Capture, *names: str):
-    """The first of the named attributes the file has, or None."""
-    for n in names:
-        if n in cap.attrs and cap.attrs[n] not in ("", None):
-            return cap.attrs[n]
-    return None
-
-
-def _seconds_since(value) -> float | None:
-    """Age in seconds of a heartbeat stored as epoch seconds or an ISO-8601 time."""
-    try:
-        return max(0.0, time.time() - float(value))
-    except (TypeError, ValueError):
-        pass
-    try:
-        t = _dt.datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=_dt.timezone.utc)
-    return max(0.0, (_dt.datetime.now(_dt.timezone.utc) - t).total_seconds())
-
-
-def _process_alive(pid) -> bool | None:
-    try:
-        os.kill(int(pid), 0)
-    except (TypeError, ValueError):
-        return None
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+STALE_SECONDS = 600.0  # a file without a heartbeat and no write for this long: the run stopped
 
 
 class Source:
@@ -105,22 +70,19 @@ class Source:
         cap = self.cap
         total = len(cap.steps)
         done = cap.steps_done
-        heartbeat = _attr(cap, "heartbeat", "heartbeat_at", "last_write", "last_write_at", "updated_at")
-        pid = _attr(cap, "writer_pid", "pid")
-        host = _attr(cap, "writer_host", "host", "hostname")
-        age = _seconds_since(heartbeat) if heartbeat is not None else None
-        if age is None:
-            age = max(0.0, time.time() - self._stamp[1] / 1e9)  # the file's own last write
-        alive = _process_alive(pid) if pid is not None and (host is None or str(host) == socket.gethostname()) \
-            else None
+        age = max(0.0, time.time() - self._stamp[1] / 1e9)  # the file's own last write
         if cap.status in FINISHED:
             state, text = "complete", f"complete, {done} steps"
-        elif cap.status == "running" and alive is not False and (alive or age < STALE_SECONDS):
+        elif cap.status != "running":
+            state, text = "stopped", f"stopped ({cap.status}), {done} of {total} steps"
+        elif "heartbeat" in cap.attrs:  # the writer records itself: ask the one liveness check info uses
+            alive, said = describe_writer(cap.attrs)
+            state = "running" if alive else "stopped"
+            text = f"running, step {done} of {total}" if alive else f"{said}, {done} of {total} steps"
+        elif age < STALE_SECONDS:  # a file without a heartbeat (format 1): judge by its last write
             state, text = "running", f"running, step {done} of {total}"
         else:
-            why = cap.status if cap.status != "running" else (
-                "its writer process is gone" if alive is False else f"no write for {age / 60:.0f} min")
-            state, text = "stopped", f"stopped ({why}), {done} of {total} steps"
+            state, text = "stopped", f"stopped (no write for {age / 60:.0f} min), {done} of {total} steps"
         return {"file": self.index, "state": state, "text": text, "steps_done": done, "steps_total": total,
                 "status_attr": cap.status, "seconds_since_write": round(age, 1), "generation": self.generation}
 
