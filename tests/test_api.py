@@ -67,3 +67,19 @@ def test_render_without_out_returns_the_same_picture_as_the_file(toy_run, tmp_pa
     import imageio.v3 as iio
 
     np.testing.assert_array_equal(img, np.asarray(iio.imread(path))[..., :3])
+
+
+def test_capture_api_writes_the_file_prints_nothing_and_reports_progress(tmp_path, capsys):
+    import ovi_attn_capture as oc
+
+    calls = []
+    summary = oc.capture(ROOT / "data/prompts/example.yaml", tmp_path / "api.h5", num_steps=2, mp4=False,
+                         on_progress=lambda done, total: calls.append((done, total)))
+    out, err = capsys.readouterr()
+    assert out == "" and err == ""
+    assert calls == [(1, 2), (2, 2)]
+    assert Path(summary.path) == tmp_path / "api.h5" and summary.steps == 2
+    with oa.open_capture(summary.path) as cap:
+        assert cap.status == "complete" and list(cap.steps) == [0, 1]
+    with pytest.raises(oa.UserError, match="give output="):
+        oc.capture({"prompt": "a red circle", "model": "toy"})

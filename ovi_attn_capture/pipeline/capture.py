@@ -175,9 +175,11 @@ def write_clip_mp4(path: Path, frames: np.ndarray, waveform: np.ndarray, sample_
 
 
 def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None, progress: bool = True,
-                comp: Components | None = None, mp4: bool = True, sp=None) -> CaptureSummary | None:
+                comp: Components | None = None, mp4: bool = True, sp=None,
+                on_progress=None) -> CaptureSummary | None:
     """sp: a sequence_parallel.SequenceParallel group to run across; only its rank 0 writes
-    (and decodes); the other ranks compute their heads' maps and return None."""
+    (and decodes); the other ranks compute their heads' maps and return None.
+    on_progress(steps_done, steps): called after every sampler step (the API's progress)."""
     writes = sp is None or sp.rank == 0
     out = plan_outputs(Path(output), force, mp4) if writes else None
     asked = (run.height, run.width) if run.height or run.width else None
@@ -215,7 +217,7 @@ def run_capture(run: RunSpec, output: Path, *, force: bool = False, console=None
         stop.defer(f"{out.writing} is readable with the steps flushed so far (its status still says running)"
                    if writes else "this helper rank holds no file")
         summary = _generate(run, comp, plan, layout, texts, writer, out, stop, device, console, progress, t_load,
-                            sp)
+                            sp, on_progress=on_progress)
         if summary is None:  # a helper rank of a sequence-parallel group
             return None
         # The capture is complete (and in place): a signal now stops the MP4 alone.
@@ -263,7 +265,7 @@ def _check_size(run: RunSpec, layout: CaptureLayout, out: OutputPlan | None) -> 
 
 
 def _generate(run, comp, plan, layout, texts, writer, out: OutputPlan | None, stop: StopRequests, device, console,
-              progress, t_load, sp=None) -> CaptureSummary | None:
+              progress, t_load, sp=None, on_progress=None) -> CaptureSummary | None:
     """Sample with the probe attached; close the file with how it ended. Raises Interrupted
     (exit 130/143) or a UserError for a full disk after closing the file. A helper rank of
     a sequence-parallel group (writer None) returns None."""
@@ -289,6 +291,8 @@ def _generate(run, comp, plan, layout, texts, writer, out: OutputPlan | None, st
                     done = step_pos[i] + 1
                     hooks.at(f"step-{done}")
                 advance(i, probe.maps_written)
+                if on_progress is not None:
+                    on_progress(i + 1, run.steps)
                 stop.check()
 
             embeddings = comp.encode_texts(texts)
