@@ -27,7 +27,6 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 err_console = Console(stderr=True)
-_state = {"debug": False}
 
 
 def _version(value: bool) -> None:
@@ -41,7 +40,7 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback of errors."),
 ) -> None:
-    _state["debug"] = debug
+    """Declares the global flags; main() reads --debug from the arguments itself, before parsing."""
 
 
 COMMAND_HOOK = "ovi_attn.commands"  # entry-point group: `register(app)` functions of other packages

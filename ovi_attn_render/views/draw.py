@@ -235,12 +235,6 @@ def vstack(images: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.pad(i, ((0, 0), (0, W - i.shape[1]), (0, 0))) for i in images], 0)
 
 
-def figure_to_rgb(fig) -> np.ndarray:
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-
-
-# ---------------------------------------------------------------------- writers
 def check_output(path: str, force: bool) -> None:
     if os.path.exists(path) and not force:
         raise UserError(f"{path} already exists; pass --force to overwrite it or -o to write elsewhere.")
