@@ -245,6 +245,11 @@ m = torch.full((2, 3), float(sp.rank + 1))  # this rank's two heads' maps
 assert torch.equal(sp.reduce_maps(m, keep_heads=False), torch.full((1, 3), (1 + 1 + 2 + 2) / 4))
 assert torch.equal(sp.reduce_maps(m, keep_heads=True)[:, 0], torch.tensor([1.0, 1.0, 2.0, 2.0]))
 print("swaps ok")
+# Leave together: a rank that exits while its peer's gloo thread still talks to it aborts the
+# peer at shutdown ("terminate called without an active exception"), as the capture's own
+# teardown (distributed.shutdown) also destroys its group before the process ends.
+dist.barrier()
+dist.destroy_process_group()
 """
 
 
