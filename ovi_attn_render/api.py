@@ -203,8 +203,9 @@ class Capture:
         for kind in ("eos", "pad"):
             if kind not in kinds:
                 raise UserError(f"renorm needs the <{kind}> group, which this capture lacks; use renorm=False.")
-        rest = 1.0 - read(kinds.index("eos")) - read(kinds.index("pad"))
-        return x / np.maximum(rest, 1e-6)
+        from .views.video import renormalised
+
+        return renormalised(x, read(kinds.index("eos")), read(kinds.index("pad")))
 
     def _array(self, x: np.ndarray, dims: tuple[str, ...], pos: dict, token: str | None, kind: str,
                reduce: str | None, **extra_coords) -> xr.DataArray:

@@ -12,19 +12,25 @@ from synthetic import write_synthetic
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def blocking(*packages: str) -> str:
+    """The start of a child script in which importing any of `packages` raises ImportError."""
+    return textwrap.dedent(f"""
+        import sys
+
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {packages!r}:
+                    raise ImportError(name + " is blocked in this test")
+                return None
+
+        sys.meta_path.insert(0, Block())
+    """)
+
+
 def test_render_and_info_without_torch(tmp_path):
     cap = tmp_path / "run.h5"
     write_synthetic(cap)
-    script = textwrap.dedent(f"""
-        import sys
-
-        class BlockTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is blocked in this test")
-                return None
-
-        sys.meta_path.insert(0, BlockTorch())
+    script = blocking("torch") + textwrap.dedent(f"""
         from ovi_attn_render.cli import main
         codes = [main(["info", {str(cap)!r}]),
                  main(["render", {str(cap)!r}, "--token", "man", "--frame", "4"]),
@@ -58,16 +64,7 @@ def test_render_package_never_imports_the_capture_package():
 def test_render_commands_work_when_the_capture_package_is_missing(tmp_path):
     cap = tmp_path / "run.h5"
     write_synthetic(cap)
-    script = textwrap.dedent(f"""
-        import sys
-
-        class BlockCapture:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("torch", "ovi_attn_capture"):
-                    raise ImportError(name + " is blocked in this test")
-                return None
-
-        sys.meta_path.insert(0, BlockCapture())
+    script = blocking("torch", "ovi_attn_capture") + textwrap.dedent(f"""
         from importlib import metadata
         real = metadata.entry_points
         metadata.entry_points = lambda **kw: [e for e in real(**kw) if not e.value.startswith("ovi_attn_capture")]

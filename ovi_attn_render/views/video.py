@@ -236,6 +236,11 @@ def _reduce(x: np.ndarray, axis: int, how: str) -> np.ndarray:
         return np.nanmax(x, axis=axis) if how == "max" else np.nanmean(x, axis=axis)
 
 
+def renormalised(x: np.ndarray, eos: np.ndarray, pad: np.ndarray) -> np.ndarray:
+    """A group's maps divided by the mass on real tokens, 1 - <eos> - <pad> (`--renorm`, the API's renorm)."""
+    return x / np.maximum(1.0 - eos - pad, 1e-6)
+
+
 def _special_group(cap: Capture, kind: str) -> int:
     if kind not in cap.group_kinds:
         raise UserError(f"--renorm needs the {kind} group, which this capture lacks; drop --renorm.")
@@ -273,7 +278,7 @@ def token_maps(cap: Capture, p: Pick, o: Options, token: int, latents: list[int]
     if o.renorm:
         eos = cap.text_video(_special_group(cap, "eos"), p.steps, p.layers, b, p.heads, latents)
         pad = cap.text_video(_special_group(cap, "pad"), p.steps, p.layers, b, p.heads, latents)
-        x = x / np.maximum(1.0 - eos - pad, 1e-6)
+        x = renormalised(x, eos, pad)
     x = _reduce(x, 2, o.reduce)  # over heads
     return x if keep_layers else _reduce(x, 1, o.reduce)  # over layers
 
