@@ -84,6 +84,8 @@ def capture(
     branch: Optional[str] = typer.Option(None, metavar="<name>", help=_flag(
         "Guidance pass to capture: cond (the prompt), uncond (the negative prompts) or both.", "cond")),
     heads: Optional[str] = typer.Option(None, metavar="<mode>", help=_flag("mean over heads, or all heads.", "mean")),
+    queries: Optional[str] = typer.Option(None, metavar="<yaml>", help=_flag(
+        "Query points for self-attention maps, as YAML: '[{frame: 60, x: 0.5, y: 0.3, label: face}]'.", "none")),
     map_dtype: Optional[str] = typer.Option(None, "--map-dtype", metavar="<enc>", help=_flag(
         "Map encoding: int16 (CF-packed), float32, float32-deflate or float16.", "int16")),
     model: Optional[str] = typer.Option(None, metavar="<name>", help=_flag(
@@ -138,7 +140,7 @@ def capture(
     overrides = _overrides(
         seed=seed, seeds=seeds, sp_size=sp_size, prompt=prompt, video_negative_prompt=video_negative_prompt,
         audio_negative_prompt=audio_negative_prompt, tokens=tokens, layers=layers, capture_steps=capture_steps,
-        kinds=kinds, branch=branch, heads=heads, map_dtype=map_dtype, model=model, ckpt_dir=ckpt_dir,
+        kinds=kinds, branch=branch, heads=heads, queries=queries, map_dtype=map_dtype, model=model, ckpt_dir=ckpt_dir,
         num_steps=num_steps, solver=solver, shift=shift, height=height, width=width,
         video_guidance_scale=video_guidance_scale, audio_guidance_scale=audio_guidance_scale, slg_layer=slg_layer,
         mode=mode, image=image, device=device, dtype=dtype, cpu_offload=cpu_offload, fp8=fp8,

@@ -29,6 +29,8 @@ import yaml
 from ovi_attn_render.contract.token_groups import check_selection, clean_prompt_text
 from ovi_attn_render.common.errors import UserError
 
+from ovi_attn_capture.pipeline.queries import EXAMPLE as QUERY_EXAMPLE, QueryProblem, check_against_run, parse_queries
+
 MODELS = ("toy", "tiny", "720x720_5s", "960x960_5s", "960x960_10s")
 SOLVERS = ("unipc", "euler", "dpm++")
 MODES = ("t2v", "i2v")
@@ -107,6 +109,7 @@ class RunSpec:
     max_file_gb: float = 20.0
     seeds: list[int] | None = None  # a sweep: one capture per seed (batch.py expands it)
     sp_size: int = 1  # ranks that run one prompt together (sequence parallel, under torchrun)
+    queries: list | None = None  # query points (queries.QuerySpec) whose self-attention rows are captured
     capture: CaptureSpec = field(default_factory=CaptureSpec)
     source_path: Path | None = None
     source_text: str = ""
@@ -271,6 +274,13 @@ def _kinds(value: Any) -> list[str]:
     return kinds
 
 
+def _queries(value: Any) -> list:
+    try:
+        return parse_queries(value)
+    except QueryProblem as problem:
+        raise _Bad(str(problem)) from None
+
+
 def _capture_index_set(noun: str) -> Callable[[Any], Any]:
     """Syntax check of capture.layers / capture.steps; ranges are checked later against the
     model (layers) or the sampler (steps)."""
@@ -414,6 +424,7 @@ _KEY_LIST = [
     _Key("max_file_gb", 20.0, _number(0, above=True), "max_file_gb: 20", True),
     _Key("seeds", None, _seeds, "seeds: [1, 2, 3]"),
     _Key("sp_size", 1, _integer(1, 1024), "sp_size: 2", True),
+    _Key("queries", None, _queries, QUERY_EXAMPLE, True),
     _Key("capture.tokens", ["all"], _tokens, "tokens: [man, park]"),
     _Key("capture.layers", "all", _capture_index_set("layers"), 'layers: "10-19"'),
     _Key("capture.steps", "all", _capture_index_set("sampler steps"), "steps: {every: 5}"),
@@ -452,6 +463,7 @@ OVERRIDABLE: dict[str, str] = {
     "--max-file-gb": "max_file_gb",
     "--seeds": "seeds",
     "--sp-size": "sp_size",
+    "--queries": "queries",
     "--tokens": "capture.tokens",
     "--layers": "capture.layers",
     "--capture-steps": "capture.steps",
@@ -765,6 +777,7 @@ def _check_together(spec: RunSpec, origins: dict[str, _Origin], item_lines: list
     if released is not None:  # the tiny model's depth is checked by resolve_model_defaults
         _check_index_set(spec.capture.layers, released.num_layers, "layers", "capture.layers", origins)
     _check_tokens(spec, origins["capture.tokens"], item_lines)
+    _check_queries(spec, origins["queries"])
 
 
 def _check_prompt(spec: RunSpec, where: _Origin) -> None:
@@ -848,6 +861,21 @@ def _check_tokens(spec: RunSpec, origin: _Origin, item_lines: list[_Origin]) -> 
         except UserError as err:
             where = item_lines[i] if i < len(item_lines) else origin
             raise where.error_sentence("capture.tokens", str(err)) from None
+
+
+def _check_queries(spec: RunSpec, origin: _Origin) -> None:
+    """Adaptive queries name a token of the prompt and a step the sampler runs."""
+    text = clean_prompt_text(spec.prompt)
+    for i, q in enumerate(spec.queries or []):
+        if q.adaptive:
+            try:
+                check_selection(q.token, text, text_len=TEXT_LEN)
+            except UserError as err:
+                raise origin.error_sentence("queries", f"item {i + 1} ({q.label}): {err}") from None
+    try:
+        check_against_run(spec.queries or [], spec.steps)
+    except UserError as err:
+        raise origin.error_sentence("queries", str(err).removeprefix("queries: ")) from None
 
 
 def resolve_model_defaults(
