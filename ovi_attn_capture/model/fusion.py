@@ -183,6 +183,8 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps, compute_dtype)
         self.norm_k = RMSNorm(dim, eps, compute_dtype)
         self.sp = None  # a SequenceParallel group, set by FusionModel.attach_sequence_parallel
+        self.probe = None  # set by FusionModel.attach_probe
+        self.where = ("", -1)  # (tower, layer), for the probe
 
     def heads(self, x):  # [B, L, C] -> [B, L, H, D]
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim)
@@ -194,7 +196,10 @@ class SelfAttention(nn.Module):
         sp = self.sp
         if sp is not None:  # Ulysses: all tokens, 1/K of the heads
             q, k, v = (sp.to_heads(t, int(seq_lens.max())) for t in (q, k, v))
-        out, _ = attention(rope(q), rope(k), v, k_lens=seq_lens)
+        q, k = rope(q), rope(k)
+        out, lse = attention(q, k, v, k_lens=seq_lens)
+        if self.probe is not None:
+            self.probe.on_self_attention(self.where, q, k, lse, seq_lens)
         if sp is not None:
             out = sp.to_sequence(out)
         return self.o(out.flatten(2))
@@ -213,8 +218,6 @@ class CrossAttention(SelfAttention):
         self.v_fusion = Linear(dim, dim)
         self.pre_attn_norm_fusion = LayerNorm(dim, eps=eps, elementwise_affine=True, compute_dtype=compute_dtype)
         self.norm_k_fusion = RMSNorm(dim, eps=1e-6, compute_dtype=compute_dtype)
-        self.probe = None  # set by FusionModel.attach_probe
-        self.where = ("", -1)  # (tower, layer), for the probe
 
     def forward(self, x, context, own_rope=None, target=None):
         """x: [B, L, C] (already norm3'ed); context: [B, 512, C] text; target: None or
@@ -416,7 +419,7 @@ class FusionModel(nn.Module):
         for name, tower in (("video", self.video_model), ("audio", self.audio_model)):
             if tower is not None:
                 for i, block in enumerate(tower.blocks):
-                    block.cross_attn.where = (name, i)
+                    block.cross_attn.where = block.self_attn.where = (name, i)
 
     @property
     def num_layers(self) -> int:
@@ -428,7 +431,7 @@ class FusionModel(nn.Module):
         for tower in (self.video_model, self.audio_model):
             if tower is not None:
                 for block in tower.blocks:
-                    block.cross_attn.probe = probe
+                    block.cross_attn.probe = block.self_attn.probe = probe
 
     def attach_sequence_parallel(self, sp) -> None:
         """Run every forward across a sequence-parallel group (sequence_parallel.py); None: one process."""

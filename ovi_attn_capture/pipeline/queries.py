@@ -20,6 +20,7 @@ from typing import Any
 
 from ovi_attn_render.common.errors import UserError
 from ovi_attn_render.contract.format import latent_frame_of
+from ovi_attn_render.contract.queries import PlacedQuery
 
 VIDEO_KEYS = ("frame", "x", "y", "label")
 ADAPTIVE_KEYS = ("token", "frame", "step", "label")
@@ -44,28 +45,6 @@ class QuerySpec:
     token: str | None = None  # adaptive: the peak of this token group's text->video map ...
     step: int | None = None  # ... at this sampler step (the point is used from the next step on)
     time: float | None = None  # audio query: seconds from the start
-
-    @property
-    def adaptive(self) -> bool:
-        return self.token is not None
-
-
-@dataclass
-class PlacedQuery:
-    """A query on the token grid. Adaptive queries have y = x = -1 until they are found."""
-
-    label: str
-    tower: str
-    pixel_frame: int = -1  # video: the decoded frame asked for
-    latent_frame: int = -1
-    y: int = -1  # token row / column on the latent grid
-    x: int = -1
-    pixel_y: float = math.nan  # where the point is in pixels (the cell centre when adaptive)
-    pixel_x: float = math.nan
-    token: str | None = None
-    step: int | None = None
-    audio_token: int = -1  # audio: the audio token
-    time: float = math.nan  # audio: seconds
 
     @property
     def adaptive(self) -> bool:
@@ -214,8 +193,3 @@ def resolve_queries(queries: list[QuerySpec], *, pixel_frames: int, pixel_size: 
         px, cx = _cell(q.x, W, w)
         out.append(PlacedQuery(q.label, "video", q.frame, latent, cy, cx, py, px))
     return out
-
-
-def cell_centre(cell: int, cells: int, pixels: int) -> float:
-    """Pixel position of a token cell's centre along one axis."""
-    return (cell + 0.5) * pixels / cells

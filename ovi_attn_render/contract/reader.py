@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from ovi_attn_render.common.errors import UserError
 from ovi_attn_render.contract.format import BRANCHES, FORMAT_NAME, FORMAT_VERSION, MAP_DIMS, READABLE_VERSIONS, decode, latent_frame_of
 from ovi_attn_render.contract.liveness import describe_writer
+from ovi_attn_render.contract.queries import PlacedQuery
 from ovi_attn_render.contract.selection import describe_values
 
 
@@ -129,6 +130,7 @@ class Capture:
         self.num_pixel_frames: int = int(f["video"].shape[0]) if self.has_video else 1 + self.stride * (F - 1)
         # The decoded clip is written after the last step; before that it is all zeros.
         self.clip_written: bool = self.status == "complete"
+        self.queries: list[PlacedQuery] = _read_queries(f)  # video queries first, then audio ones
         self._check_shapes()
 
     def _check_shapes(self) -> None:
@@ -136,7 +138,8 @@ class Capture:
         F, h, w = self.grid
         sizes = {"branch": len(self.branches), "step": len(self.steps), "layer": len(self.layers),
                  "token": len(self.groups), "head": len(self.heads), "frame": F, "y": h, "x": w,
-                 "audio_time": self.audio_tokens}
+                 "audio_time": self.audio_tokens, "query": len(self.tower_queries("video")),
+                 "audio_query": len(self.tower_queries("audio"))}
         for var in self.variables():
             want = tuple(sizes[d] for d in MAP_DIMS[var])
             if tuple(self.f[var].shape) != want:
@@ -170,8 +173,27 @@ class Capture:
         return self.steps[: self.steps_done]
 
     def variables(self) -> list[str]:
-        return [v for v in ("text_video", "text_audio", "video_audio", "audio_video", "audio_video_spatial")
-                if v in self.f]
+        return [v for v in ("text_video", "text_audio", "video_audio", "audio_video", "audio_video_spatial",
+                            "video_self", "audio_self") if v in self.f]
+
+    def tower_queries(self, tower: str) -> list[PlacedQuery]:
+        return [q for q in self.queries if q.tower == tower]
+
+    def query_index(self, label: str, tower: str = "video") -> int:
+        """A query's label -> its position in the file's `query` (video) or `audio_query` dimension."""
+        queries = self.tower_queries(tower)
+        labels = [q.label for q in queries]
+        if str(label) in labels:
+            return labels.index(str(label))
+        if str(label).isdigit() and int(label) < len(labels) and str(label) not in labels:
+            return int(label)
+        var = "video_self" if tower == "video" else "audio_self"
+        if not labels:
+            raise UserError(f"this capture has no {tower} query points ({var} maps); capture again with "
+                            f"`queries:` in the prompt file (docs/PROMPT.md).")
+        close = difflib.get_close_matches(str(label), labels, n=1, cutoff=0.5)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"{tower} query '{label}' was not captured{hint}; captured: {', '.join(labels)}.")
 
     def token_index(self, selector: str) -> int:
         """'man', 'man#2', '#5', an exact label, or a bare text-token index '5' -> group position."""
@@ -324,6 +346,8 @@ class Capture:
     def _describe_position(self, dim: str, i: int) -> str:
         if dim == "token":
             return f"token '{self.groups[i]}'"
+        if dim in ("query", "audio_query"):
+            return f"query '{self.tower_queries('video' if dim == 'query' else 'audio')[i].label}'"
         if dim == "step":
             return f"step {int(self.steps[i])}"
         if dim == "layer":
@@ -368,6 +392,21 @@ class Capture:
             "frame": self._frames(None), "audio_time": list(range(self.audio_tokens))}
         return self._read("audio_video", picks, ("branch", "step", "layer", "head", "audio_time", "frame"))[0]
 
+    def video_self(self, query: int, steps=None, layers=None, branch=0, heads=None, frames=None) -> np.ndarray:
+        """[S, L, Hd, F', h, w] float32: one video query's self-attention over the clip."""
+        F, h, w = self.grid
+        picks = self._picks(steps, layers, branch, heads) | {
+            "query": [int(query)], "frame": self._frames(frames), "y": list(range(h)), "x": list(range(w))}
+        out = self._read("video_self", picks, ("branch", "query", "step", "layer", "head", "frame", "y", "x"))
+        return out[0, 0]
+
+    def audio_self(self, query: int, steps=None, layers=None, branch=0, heads=None) -> np.ndarray:
+        """[S, L, Hd, La] float32: one audio query's self-attention over the audio tokens."""
+        picks = self._picks(steps, layers, branch, heads) | {
+            "audio_query": [int(query)], "audio_time": list(range(self.audio_tokens))}
+        out = self._read("audio_self", picks, ("branch", "audio_query", "step", "layer", "head", "audio_time"))
+        return out[0, 0]
+
     def audio_video_spatial(self, steps=None, layers=None, branch=0, heads=None, frames=None) -> np.ndarray:
         """[S, L, Hd, F', h, w] float32: where the audio looks in the video."""
         F, h, w = self.grid
@@ -376,7 +415,26 @@ class Capture:
         return self._read("audio_video_spatial", picks, ("branch", "step", "layer", "head", "frame", "y", "x"))[0]
 
 
-_DAMAGE_ORDER = ("token", "step", "layer", "frame", "head", "audio_time", "branch")
+def _read_queries(f: h5py.File) -> list[PlacedQuery]:
+    """The query points a file records (none for files written before queries existed)."""
+    out = []
+    if "query" in f:
+        labels, tokens = read_strings(f["query_label"]), read_strings(f["query_token"])
+        col = {k: f[k][...] for k in ("query_pixel_frame", "query_latent_frame", "query_y", "query_x",
+                                      "query_pixel_y", "query_pixel_x", "query_found_at_step")}
+        for i, label in enumerate(labels):
+            step = int(col["query_found_at_step"][i])
+            out.append(PlacedQuery(label, "video", int(col["query_pixel_frame"][i]), int(col["query_latent_frame"][i]),
+                                   int(col["query_y"][i]), int(col["query_x"][i]), float(col["query_pixel_y"][i]),
+                                   float(col["query_pixel_x"][i]), tokens[i] or None, None if step < 0 else step))
+    if "audio_query" in f:
+        times, tokens = f["audio_query_time"][...], f["audio_query_token"][...]
+        for i, label in enumerate(read_strings(f["audio_query_label"])):
+            out.append(PlacedQuery(label, "audio", audio_token=int(tokens[i]), time=float(times[i])))
+    return out
+
+
+_DAMAGE_ORDER = ("query", "audio_query", "token", "step", "layer", "frame", "head", "audio_time", "branch")
 
 
 def open_capture(path) -> Capture:
