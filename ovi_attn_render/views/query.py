@@ -6,8 +6,9 @@ pixel frame; `query_y`, `query_x`, its cell). The clip is reached through `Clip`
 views do not care whether the maps came from a file, the API or a test.
 
 A track is, per latent frame, the point the query attends to most: the argmax cell, or
-the soft-argmax (the attention-weighted mean position over the frame, after the frame's
-map is renormalised to sum 1). Positions are in cell units, cell centres at +0.5.
+the soft-argmax (the mean position weighted by the attention above the frame's median, so
+the even share every background cell gets does not pull the point to the frame's centre).
+Positions are in cell units, cell centres at +0.5.
 """
 
 from __future__ import annotations
@@ -56,8 +57,12 @@ def track(m: xr.DataArray, method: str = "argmax") -> xr.DataArray:
         i = safe.argmax(-1)
         pos = np.stack([i // w + 0.5, i % w + 0.5], -1)
     else:
-        total = np.maximum(safe.sum(-1, keepdims=True), 1e-30)
-        p = (safe / total).reshape(v.shape)
+        # The frame's floor (its median: the background's even share) says nothing about where
+        # the point went; only the mass above it is weighed. A flat frame falls back to all of it.
+        excess = np.maximum(safe - np.median(safe, axis=-1, keepdims=True), 0.0)
+        excess = np.where(excess.sum(-1, keepdims=True) > 0, excess, safe)
+        total = np.maximum(excess.sum(-1, keepdims=True), 1e-30)
+        p = (excess / total).reshape(v.shape)
         pos = np.stack([(p.sum(-1) * (np.arange(h) + 0.5)).sum(-1), (p.sum(-2) * (np.arange(w) + 0.5)).sum(-1)], -1)
     pos[missing] = np.nan
     dims = tuple(d for d in m.transpose(..., "frame", "y", "x").dims if d not in ("y", "x")) + ("axis",)
