@@ -213,3 +213,92 @@ def view_track(maps: list[xr.DataArray], clip: Clip, out: str, *, method: str = 
     else:
         draw.write_gif(out, frame_at, clip.pixel_frames, clip.fps)
     return clip.pixel_frames
+
+
+# ----------------------------------------------------------------------------- from a capture file
+
+
+def clip_of(cap, size, notes: list[str]) -> Clip:
+    """The decoded clip of a capture (grey frames while it is not written)."""
+    from ovi_attn_render.views.video import background
+
+    wav = cap.waveform() if cap.has_audio and cap.clip_written else None
+    return Clip(lambda n: background(cap, n, size, notes), cap.num_pixel_frames, cap.latent_frame, size, cap.fps,
+                wav, cap.sample_rate)
+
+
+def _maps(cap, o, labels: list[str]) -> tuple[list[xr.DataArray], str]:
+    """Each query's attention as (layer, frame, y, x), the mean over the selected steps with
+    heads reduced as --reduce says; and the selection in words."""
+    from ovi_attn_render.api import Capture as Api
+
+    api = Api(cap)
+    maps = [api.video_self(label, steps=_steps(cap, o), layers=o.layers, heads=o.heads, branch=o.branch,
+                           reduce=o.reduce) for label in labels]
+    return [m.mean("step", keep_attrs=True) for m in maps], _selection_text(maps[0], cap, o)
+
+
+def _steps(cap, o) -> str | None:
+    """--steps, or the view's default: the last readable step."""
+    from ovi_attn_render.views.video import default_steps
+
+    return o.steps if o.steps is not None else default_steps(cap, o.view)
+
+
+def _selection_text(m: xr.DataArray, cap, o) -> str:
+    from ovi_attn_render.contract.selection import describe_values
+
+    steps = describe_values(m.coords["step"].values) if "step" in m.dims else "?"
+    return f"step {steps}, layers {describe_values(m.coords['layer'].values)}, branch {o.branch}"
+
+
+def render_query(cap, o, out: str):
+    """--view query: where one video query point looks, over the clip (GIF) or as a grid of
+    latent frames x layers (PNG)."""
+    from ovi_attn_render.views.video import Drawn
+
+    labels = o.queries or [q.label for q in cap.tower_queries("video")][:1]
+    if not labels:
+        cap.query_index("", "video")  # the capture has no video queries: says how to get some
+    if len(labels) > 1:
+        raise UserError(f"--view query draws one query point, got {len(labels)} ({', '.join(labels)}); "
+                        f"name one with --query, or follow several with --view track.")
+    notes: list[str] = []
+    (m,), text = _maps(cap, o, labels[:1])
+    q = cap.tower_queries("video")[cap.query_index(labels[0])]
+    where = (f"query {q.label}: frame {q.pixel_frame}, cell ({q.y}, {q.x})" if q.y >= 0 else
+             f"query {q.label}: not found yet (adaptive, token {q.token} at step {q.step})")
+    caption = [where, text]
+    lut = o.cmap or draw.DEFAULT_CMAP
+    if out.endswith(".png"):
+        img = view_query_grid(m, clip_of(cap, draw.display_size(*cap.frame_size, 160), notes), cmap=lut,
+                              alpha=o.alpha, cell_side=160, caption=caption)
+        draw.write_png(out, img)
+        summary = f"{q.label}: {m.sizes['frame']} latent frames x {m.sizes['layer']} layers"
+    else:
+        size = draw.display_size(*cap.frame_size, o.size)
+        n = view_query_gif(m.mean("layer", keep_attrs=True), clip_of(cap, size, notes), out, cmap=lut,
+                           alpha=o.alpha, max_side=o.size, caption=caption)
+        summary = f"{q.label}: {n} frames, {text} (layers averaged)"
+    return Drawn([out], summary, notes)
+
+
+def render_track(cap, o, out: str):
+    """--view track: every named (default: every) video query followed through the clip."""
+    from ovi_attn_render.views.video import Drawn
+
+    labels = o.queries or [q.label for q in cap.tower_queries("video")]
+    if not labels:
+        cap.query_index("", "video")
+    if len(labels) > len(draw.TOKEN_COLOURS):
+        raise UserError(f"--view track tells at most {len(draw.TOKEN_COLOURS)} queries apart by colour, got "
+                        f"{len(labels)}; name some with --query.")
+    notes: list[str] = []
+    maps, text = _maps(cap, o, labels)
+    text = text.replace("layers", "layers (averaged)")
+    size = draw.display_size(*cap.frame_size, o.size)
+    if out.endswith(".mp4") and cap.has_audio and not cap.clip_written:
+        notes.append("the decoded audio is not written yet (partial capture); the MP4 is silent.")
+    n = view_track([m.mean("layer", keep_attrs=True) for m in maps], clip_of(cap, size, notes), out,
+                   method=o.track, max_side=o.size, caption=[text])
+    return Drawn([out], f"{', '.join(labels)}: tracks over {n} frames ({o.track}), {text}", notes)
