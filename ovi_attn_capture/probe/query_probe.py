@@ -41,6 +41,7 @@ class QueryTracker:
         self.audio_tokens: list[int] = [q.audio_token for q in plan.audio]
         self._sums: dict[int, torch.Tensor] = {}  # adaptive query position -> [h*w] summed over layers
         self._finding: int | None = None  # the step whose positive pass is being summed
+        self._step = -1  # the step of the pass running now
         self._index_cache: dict = {}
 
     # ------------------------------------------------------------------ passes
@@ -52,6 +53,7 @@ class QueryTracker:
         """Start a model pass; returns the adaptive queries found by the pass that just ended,
         as (position, y, x)."""
         found = self._finish()
+        self._step = step
         if branch == "cond" and self.pending_at(step):
             self._finding = step
         return found
@@ -95,11 +97,17 @@ class QueryTracker:
             self._sums[i] = s if i not in self._sums else self._sums[i] + s
 
     # ------------------------------------------------------------------ what to compute
+    def _in_use(self, tower: str, i: int) -> bool:
+        """An adaptive query counts from the step after the one that found it (both branches
+        of a step then agree on which queries they hold)."""
+        q = self.plan.video[i] if tower == "video" else self.plan.audio[i]
+        return not q.adaptive or self._step > q.step
+
     def active(self, tower: str) -> tuple[list[int], torch.Tensor] | None:
         """(positions in the file's query dim, token indices [Q] on the device) of the queries
         followed now, or None when there are none."""
         tokens = self.video_tokens if tower == "video" else self.audio_tokens
-        pos = [i for i, t in enumerate(tokens) if t is not None]
+        pos = [i for i, t in enumerate(tokens) if t is not None and self._in_use(tower, i)]
         if not pos:
             return None
         key = (tower, tuple(tokens[i] for i in pos))
