@@ -100,3 +100,80 @@ def test_track_mp4_has_every_frame_and_the_audio(tmp_path):
 def test_track_without_queries_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="at least one video query"):
         Q.view_track([], _clip(), str(tmp_path / "t.gif"))
+
+
+# ----------------------------------------------------------------------------- a capture file with queries
+
+
+@pytest.fixture(scope="module")
+def query_capture(tmp_path_factory):
+    from synthetic import Synth, write_synthetic
+
+    from ovi_attn_render.contract.queries import PlacedQuery
+
+    path = tmp_path_factory.mktemp("q") / "run.h5"
+    queries = (PlacedQuery("hand", "video", 4, 1, 2, 1, 80.0, 48.0), PlacedQuery("dog", "video", 0, 0, 5, 3, 176.0, 112.0),
+               PlacedQuery("bark", "audio", audio_token=4, time=0.128))
+    write_synthetic(path, Synth(queries=queries))
+    return path, queries
+
+
+def test_api_reads_query_maps_with_their_coordinates(query_capture):
+    import ovi_attn_render as oa
+    from synthetic import query_path
+
+    path, queries = query_capture
+    with oa.open_capture(path) as cap:
+        assert [q["label"] for q in cap.queries] == ["hand", "dog", "bark"]
+        m = cap.video_self("hand")
+        assert m.dims == ("step", "layer", "frame", "y", "x") and m.name == "video_self"
+        assert (int(m.query_y), int(m.query_x), int(m.query_frame)) == (2, 1, 4)
+        np.testing.assert_allclose(m.sum(["frame", "y", "x"]).values, 1.0, atol=1e-3)  # int16 packing
+        for f in range(3):
+            peak = m.isel(step=-1, layer=0, frame=f).values.argmax()
+            assert divmod(int(peak), 8) == query_path(queries[0], f)
+        a = cap.audio_self("bark", steps=-1)
+        assert a.dims == ("step", "layer", "audio_time") and int(a.isel(step=0, layer=0).argmax("audio_time")) == 4
+        t = cap.track("dog", method="argmax")
+        np.testing.assert_array_equal(t.values, np.asarray([query_path(queries[1], f) for f in range(3)]) + 0.5)
+        with pytest.raises(UserError, match="video query 'cat' was not captured; captured: hand, dog"):
+            cap.video_self("cat")
+
+
+def test_cli_draws_query_and_track_views(query_capture, tmp_path, capsys):
+    import av
+    import imageio.v3 as iio
+    from cli_calls import fails, ok, written
+
+    path, _ = query_capture
+    out, _ = ok(capsys, "render", path, "--view", "query", "--query", "hand", "-o", tmp_path)
+    (gif,) = written(out)
+    assert gif.name == "run_query_qhand.gif" and iio.imread(gif, index=None).shape[0] == 9  # every pixel frame
+    out, _ = ok(capsys, "render", path, "--view", "query", "-q", "dog", "-o", tmp_path / "grid.png")
+    assert iio.imread(written(out)[0]).ndim == 3
+    out, _ = ok(capsys, "render", path, "--view", "track", "-o", tmp_path)
+    (mp4,) = written(out)
+    assert mp4.name == "run_track.mp4"
+    with av.open(str(mp4)) as f:
+        assert sorted(s.type for s in f.streams) == ["audio", "video"]
+    assert "--view query draws one query point" in fails(capsys, "render", path, "--view", "query", "-q", "hand",
+                                                         "-q", "dog")
+    assert "--token does not apply to --view track" in fails(capsys, "render", path, "--view", "track", "-t", "man")
+    assert "unknown --track 'mode'" in fails(capsys, "render", path, "--view", "track", "--track", "mode")
+    assert "no video query points" in fails(capsys, "render", _file_without_queries(tmp_path), "--view", "track")
+
+
+def _file_without_queries(tmp_path):
+    from synthetic import write_synthetic
+
+    p = tmp_path / "plain.h5"
+    write_synthetic(p)
+    return p
+
+
+def test_api_render_returns_the_query_picture(query_capture):
+    import ovi_attn_render as oa
+
+    path, _ = query_capture
+    frames = oa.render(str(path), "query", query="hand")
+    assert frames.ndim == 4 and frames.shape[0] == 9
