@@ -357,6 +357,8 @@ def info(path: Path = typer.Argument(..., help="The capture file (.h5)."),
             ("generation", _seconds(a.get("generation_seconds"))),
             ("started", f"{a.get('started_at', '?')}  finished {a.get('finished_at', '') or '-'}"),
         ]
+        if cap.queries:
+            rows.insert(-2, ("queries", "; ".join(_describe_query(q) for q in cap.queries)))
         cut = int(a.get("text_tokens_cut", 0) or 0)
         if cut:
             rows.insert(3, ("prompt cut", f"[yellow]the last {cut} tokens were past the text encoder's limit; "
@@ -374,6 +376,16 @@ def info(path: Path = typer.Argument(..., help="The capture file (.h5)."),
             for r in cap.token_table():
                 tt.add_row(str(r["index"]), r["piece"], r["word"], f"{r['start']}:{r['end']}", ", ".join(r["groups"]))
             console.print(tt)
+
+
+def _describe_query(q) -> str:
+    """One query point in words: 'face (frame 60, cell 13,40)', 'man (token man at step 10: cell 5,7)'."""
+    if q.tower == "audio":
+        return f"{q.label} (audio {q.time:g} s, token {q.audio_token})"
+    cell = f"cell {q.y},{q.x}" if q.y >= 0 else "not found yet"
+    if q.token:
+        return f"{q.label} (peak of {q.token} at frame {q.pixel_frame}, step {q.step}: {cell})"
+    return f"{q.label} (frame {q.pixel_frame}, {cell})"
 
 
 def _describe_format(cap) -> str:

@@ -146,6 +146,8 @@ def test_cli_draws_query_and_track_views(query_capture, tmp_path, capsys):
     from cli_calls import fails, ok, written
 
     path, _ = query_capture
+    out, _ = ok(capsys, "info", path, "--no-tokens")
+    assert "hand (frame 4, cell 2,1)" in " ".join(out.split()) and "bark (audio 0.128 s, token 4)" in " ".join(out.split())
     out, _ = ok(capsys, "render", path, "--view", "query", "--query", "hand", "-o", tmp_path)
     (gif,) = written(out)
     assert gif.name == "run_query_qhand.gif" and iio.imread(gif, index=None).shape[0] == 9  # every pixel frame
