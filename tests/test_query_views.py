@@ -153,6 +153,10 @@ def test_cli_draws_query_and_track_views(query_capture, tmp_path, capsys):
     assert gif.name == "run_query_qhand.gif" and iio.imread(gif, index=None).shape[0] == 9  # every pixel frame
     out, _ = ok(capsys, "render", path, "--view", "query", "-q", "dog", "-o", tmp_path / "grid.png")
     assert iio.imread(written(out)[0]).ndim == 3
+    out, _ = ok(capsys, "render", path, "--view", "query", "-q", "bark", "--format", "png", "-o", tmp_path)
+    (png,) = written(out)
+    assert png.name == "run_query_qbark.png" and iio.imread(png).shape[0] > 3 * 28  # a strip per layer
+    assert "drawn as a PNG" in fails(capsys, "render", path, "--view", "query", "-q", "bark", "-o", tmp_path)
     out, _ = ok(capsys, "render", path, "--view", "track", "-o", tmp_path)
     (mp4,) = written(out)
     assert mp4.name == "run_track.mp4"

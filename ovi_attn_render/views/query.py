@@ -257,6 +257,9 @@ def render_query(cap, o, out: str):
     latent frames x layers (PNG)."""
     from ovi_attn_render.views.video import Drawn
 
+    audio = [q.label for q in cap.tower_queries("audio")]
+    if len(o.queries) == 1 and o.queries[0] in audio and o.queries[0] not in [q.label for q in cap.tower_queries("video")]:
+        return render_audio_query(cap, o, out)
     labels = o.queries or [q.label for q in cap.tower_queries("video")][:1]
     if not labels:
         cap.query_index("", "video")  # the capture has no video queries: says how to get some
@@ -302,3 +305,42 @@ def render_track(cap, o, out: str):
     n = view_track([m.mean("layer", keep_attrs=True) for m in maps], clip_of(cap, size, notes), out,
                    method=o.track, max_side=o.size, caption=[text])
     return Drawn([out], f"{', '.join(labels)}: tracks over {n} frames ({o.track}), {text}", notes)
+
+
+def audio_query_strips(m: xr.DataArray, token: int, *, cmap: str = draw.DEFAULT_CMAP, width: int = 640,
+                       caption: list[str] = ()) -> np.ndarray:
+    """m: (layer, audio_time) -> one colour strip per layer over audio time (each scaled to its
+    own peak), the query's own audio token marked."""
+    lut = draw.colormap_lut(cmap)
+    La = m.sizes["audio_time"]
+    rows = []
+    for j in range(m.sizes["layer"]):
+        v = m.isel(layer=j).values
+        hi = float(np.nanmax(v)) if np.isfinite(v).any() else 1.0
+        strip = draw.apply_lut(draw.upsample(draw.normalise(v[None, :], 0.0, hi), (28, width)), lut)
+        x = int((token + 0.5) * width / La)
+        cv2.line(strip, (x, 0), (x, 27), draw.WHITE, 1)
+        label = np.zeros((28, 90, 3), np.uint8)
+        draw.put_text(label, f"layer {int(m.coords['layer'].values[j])}", 4, 19)
+        rows.append(draw.hstack([label, strip]))
+    img = draw.vstack(rows)
+    return draw.vstack([img, draw.caption_bar(list(caption), img.shape[1])])
+
+
+def render_audio_query(cap, o, out: str):
+    """--view query of an audio query: its attention over the audio, one strip per layer (PNG)."""
+    from ovi_attn_render.api import Capture as Api
+    from ovi_attn_render.views.video import Drawn
+
+    label = o.queries[0]
+    if not out.endswith(".png"):
+        raise UserError(f"the audio query '{label}' is drawn as a PNG (a strip per layer over audio time); pass "
+                        f"--format png or -o a .png file.")
+    q = cap.tower_queries("audio")[cap.query_index(label, "audio")]
+    m = Api(cap).audio_self(label, steps=_steps(cap, o), layers=o.layers, heads=o.heads, branch=o.branch,
+                            reduce=o.reduce)
+    text = _selection_text(m, cap, o)
+    caption = [f"audio query {q.label}: {q.time:g} s (audio token {q.audio_token}, white line)", text]
+    draw.write_png(out, audio_query_strips(m.mean("step", keep_attrs=True), q.audio_token, cmap=o.cmap or
+                                           draw.DEFAULT_CMAP, caption=caption))
+    return Drawn([out], f"{q.label}: {m.sizes['layer']} layers over {m.sizes['audio_time']} audio tokens, {text}", [])

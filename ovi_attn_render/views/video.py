@@ -218,7 +218,8 @@ def canonical(cap: Capture, o: Options, ext: str) -> Options:
         c.tokens = ["all"] if every else [cap.groups[g] for g in sheet_groups(cap, o)]
     else:
         c.tokens = [cap.groups[cap.token_index(t)] for t in o.tokens]
-    c.queries = [cap.tower_queries("video")[cap.query_index(q)].label for q in o.queries]
+    c.queries = [q if q in [a.label for a in cap.tower_queries("audio")] else
+                 cap.tower_queries("video")[cap.query_index(q)].label for q in o.queries]
     uses_frame = o.view in APPLIES["frame"] and not export and not (o.view == "layers" and o.frames)
     c.frame = (cap.num_pixel_frames // 2 if o.frame is None else cap.check_frame(o.frame)) if uses_frame else None
 
