@@ -141,8 +141,8 @@ def test_adaptive_query_is_the_peak_of_its_token_at_its_frame_summed_over_layers
     grid = (2, 3, 3)
     plan = QueryPlan([PlacedQuery("fixed", "video", 0, 0, 0, 0), PlacedQuery("man", "video", 4, 1, token="man", step=3)],
                      [], grid, 5, {1: key_groups([[2]], None, 4, 8)})
-    tracker = QueryTracker(plan, "cpu")
-    positions, index = tracker.active("video")
+    tracker = QueryTracker(plan)
+    positions, index = tracker.active("video", "cpu")
     assert positions == [0] and index.tolist() == [0]  # the adaptive one is not found yet
     g = torch.Generator().manual_seed(0)
     H, D = 2, 16
@@ -157,8 +157,8 @@ def test_adaptive_query_is_the_peak_of_its_token_at_its_frame_summed_over_layers
         _, lse = attn.attention(qq, k, torch.zeros_like(k))
         tracker.add_text(qq, k, lse, False, lambda m: m)
     assert tracker.begin_pass(3, "uncond") == [(1, 2, 1)]  # cell 7 of the 3x3 frame: row 2, column 1
-    assert tracker.active("video")[0] == [0]  # found, but used from the next step on
+    assert tracker.active("video", "cpu")[0] == [0]  # found, but used from the next step on
     assert tracker.end_pass() == []
     tracker.begin_pass(4, "cond")
-    positions, index = tracker.active("video")
+    positions, index = tracker.active("video", "cpu")
     assert positions == [0, 1] and index.tolist() == [0, 9 + 7]

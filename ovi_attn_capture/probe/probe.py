@@ -76,8 +76,7 @@ class CaptureProbe:
         self.active: tuple[int, int, str] | None = None  # (step pos, branch pos, branch name)
         self.maps_written = 0
         self.stop_check = None  # called at every cross-attention: raises to stop at a layer boundary
-        device = next((kg.key_index.device for kg in plan.groups.values()), "cpu")
-        self.queries = QueryTracker(plan.queries, device) if plan.queries is not None else None
+        self.queries = QueryTracker(plan.queries) if plan.queries is not None else None
 
     def begin_pass(self, step: int, branch: str) -> bool:
         """Called before each model evaluation; returns whether this pass is captured."""
@@ -178,7 +177,7 @@ class CaptureProbe:
         tower, layer = where
         target = self._target(layer)
         kind = "video_self" if tower == "video" else "audio_self"
-        active = self.queries.active(tower) if target is not None else None
+        active = self.queries.active(tower, q.device) if target is not None else None
         if active is None:
             return
         positions, index = active

@@ -32,10 +32,8 @@ class QueryPlan:
 class QueryTracker:
     """Token indices of the queries now followed, per tower; finds adaptive ones."""
 
-    def __init__(self, plan: QueryPlan, device):
+    def __init__(self, plan: QueryPlan):
         self.plan = plan
-        self.device = device
-        F_, h, w = plan.grid
         self.video_tokens: list[int | None] = [
             None if q.adaptive else token_of_point(q.latent_frame, q.y, q.x, plan.grid) for q in plan.video]
         self.audio_tokens: list[int] = [q.audio_token for q in plan.audio]
@@ -103,14 +101,14 @@ class QueryTracker:
         q = self.plan.video[i] if tower == "video" else self.plan.audio[i]
         return not q.adaptive or self._step > q.step
 
-    def active(self, tower: str) -> tuple[list[int], torch.Tensor] | None:
+    def active(self, tower: str, device) -> tuple[list[int], torch.Tensor] | None:
         """(positions in the file's query dim, token indices [Q] on the device) of the queries
         followed now, or None when there are none."""
         tokens = self.video_tokens if tower == "video" else self.audio_tokens
         pos = [i for i, t in enumerate(tokens) if t is not None and self._in_use(tower, i)]
         if not pos:
             return None
-        key = (tower, tuple(tokens[i] for i in pos))
+        key = (tower, tuple(tokens[i] for i in pos), str(device))
         if key not in self._index_cache:  # built once per set of tokens: no host->device copy per layer
-            self._index_cache[key] = torch.tensor(key[1], dtype=torch.long, device=self.device)
+            self._index_cache[key] = torch.tensor(key[1], dtype=torch.long, device=device)
         return pos, self._index_cache[key]
