@@ -160,8 +160,8 @@ def test_block_order_audio_cross_sees_video_after_self_and_video_sees_audio_afte
     finally:
         h1.remove(), h2.remove()
     vm, am = tiny.video_model, tiny.audio_model
-    xv, ev, e0v, grid_v, _ = vm.embed(video, t, ctx)
-    xa, ea, e0a, grid_a, _ = am.embed(audio, t, ctx)
+    xv, ev, e0v, grid_v = vm.embed(video[None], t)  # embed takes a batch
+    xa, ea, e0a, grid_a = am.embed(audio[None], t)
     bv, ba = vm.blocks[0], am.blocks[0]
     xa_self = ba.self_attention_part(xa, ba.modulation(e0a), torch.tensor([xa.shape[1]]), am.rope_fn(grid_a, "cpu"))
     xv_self = bv.self_attention_part(xv, bv.modulation(e0v), torch.tensor([xv.shape[1]]), vm.rope_fn(grid_v, "cpu"))
@@ -173,9 +173,9 @@ def test_i2v_first_frame_tokens_get_t_zero(tiny):
     video, _, ctx = _inputs()
     vm = tiny.video_model
     t = torch.tensor([800])
-    _, e_clean, e0_clean, grid, _ = vm.embed(video, t, ctx, first_frame_is_clean=True)
-    _, e_t, _, _, _ = vm.embed(video, t, ctx)
-    _, e_0, _, _, _ = vm.embed(video, torch.tensor([0]), ctx)
+    _, e_clean, e0_clean, grid = vm.embed(video[None], t, first_frame_is_clean=True)
+    _, e_t, _, _ = vm.embed(video[None], t)
+    _, e_0, _, _ = vm.embed(video[None], torch.tensor([0]))
     n0 = grid[1] * grid[2]
     assert e_clean.shape[1] == grid[0] * n0
     assert torch.equal(e_clean[:, :n0], e_0.expand(1, n0, -1))
