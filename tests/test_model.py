@@ -243,3 +243,61 @@ def test_a_damaged_checkpoint_is_a_user_error(tmp_path, tiny):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a download that stopped half way
     with pytest.raises(UserError, match="damaged or incomplete"):
         load_checkpoint(path)
+
+
+def test_a_batch_gives_each_sample_its_own_result():
+    """One forward over B = 2 (different latents, texts of different lengths, timesteps)
+    agrees with two one-sample forwards; the single-tower path takes a batch too."""
+    model = build_random(*tiny_configs(), seed=0, compute_dtype=torch.float32)
+    (v0, a0, c0), (v1, a1, c1) = _inputs(0), _inputs(1)
+    c1 = c1[:4]
+    video, audio = torch.stack([v0, v1]).float(), torch.stack([a0, a1]).float()
+    texts = [c0.float(), c1.float()]
+    t = torch.tensor([300, 800])
+    bv, ba = model(video, audio, t, texts, texts)
+    assert bv.shape == (2, 48, 3, 8, 8) and ba.shape == (2, 13, 20)
+    only_v, _ = model(video, None, t, texts, None)
+    for i in range(2):
+        rv, ra = model(video[i], audio[i], t[i:i + 1], texts[i], texts[i])
+        torch.testing.assert_close(bv[i], rv, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ba[i], ra, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(only_v[i], model(video[i], None, t[i:i + 1], texts[i], None)[0],
+                                   atol=1e-5, rtol=1e-4)
+
+
+def test_set_processor_hands_every_attention_to_it(tiny):
+    """A processor sees q, k, v of each attention it was given, with its module's place, and
+    its output is what the model uses; None puts the plain kernel back."""
+    from ovi_attn_capture.model.processors import AttnProcessor
+
+    class Recorder(AttnProcessor):
+        def __init__(self):
+            self.calls = []
+
+        def __call__(self, attn, kind, q, k, v, k_lens=None, key_bias=None):
+            self.calls.append((attn.where, kind, q.shape[1], k.shape[1]))
+            return super().__call__(attn, kind, q, k, v, k_lens, key_bias)
+
+    video, audio, ctx = _inputs()
+    t = torch.tensor([500])
+    plain = tiny(video, audio, t, ctx, ctx)
+    rec = Recorder()
+    tiny.set_processor(rec, which="all")
+    try:
+        seen = tiny(video, audio, t, ctx, ctx)
+    finally:
+        tiny.set_processor(None, which="all")
+    assert torch.equal(plain[0], seen[0]) and torch.equal(plain[1], seen[1])
+    layers = tiny.num_layers
+    assert len(rec.calls) == 2 * layers * 3  # two towers x (self, text, fusion)
+    assert (("video", 0), "text", 3 * 4 * 4, 512) in rec.calls
+    assert (("audio", layers - 1), "fusion", 13, 3 * 4 * 4) in rec.calls
+    rec.calls.clear()
+    tiny.set_processor(rec, which="self", towers=("audio",), layers=[1])
+    try:
+        tiny(video, audio, t, ctx, ctx)
+    finally:
+        tiny.set_processor(None, which="all")
+    assert rec.calls == [(("audio", 1), "self", 13, 13)]
+    tiny(video, audio, t, ctx, ctx)
+    assert len(rec.calls) == 1  # detached
