@@ -127,7 +127,7 @@ def build_plan(run: RunSpec, shapes: Shapes, device) -> tuple[CapturePlan, Captu
     pos_words = [group_words(g, words) for g in groups]
     pad = next((i for i, g in enumerate(groups) if g.kind == "pad"), None)
 
-    branches = ["cond", "uncond"] if cap.branch == "both" else [cap.branch]
+    branches = list(cap.branches)
     grid = shapes.video_grid
     steps, layers = list(cap.steps), list(cap.layers)  # resolved by resolve_model_defaults
     kg = {}
