@@ -20,10 +20,8 @@ B; contexts then a list of B text embeddings); the block loop is the same for bo
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from importlib import resources
 
 import torch
 import torch.nn as nn
@@ -32,14 +30,9 @@ import torch.nn.functional as F
 from ovi_attn_render.common.errors import UserError
 
 from ovi_attn_capture.model.processors import PLAIN, AttnProcessor
+from ovi_attn_capture.model.registry import load_config
 
 # ----------------------------------------------------------------------------- configs
-
-
-def load_config(name: str) -> dict:
-    """A packaged config: 'video_released', 'audio_released', 'video_tiny', 'audio_tiny'."""
-    text = resources.files("ovi_attn_capture.model.configs").joinpath(f"{name}.json").read_text()
-    return json.loads(text)
 
 
 def released_configs() -> tuple[dict, dict]:

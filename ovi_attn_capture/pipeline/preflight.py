@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from ovi_attn_render.common.errors import UserError
 
+from ovi_attn_capture.model import registry
+
 
 @dataclass
 class Shapes:
@@ -35,11 +37,7 @@ def formatted_prompt(run) -> str:
     """The prompt in the model's caption convention, cleaned as the text encoder sees it."""
     from ovi_attn_capture.components.text_encoder import clean_text
 
-    if run.model in ("tiny", "toy"):
-        return clean_text(run.prompt)
-    from ovi_attn_capture.components.checkpoints import MODELS
-
-    return clean_text(MODELS[run.model].format_prompt(run.prompt))
+    return clean_text(registry.get(run.model).format_prompt(run.prompt))
 
 
 def tokenizer_for(run):
@@ -73,28 +71,15 @@ def _image_size(run, area: int) -> tuple[int, int]:
 
 def preflight_shapes(run, text=None) -> Shapes:
     """Shapes of `run` from its config and tokenizer only (no weights read)."""
-    from ovi_attn_capture.components.loading import TINY, _pixel_size
+    from ovi_attn_capture.components.loading import _pixel_size
 
-    if run.model == "tiny":
-        from ovi_attn_capture.components.audio_vae import AudioDecoder
-        from ovi_attn_capture.model.fusion import tiny_configs
-
-        video_config, _ = tiny_configs()
-        frames, audio_tokens, area, audio = TINY.video_latent_frames, TINY.audio_latents, TINY.area, AudioDecoder
-    elif run.model == "toy":
-        from ovi_attn_capture.toy.codec import AudioCodec
-        from ovi_attn_capture.toy.components import AUDIO_LATENTS, LATENT_FRAMES, NATIVE_SIZE, toy_configs
-
-        video_config, _ = toy_configs()
-        frames, audio_tokens, area, audio = LATENT_FRAMES, AUDIO_LATENTS, NATIVE_SIZE[0] * NATIVE_SIZE[1], AudioCodec
+    facts = registry.get(run.model)
+    if facts.source == "toy":
+        from ovi_attn_capture.toy.codec import AudioCodec as audio
     else:
-        from ovi_attn_capture.components.audio_vae import AudioDecoder
-        from ovi_attn_capture.components.checkpoints import MODELS
-        from ovi_attn_capture.model.fusion import load_config
-
-        spec = MODELS[run.model]
-        video_config = load_config("video_released")
-        frames, audio_tokens, area, audio = spec.video_latent_frames, spec.audio_latents, spec.area, AudioDecoder
+        from ovi_attn_capture.components.audio_vae import AudioDecoder as audio
+    video_config, _ = registry.tower_configs(run.model)
+    frames, audio_tokens, area = facts.video_latent_frames, facts.audio_latents, facts.area
     H, W = _image_size(run, area) if run.mode == "i2v" else _pixel_size(run, area)
     p = video_config["patch_size"]
     grid = (frames, H // 16 // p[1], W // 16 // p[2])

@@ -29,7 +29,9 @@ import yaml
 from ovi_attn_render.contract.token_groups import check_selection, clean_prompt_text
 from ovi_attn_render.common.errors import UserError
 
-MODELS = ("toy", "tiny", "720x720_5s", "960x960_5s", "960x960_10s")
+from ovi_attn_capture.model import registry
+
+MODELS = tuple(registry.MODELS)  # every model fact lives in model/registry.py
 SOLVERS = ("unipc", "euler", "dpm++")
 MODES = ("t2v", "i2v")
 DTYPES = ("bfloat16", "float32")
@@ -37,27 +39,10 @@ KINDS = ("text_video", "text_audio", "video_audio", "audio_video")  # == format.
 BRANCHES = ("cond", "uncond", "both")
 HEADS = ("mean", "all")
 MAP_DTYPES = ("int16", "float32", "float32-deflate", "float16")  # == format.MAP_ENCODINGS keys
-FP8_MODELS = ("720x720_5s",)  # the only checkpoint with an fp8 build
 TEXT_LEN = 512  # umT5 keys per prompt
 
 VIDEO_NEGATIVE_PROMPT = "jitter, bad hands, blur, distortion"  # upstream yaml defaults
 AUDIO_NEGATIVE_PROMPT = "robotic, muffled, echo, distorted"
-
-
-@dataclass(frozen=True)
-class ReleasedModel:
-    """The facts of a released checkpoint that validation needs before loading it."""
-
-    num_layers: int
-    native_size: tuple[int, int]  # (height, width) the model was trained around
-    slg_layer: int  # block skipped in the negative pass
-
-
-RELEASED_MODELS = {
-    "720x720_5s": ReleasedModel(30, (720, 720), 11),
-    "960x960_5s": ReleasedModel(30, (960, 960), 11),
-    "960x960_10s": ReleasedModel(30, (960, 960), 11),
-}
 
 
 @dataclass
@@ -89,7 +74,7 @@ class RunSpec:
     seed: int = 100
     height: int | None = None  # None: the model's native size
     width: int | None = None
-    model: str = "toy"  # the embedded default: bundled weights, runs anywhere, no checkpoints
+    model: str = registry.DEFAULT_MODEL  # toy: bundled weights, runs anywhere, no checkpoints
     ckpt_dir: Path | None = None
     steps: int = 50  # sampler steps
     solver: str = "unipc"
@@ -396,7 +381,7 @@ _KEY_LIST = [
     _Key("seed", 100, _integer(0, 2**63 - 1), "seed: 100", True),
     _Key("height", None, _integer(32, 4096), "height: 720", True),
     _Key("width", None, _integer(32, 4096), "width: 720", True),
-    _Key("model", "toy", _choice(MODELS), "model: 720x720_5s"),
+    _Key("model", registry.DEFAULT_MODEL, _choice(MODELS), "model: 720x720_5s"),
     _Key("ckpt_dir", None, _path, "ckpt_dir: /data/ovi/ckpts"),
     _Key("steps", 50, _integer(1, 1000), "steps: 50", True),
     _Key("solver", "unipc", _choice(SOLVERS), "solver: unipc"),
@@ -666,11 +651,11 @@ def _drop_other_models_keys(values: dict[str, Any], origins: dict[str, _Origin],
     if not origins["model"].flag or not isinstance(file_model, str) or file_model.strip().lower() == new:
         return []
     old = file_model.strip().lower()
-    released_old, released_new = old in RELEASED_MODELS, new in RELEASED_MODELS
+    released_old, released_new = _is_released(old), _is_released(new)
     drop = []
     if released_old != released_new:  # released <-> toy/tiny: other sizes, depths, no checkpoints
         drop = ["height", "width", "slg_layer", "capture.layers"] + ([] if released_new else ["ckpt_dir"])
-    if new not in FP8_MODELS:
+    if not registry.get(new).has_fp8:
         drop.append("fp8")
     dropped = []
     for name in drop:
@@ -761,10 +746,13 @@ def _check_together(spec: RunSpec, origins: dict[str, _Origin], item_lines: list
     _check_image(spec, origins)
     _check_model(spec, origins)
     _check_index_set(spec.capture.steps, spec.steps, "sampler steps", "capture.steps", origins)
-    released = RELEASED_MODELS.get(spec.model)
-    if released is not None:  # the tiny model's depth is checked by resolve_model_defaults
-        _check_index_set(spec.capture.layers, released.num_layers, "layers", "capture.layers", origins)
+    if _is_released(spec.model):  # the toy and tiny models' depth is checked by resolve_model_defaults
+        _check_index_set(spec.capture.layers, registry.num_layers(spec.model), "layers", "capture.layers", origins)
     _check_tokens(spec, origins["capture.tokens"], item_lines)
+
+
+def _is_released(model: str) -> bool:
+    return model in registry.MODELS and registry.MODELS[model].released
 
 
 def _check_prompt(spec: RunSpec, where: _Origin) -> None:
@@ -808,8 +796,8 @@ def _check_image(spec: RunSpec, o: dict[str, _Origin]) -> None:
 
 
 def _check_model(spec: RunSpec, o: dict[str, _Origin]) -> None:
-    released = RELEASED_MODELS.get(spec.model)
-    if released is not None and spec.ckpt_dir is None:
+    released = _is_released(spec.model)
+    if released and spec.ckpt_dir is None:
         raise o["model"].error(
             "model",
             f"is {spec.model}, which needs ckpt_dir (the folder Ovi's download_weights.py makes); add "
@@ -819,14 +807,15 @@ def _check_model(spec: RunSpec, o: dict[str, _Origin]) -> None:
         raise o["ckpt_dir"].error(
             "ckpt_dir", f"names {spec.ckpt_dir}, which is not a folder; point it at the folder Ovi's download_weights.py made"
         )
-    if spec.fp8 and spec.model not in FP8_MODELS:
+    if spec.fp8 and not registry.get(spec.model).has_fp8:  # the one fp8 check
+        fp8 = registry.fp8_models()
         raise o["fp8"].error(
-            "fp8", f"is only available for {', '.join(FP8_MODELS)}, not {spec.model}; set fp8: false or model: 720x720_5s"
+            "fp8", f"is only available for {', '.join(fp8)}, not {spec.model}; set fp8: false or model: {fp8[0]}"
         )
-    if released is not None and spec.slg_layer is not None and spec.slg_layer >= released.num_layers:
+    if released and spec.slg_layer is not None and spec.slg_layer >= registry.num_layers(spec.model):
         raise o["slg_layer"].error(
             "slg_layer",
-            f"is {spec.slg_layer}, but {spec.model} has layers 0 to {released.num_layers - 1}; "
+            f"is {spec.slg_layer}, but {spec.model} has layers 0 to {registry.num_layers(spec.model) - 1}; "
             "use 11 (the default) or -1 to turn skip-layer guidance off",
         )
 
@@ -861,11 +850,11 @@ def resolve_model_defaults(
     and capture.steps into sorted index lists. Released models know their facts; for the
     tiny model pass them in. Raises UserError (naming the key's line) for layers the model
     lacks."""
-    facts = RELEASED_MODELS.get(spec.model)
-    if facts is not None:
-        num_layers = num_layers if num_layers is not None else facts.num_layers
-        native_size = native_size or facts.native_size
-        default_slg_layer = facts.slg_layer if default_slg_layer is None else default_slg_layer
+    if _is_released(spec.model):
+        facts = registry.default_facts(spec.model)
+        num_layers = num_layers if num_layers is not None else facts["num_layers"]
+        native_size = native_size or facts["native_size"]
+        default_slg_layer = facts["default_slg_layer"] if default_slg_layer is None else default_slg_layer
     if num_layers is None or native_size is None or default_slg_layer is None:
         raise ValueError(f"model {spec.model!r}: pass num_layers, native_size and default_slg_layer")
     slg = default_slg_layer if spec.slg_layer is None else spec.slg_layer
