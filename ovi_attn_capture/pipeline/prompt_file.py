@@ -367,84 +367,110 @@ def parse_steps(value: Any, num_steps: int) -> list[int]:
 
 @dataclass(frozen=True)
 class _Key:
+    """One prompt-file key and its CLI flag: the one table both are made from (commands.py
+    builds `ovi-attn capture`'s options from it)."""
+
     name: str  # dotted path: "seed", "capture.tokens"
     default: Any  # None: the key may be null ("unset")
     check: Callable[[Any], Any]
     example: str  # a valid line, for "write e.g. ..." hints
     cli_scalar: bool = False  # CLI strings are read as YAML scalars ("5" -> 5, "true" -> True)
+    help: str = ""  # the flag's help text
+    flag: str = ""  # the CLI flag; "": --<last part of the name>, underscores as dashes
+    cli_type: type = str  # what the flag takes: str, int, float or bool (an --x/--no-x switch)
+    metavar: str = "<text>"
+    shown_default: str | None = None  # the [default: ...] text; None: the default itself
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.split(".")[-1].replace("_", "-")
+
+    @property
+    def example_value(self) -> str:
+        """The example's value alone ("seed: 100" -> "100"), for flag hints."""
+        return self.example.split(":", 1)[1].strip()
+
+    @property
+    def default_text(self) -> str:
+        if self.shown_default is not None:
+            return self.shown_default
+        if isinstance(self.default, bool):
+            return "on" if self.default else "off"
+        if isinstance(self.default, str) and " " in self.default:
+            return f'"{self.default}"'
+        return str(self.default)
 
 
 _KEY_LIST = [
-    _Key("prompt", "", _text, 'prompt: "A man runs in a park."'),
-    _Key("video_negative_prompt", VIDEO_NEGATIVE_PROMPT, _text, f'video_negative_prompt: "{VIDEO_NEGATIVE_PROMPT}"'),
-    _Key("audio_negative_prompt", AUDIO_NEGATIVE_PROMPT, _text, f'audio_negative_prompt: "{AUDIO_NEGATIVE_PROMPT}"'),
-    _Key("seed", 100, _integer(0, 2**63 - 1), "seed: 100", True),
-    _Key("height", None, _integer(32, 4096), "height: 720", True),
-    _Key("width", None, _integer(32, 4096), "width: 720", True),
-    _Key("model", registry.DEFAULT_MODEL, _choice(MODELS), "model: 720x720_5s"),
-    _Key("ckpt_dir", None, _path, "ckpt_dir: /data/ovi/ckpts"),
-    _Key("steps", 50, _integer(1, 1000), "steps: 50", True),
-    _Key("solver", "unipc", _choice(SOLVERS), "solver: unipc"),
-    _Key("shift", 5.0, _number(0, above=True), "shift: 5.0", True),
-    _Key("video_guidance_scale", 4.0, _number(0), "video_guidance_scale: 4.0", True),
-    _Key("audio_guidance_scale", 3.0, _number(0), "audio_guidance_scale: 3.0", True),
-    _Key("slg_layer", None, _integer(-1), "slg_layer: 11", True),
-    _Key("mode", None, _choice(MODES), "mode: t2v"),
-    _Key("image", None, _path, "image: first_frame.png"),
-    _Key("dtype", "bfloat16", _choice(DTYPES), "dtype: bfloat16"),
-    _Key("device", "auto", _device, "device: auto"),
-    _Key("cpu_offload", False, _boolean, "cpu_offload: false", True),
-    _Key("fp8", False, _boolean, "fp8: false", True),
-    _Key("output", None, _path, "output: run.h5"),
-    _Key("max_file_gb", 20.0, _number(0, above=True), "max_file_gb: 20", True),
-    _Key("seeds", None, _seeds, "seeds: [1, 2, 3]"),
-    _Key("sp_size", 1, _integer(1, 1024), "sp_size: 2", True),
-    _Key("capture.tokens", ["all"], _tokens, "tokens: [man, park]"),
-    _Key("capture.layers", "all", _capture_index_set("layers"), 'layers: "10-19"'),
-    _Key("capture.steps", "all", _capture_index_set("sampler steps"), "steps: {every: 5}"),
-    _Key("capture.kinds", list(KINDS), _kinds, "kinds: [text_video, text_audio]"),
-    _Key("capture.branch", "cond", _choice(BRANCHES), "branch: cond"),
-    _Key("capture.heads", "mean", _choice(HEADS), "heads: mean"),
-    _Key("capture.dtype", "int16", _choice(MAP_DTYPES), "dtype: int16"),
+    _Key("prompt", "", _text, 'prompt: "A man runs in a park."', help="Replace the prompt text.",
+         shown_default="the file's"),
+    _Key("video_negative_prompt", VIDEO_NEGATIVE_PROMPT, _text, f'video_negative_prompt: "{VIDEO_NEGATIVE_PROMPT}"',
+         help="Text of the video branch's unconditional (negative) pass; --branch uncond maps attend to it."),
+    _Key("audio_negative_prompt", AUDIO_NEGATIVE_PROMPT, _text, f'audio_negative_prompt: "{AUDIO_NEGATIVE_PROMPT}"',
+         help="Text of the audio branch's negative pass."),
+    _Key("seed", 100, _integer(0, 2**63 - 1), "seed: 100", True, help="Random seed.", cli_type=int, metavar="<int>"),
+    _Key("height", None, _integer(32, 4096), "height: 720", True, cli_type=int, metavar="<int>",
+         help="Video height (rescaled to the model's area, multiples of 32).", shown_default="the model's"),
+    _Key("width", None, _integer(32, 4096), "width: 720", True, help="Video width.", cli_type=int, metavar="<int>",
+         shown_default="the model's"),
+    _Key("model", registry.DEFAULT_MODEL, _choice(MODELS), "model: 720x720_5s", metavar="<name>",
+         help=f"{', '.join(MODELS[:-1])} or {MODELS[-1]}; overriding the file's model drops its "
+              "model-only keys (ckpt_dir, fp8, size, slg_layer, layers)."),
+    _Key("ckpt_dir", None, _path, "ckpt_dir: /data/ovi/ckpts", help="Ovi's checkpoint folder (released models).",
+         metavar="<path>", shown_default="none"),
+    _Key("steps", 50, _integer(1, 1000), "steps: 50", True, help="Denoising steps.", flag="--num-steps",
+         cli_type=int, metavar="<int>"),
+    _Key("solver", "unipc", _choice(SOLVERS), "solver: unipc", help=f"{', '.join(SOLVERS[:-1])} or {SOLVERS[-1]}.",
+         metavar="<name>"),
+    _Key("shift", 5.0, _number(0, above=True), "shift: 5.0", True, help="Sigma shift of the schedule.",
+         cli_type=float, metavar="<float>"),
+    _Key("video_guidance_scale", 4.0, _number(0), "video_guidance_scale: 4.0", True, cli_type=float,
+         metavar="<float>", help="Classifier-free guidance strength of the video (cond - uncond, scaled)."),
+    _Key("audio_guidance_scale", 3.0, _number(0), "audio_guidance_scale: 3.0", True, cli_type=float,
+         metavar="<float>", help="Classifier-free guidance strength of the audio."),
+    _Key("slg_layer", None, _integer(-1), "slg_layer: 11", True, help="Block skipped in the negative pass (-1: none).",
+         cli_type=int, metavar="<int>", shown_default="the model's, 11 for released models"),
+    _Key("mode", None, _choice(MODES), "mode: t2v", help="t2v or i2v.", metavar="<mode>",
+         shown_default="t2v, i2v with --image"),
+    _Key("image", None, _path, "image: first_frame.png", help="First frame for i2v.", metavar="<path>",
+         shown_default="none"),
+    _Key("dtype", "bfloat16", _choice(DTYPES), "dtype: bfloat16", help="Compute dtype: bfloat16 or float32.",
+         metavar="<dtype>"),
+    _Key("device", "auto", _device, "device: auto", help="auto, cpu, cuda or cuda:N.", metavar="<dev>"),
+    _Key("cpu_offload", False, _boolean, "cpu_offload: false", True, cli_type=bool,
+         help="Keep each component on the GPU only while used."),
+    _Key("fp8", False, _boolean, "fp8: false", True, cli_type=bool,
+         help=f"Use the float8 checkpoint ({', '.join(registry.fp8_models())} only)."),
+    _Key("output", None, _path, "output: run.h5", metavar="<path>",
+         help="Output .h5; for a batch, the folder of its files.",
+         shown_default="the file's output:, else <prompt-file>.h5 here"),
+    _Key("max_file_gb", 20.0, _number(0, above=True), "max_file_gb: 20", True, cli_type=float, metavar="<GB>",
+         help="Refuse captures larger than this (1 GB = 10^9 bytes).", shown_default="20"),
+    _Key("seeds", None, _seeds, "seeds: [1, 2, 3]", help="A seed sweep, comma separated: 1,2,3 (one file per seed).",
+         metavar="<list>", shown_default="the file's seeds:, else one run with --seed"),
+    _Key("sp_size", 1, _integer(1, 1024), "sp_size: 2", True, cli_type=int, metavar="<int>",
+         help="Sequence parallel: processes per prompt (under torchrun)."),
+    _Key("capture.tokens", ["all"], _tokens, "tokens: [man, park]", metavar="<list>",
+         help="Token selections, comma separated: man,park,man#2,all.", shown_default="all"),
+    _Key("capture.layers", "all", _capture_index_set("layers"), 'layers: "10-19"', metavar="<sel>",
+         help="Layers to capture: all, 10-19,25 or 0:30:2."),
+    _Key("capture.steps", "all", _capture_index_set("sampler steps"), "steps: {every: 5}", flag="--capture-steps",
+         metavar="<sel>", help="Steps to capture: all, 0:50:5, every 5."),
+    _Key("capture.kinds", list(KINDS), _kinds, "kinds: [text_video, text_audio]", metavar="<list>",
+         help=f"Maps to capture, comma separated: {', '.join(KINDS)}.", shown_default="all four"),
+    _Key("capture.branch", "cond", _choice(BRANCHES), "branch: cond", metavar="<name>",
+         help="Guidance pass to capture: cond (the prompt), uncond (the negative prompts) or both."),
+    _Key("capture.heads", "mean", _choice(HEADS), "heads: mean", help="mean over heads, or all heads.",
+         metavar="<mode>"),
+    _Key("capture.dtype", "int16", _choice(MAP_DTYPES), "dtype: int16", flag="--map-dtype", metavar="<enc>",
+         help="Map encoding: int16 (CF-packed), float32, float32-deflate or float16."),
 ]
 KEYS: dict[str, _Key] = {k.name: k for k in _KEY_LIST}
 _PATH_KEYS = ("ckpt_dir", "image", "output")
 
 # CLI flag -> key. `steps` (sampler) and `capture.steps` (which steps to record) would clash
 # as --steps, so they are --num-steps and --capture-steps; the map dtype is --map-dtype.
-OVERRIDABLE: dict[str, str] = {
-    "--prompt": "prompt",
-    "--video-negative-prompt": "video_negative_prompt",
-    "--audio-negative-prompt": "audio_negative_prompt",
-    "--seed": "seed",
-    "--height": "height",
-    "--width": "width",
-    "--model": "model",
-    "--ckpt-dir": "ckpt_dir",
-    "--num-steps": "steps",
-    "--solver": "solver",
-    "--shift": "shift",
-    "--video-guidance-scale": "video_guidance_scale",
-    "--audio-guidance-scale": "audio_guidance_scale",
-    "--slg-layer": "slg_layer",
-    "--mode": "mode",
-    "--image": "image",
-    "--dtype": "dtype",
-    "--device": "device",
-    "--cpu-offload": "cpu_offload",
-    "--fp8": "fp8",
-    "--output": "output",
-    "--max-file-gb": "max_file_gb",
-    "--seeds": "seeds",
-    "--sp-size": "sp_size",
-    "--tokens": "capture.tokens",
-    "--layers": "capture.layers",
-    "--capture-steps": "capture.steps",
-    "--kinds": "capture.kinds",
-    "--branch": "capture.branch",
-    "--heads": "capture.heads",
-    "--map-dtype": "capture.dtype",
-}
+OVERRIDABLE: dict[str, str] = {k.cli_flag: k.name for k in _KEY_LIST}
 _FLAG_OF = {key: flag for flag, key in OVERRIDABLE.items()}
 
 # Names from Ovi's own inference yaml, so a pasted upstream key gets a precise hint.
