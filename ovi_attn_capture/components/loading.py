@@ -1,14 +1,16 @@
 """Everything a generation needs besides the sampler: fusion model, text encoder, decoders.
 
-Two sources, one interface: `tiny` (the embedded default: every component of the real
-kind at toy width with seeded weights, so tests and the demo run the same code path as a
-real run, on a CPU, in seconds) and the released checkpoints in the official folder.
+Three sources (model/registry.py's `source`), one interface (`LOADERS`): `toy` (the
+default: the bundled toy world model, toy/components.py), `tiny` (every component of the
+real kind at toy width with seeded weights, so tests run the same code path as a real run,
+on a CPU, in seconds) and the released checkpoints in the official folder.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -183,16 +185,63 @@ def model_facts(model: str) -> dict:
     return registry.default_facts(model)
 
 
+def load_components(run, device: torch.device, say=print) -> Components:
+    """The run's model and components, from where its registry entry says they come from."""
+    return loader(run.model).components(run, device, say)
+
+
+@dataclass(frozen=True)
+class Loader:
+    """How the models of one source (registry.Model.source) load: the whole bundle, its
+    tokenizer alone (cheap, for checks before the weights), its audio decoder's class."""
+
+    components: Callable  # (run, device, say) -> Components
+    tokenizer: Callable  # (run) -> a TextEncoder whose `tokenize` works and `encode` does not
+    audio_decoder: Callable  # () -> the class (its sample_rate and samples_per_latent)
+
+
+def loader(model: str) -> Loader:
+    """The one place that tells toy, tiny and the released models apart."""
+    return LOADERS[registry.get(model).source]
+
+
 def _load_toy(run, device, say) -> Components:
     from ovi_attn_capture.toy.components import load_toy_components
 
     return load_toy_components(run, device, say)
 
 
-def load_components(run, device: torch.device, say=print) -> Components:
-    """The run's model and components, from where its registry entry says they come from."""
-    loaders = {"toy": _load_toy, "tiny": _load_tiny, "released": _load_released}
-    return loaders[registry.get(run.model).source](run, device, say)
+def _toy_tokenizer(run):
+    from ovi_attn_capture.toy.components import toy_tokenizer_only
+
+    return toy_tokenizer_only()
+
+
+def _tiny_tokenizer(run):
+    from ovi_attn_capture.components.text_encoder import TextEncoder
+    from ovi_attn_capture.components.tiny import build_tiny_tokenizer
+
+    return TextEncoder(build_tiny_tokenizer(), None)
+
+
+def _released_tokenizer(run):
+    from ovi_attn_capture.components.text_encoder import TextEncoder
+
+    if not run.ckpt_dir:
+        raise UserError(f"model {run.model} needs `ckpt_dir:` to find its tokenizer; set it or pass --ckpt-dir.")
+    return TextEncoder.tokenizer_only(run.ckpt_dir)
+
+
+def _toy_codec():
+    from ovi_attn_capture.toy.codec import AudioCodec
+
+    return AudioCodec
+
+
+def _mmaudio_decoder():
+    from ovi_attn_capture.components.audio_vae import AudioDecoder
+
+    return AudioDecoder
 
 
 def _load_tiny(run, device, say) -> Components:
@@ -256,6 +305,13 @@ def _load_released(run, device, say) -> Components:
         if offload:
             vae.to("cpu")
     return comp  # with offload the model waits on the CPU until the texts are encoded
+
+
+LOADERS = {
+    "toy": Loader(_load_toy, _toy_tokenizer, _toy_codec),
+    "tiny": Loader(_load_tiny, _tiny_tokenizer, _mmaudio_decoder),
+    "released": Loader(_load_released, _released_tokenizer, _mmaudio_decoder),
+}
 
 
 def describe(comp: Components) -> str:

@@ -42,19 +42,9 @@ def formatted_prompt(run) -> str:
 
 def tokenizer_for(run):
     """The run's tokenizer alone, as a TextEncoder whose `tokenize` works and `encode` does not."""
-    from ovi_attn_capture.components.text_encoder import TextEncoder
+    from ovi_attn_capture.components.loading import loader
 
-    if run.model == "tiny":
-        from ovi_attn_capture.components.tiny import build_tiny_tokenizer
-
-        return TextEncoder(build_tiny_tokenizer(), None)
-    if run.model == "toy":
-        from ovi_attn_capture.toy.components import toy_tokenizer_only
-
-        return toy_tokenizer_only()
-    if not run.ckpt_dir:
-        raise UserError(f"model {run.model} needs `ckpt_dir:` to find its tokenizer; set it or pass --ckpt-dir.")
-    return TextEncoder.tokenizer_only(run.ckpt_dir)
+    return loader(run.model).tokenizer(run)
 
 
 def _image_size(run, area: int) -> tuple[int, int]:
@@ -71,13 +61,10 @@ def _image_size(run, area: int) -> tuple[int, int]:
 
 def preflight_shapes(run, text=None) -> Shapes:
     """Shapes of `run` from its config and tokenizer only (no weights read)."""
-    from ovi_attn_capture.components.loading import _pixel_size
+    from ovi_attn_capture.components.loading import _pixel_size, loader
 
     facts = registry.get(run.model)
-    if facts.source == "toy":
-        from ovi_attn_capture.toy.codec import AudioCodec as audio
-    else:
-        from ovi_attn_capture.components.audio_vae import AudioDecoder as audio
+    audio = loader(run.model).audio_decoder()
     video_config, _ = registry.tower_configs(run.model)
     frames, audio_tokens, area = facts.video_latent_frames, facts.audio_latents, facts.area
     H, W = _image_size(run, area) if run.mode == "i2v" else _pixel_size(run, area)
