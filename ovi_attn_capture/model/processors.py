@@ -38,8 +38,6 @@ KINDS = ("self", "text", "fusion")
 class AttnProcessor:
     """Plain: every attention through the one kernel (attention.attention); nothing kept."""
 
-    takes_key_bias = False
-
     def attend(self, q, k, v, k_lens=None):
         """(out [B, Lq, H, D], lse [B, H, Lq] float32) from one kernel call."""
         return attention(q, k, v, k_lens=k_lens)
@@ -59,8 +57,6 @@ class TrainingProcessor(AttnProcessor):
     """Cross-attention through F.scaled_dot_product_attention, which has a backward pass
     and takes an additive key bias: the toy training folds the zero-padded text rows into
     one key whose logit carries log(number of padded rows) (same softmax, 512 -> n + 1 keys)."""
-
-    takes_key_bias = True
 
     def __call__(self, attn, kind: str, q, k, v, k_lens=None, key_bias=None):
         if kind == "self":
