@@ -216,7 +216,7 @@ class Bench:
                 writer = AsyncCaptureWriter(path, C.synthetic_layout(self.spec(kinds, settings.steps)))
                 plan = self.plan(kinds, settings.steps)
                 probe = (materialising_probe_class() if mode == "naive" else CaptureProbe)(plan, writer)
-                self.model.set_processor(probe)
+                self.model.set_processor(probe, which="all")  # as a capture installs it
             on_step = None if writer is None else (lambda i, t, s: writer.step_done(i + 1, i, t, s))
             video, audio = sample(self.model, self.texts, self.size.video_latent, self.size.audio_latent, settings,
                                   self.device, probe=probe, on_step=on_step)
@@ -225,7 +225,7 @@ class Bench:
                 writer.close("complete")
                 writer = None
         finally:
-            self.model.set_processor(None)
+            self.model.set_processor(None, which="all")
             if writer is not None:
                 writer.close("failed")
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0

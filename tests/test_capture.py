@@ -116,11 +116,11 @@ def test_capture_does_not_change_a_single_bit_of_the_generation():
     plan = CapturePlan(list(range(5)), [0, 1], ["text_video", "text_audio", "video_audio", "audio_video"],
                        ["cond", "uncond"], True, torch.float32, (3, 4, 4), groups)
     probe = CaptureProbe(plan, Sink())
-    model.set_processor(probe)
+    model.set_processor(probe, which="all")
     try:
         captured = sample(model, texts, (48, 3, 8, 8), (13, 20), settings, "cpu", probe=probe)
     finally:
-        model.set_processor(None)
+        model.set_processor(None, which="all")
     assert Sink.n == 5 * (2 * 5 + 1 * 5)  # cond: 2 layers x 5 maps, uncond: layer 1 skipped
     assert torch.equal(plain[0], captured[0]) and torch.equal(plain[1], captured[1])
 

@@ -271,7 +271,7 @@ def _generate(run, comp, plan, layout, texts, writer, out: OutputPlan | None, st
     a sequence-parallel group (writer None) returns None."""
     probe = CaptureProbe(plan, writer, sp)
     probe.stop_check = stop.check
-    comp.model.set_processor(probe)
+    comp.model.set_processor(probe, which="all")
     if sp is not None:
         comp.model.attach_sequence_parallel(sp)
     settings = SamplerSettings(steps=run.steps, solver=run.solver, shift=run.shift,
@@ -300,7 +300,7 @@ def _generate(run, comp, plan, layout, texts, writer, out: OutputPlan | None, st
             video_lat, audio_lat = sample(comp.model, embeddings, comp.video_latent_shape, comp.audio_latent_shape,
                                           settings, device, probe=probe, first_frame=comp.first_frame,
                                           on_step=on_step)
-        comp.model.set_processor(None)
+        comp.model.set_processor(None, which="all")
         if writer is None:  # a helper rank of a sequence-parallel group: the group's writer decodes
             status = "complete"
             return None
@@ -317,7 +317,7 @@ def _generate(run, comp, plan, layout, texts, writer, out: OutputPlan | None, st
     except WriterFailed:
         status = "failed"  # the writer closes it as `failed: disk full` when that was the cause
     finally:
-        comp.model.set_processor(None)
+        comp.model.set_processor(None, which="all")
         if sp is not None:
             comp.model.attach_sequence_parallel(None)
         if writer is not None and not writer.close(status, timeout=CLOSE_TIMEOUT_S):

@@ -81,13 +81,15 @@ class CaptureProbe(AttnProcessor):
 
     def __call__(self, attn, kind: str, q, k, v, k_lens=None, key_bias=None):
         """The plain kernel call (the output is the plain processor's, bit for bit), then the maps."""
-        if kind == "self" or key_bias is not None:  # self-attention: nothing to keep; a bias: refused as plain does
+        if key_bias is not None:  # refused, as the plain processor does
             return super().__call__(attn, kind, q, k, v, k_lens, key_bias)
         out, lse = self.attend(q, k, v, k_lens)
         if kind == "text":
             self.on_text_attention(attn.where, q, k, lse)
-        else:
+        elif kind == "fusion":
             self.on_fusion_attention(attn.where, q, k, lse, k_lens)
+        else:
+            self.on_self_attention(attn.where, q, k, lse, k_lens)
         return out
 
     def begin_pass(self, step: int, branch: str) -> bool:
@@ -168,3 +170,6 @@ class CaptureProbe(AttnProcessor):
             per_frame, spatial = maps.audio_to_video_maps(q, k, lse, k_lens, grid, keep)
             self._emit("audio_video", branch_pos, step_pos, layer_pos, self._heads(per_frame[0]))  # [Hd, La, F]
             self._emit("audio_video_spatial", branch_pos, step_pos, layer_pos, self._heads(spatial[0]))  # [Hd, F, h, w]
+
+    def on_self_attention(self, where, q, k, lse, k_lens) -> None:
+        """Self-attention (q, k roped as the kernel saw them, lse its own): nothing is captured from it yet."""
