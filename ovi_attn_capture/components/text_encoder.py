@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover
 
 from ovi_attn_capture.components.checkpoints import load_pth
 from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.contract.token_groups import Token
 
 TEXT_LEN = 512  # upstream pads and truncates every prompt to 512 tokens
 
@@ -35,17 +36,6 @@ def clean_text(text: str) -> str:
     text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return _ws_re.sub(r"\s+", " ", text).strip()
-
-
-@dataclass
-class Token:
-    """One real token of a cleaned prompt; start/end are character offsets into the cleaned text."""
-
-    index: int
-    id: int
-    piece: str
-    start: int
-    end: int
 
 
 # ----------------------------------------------------------------------------- Wan -> HF keys

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import yaml
 
 from ovi_attn_render.contract import selection
-from ovi_attn_render.contract.token_groups import check_selection, clean_prompt_text
+from ovi_attn_render.contract.token_groups import TEXT_LEN, check_selection, clean_prompt_text
 from ovi_attn_render.common.errors import UserError
 
 MODELS = ("toy", "tiny", "720x720_5s", "960x960_5s", "960x960_10s")
@@ -39,7 +39,6 @@ BRANCHES = ("cond", "uncond", "both")
 HEADS = ("mean", "all")
 MAP_DTYPES = ("int16", "float32", "float32-deflate", "float16")  # == format.MAP_ENCODINGS keys
 FP8_MODELS = ("720x720_5s",)  # the only checkpoint with an fp8 build
-TEXT_LEN = 512  # umT5 keys per prompt
 
 VIDEO_NEGATIVE_PROMPT = "jitter, bad hands, blur, distortion"  # upstream yaml defaults
 AUDIO_NEGATIVE_PROMPT = "robotic, muffled, echo, distorted"

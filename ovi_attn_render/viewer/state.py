@@ -16,7 +16,7 @@ from ovi_attn_render.views.video import NORMS
 
 BRANCH_CHOICES = ("cond", "uncond", "diff")
 REDUCE_CHOICES = ("mean", "max")
-_SPEC = re.compile(r"^[0-9,:\- ]{1,200}$")  # the selection grammar's alphabet (selection.parse_spec)
+_SPEC = re.compile(r"^(?:[0-9,:\- ]|every){1,200}$")  # the selection grammar's alphabet (selection.parse)
 _CMAP = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
 
 
@@ -71,7 +71,7 @@ def _spec(q: Mapping, name: str) -> str | None:
     if v is None or v == "all":
         return None
     if not _SPEC.fullmatch(v):
-        raise BadParameter(f"parameter {name}={v[:40]!r} is not a selection like 5, 10-19 or 0:30:2.")
+        raise BadParameter(f"parameter {name}={v[:40]!r} is not a selection like 5, 10-19, 0:30:2 or every 5.")
     return v
 
 
