@@ -138,3 +138,13 @@ def test_capture_records_the_selected_values(capsys, tmp_path):
     out_dir = tmp_path / "r"
     o, _ = ok(capsys, "render", out, "--token", "#3-4", "--steps", "every 2", "-o", out_dir)
     assert len(written(o)) == 1
+
+
+def test_api_takes_the_same_words(run):
+    import ovi_attn_render as oa
+
+    with oa.open_capture(str(run)) as cap:
+        a = cap.text_video("man#1", steps=[0, "2-3"], layers="every 2")
+        assert list(a["step"].values) == [0, 2, 3] and list(a["layer"].values) == [0, 2]
+        with pytest.raises(UserError, match=r"reaches outside the available values; captured layers: 0-2\.$"):
+            cap.text_video("man", layers="0-5")
