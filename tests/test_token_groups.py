@@ -9,6 +9,7 @@ import pytest
 
 from ovi_attn_render.contract.token_groups import (
     Token,
+    TokenGroup,
     TokenTable,
     check_selection,
     clean_prompt_text,
@@ -251,3 +252,13 @@ def test_check_selection_from_text_alone():
                          ("audio_caption", "no <AUDCAP>"), ("", "empty")]:
         with pytest.raises(UserError, match=message):
             check_selection(bad, text)
+
+
+def test_negative_prompt_lookup_reads_the_occurrence_not_the_label():
+    text = "a blur, then a blur"
+    toks = make_tokens(text, ["▁a", "▁blur", ",", "▁then", "▁a", "▁blur"])
+    second = by_label(resolve_groups(["blur#2"], text, toks))["blur#2"]
+    assert second.occurrence == 2
+    renamed = TokenGroup("blur#2 (word)", second.kind, second.token_indices, second.occurrence)  # a merged label
+    found = group_for_other_text(renamed, ["blur"], text, toks)
+    assert found.token_indices == [5] and found.label == "blur#2 (word)"
