@@ -91,6 +91,9 @@ def test_capture_flags_out_of_range_exit_2_before_anything_runs(capsys, tmp_path
     message = fails(capsys, "capture", ROOT / "data/prompts/example.yaml", "-o", out, "--num-steps", "4",
                     "--capture-steps", "0-9", "--no-progress", "--no-mp4")
     assert message == "error: --capture-steps '0-9' reaches outside the available values; sampler steps: 0-3."
+    message = fails(capsys, "capture", ROOT / "data/prompts/example.yaml", "-o", out, "--num-steps", "4",
+                    "--layers", "0-99", "--no-progress", "--no-mp4")  # the toy's depth is known once it loads
+    assert message.startswith("error: --layers '0-99' reaches outside the available values; toy layers: 0-")
     assert not out.exists()
 
 
