@@ -151,3 +151,12 @@ def test_api_takes_the_same_words(run):
         assert list(a["step"].values) == [0, 2, 3] and list(a["layer"].values) == [0, 2]
         with pytest.raises(UserError, match=r"reaches outside the available values; captured layers: 0-2\.$"):
             cap.text_video("man", layers="0-5")
+
+
+def test_viewer_checks_selections_with_the_same_grammar():
+    from ovi_attn_render.viewer.state import BadParameter, parse_state
+
+    assert parse_state({"layers": "every 2"}, 1).layers == "every 2"
+    assert parse_state({"heads": "-1"}, 1).heads == "-1"
+    with pytest.raises(BadParameter, match="runs backwards; write it as 2-5"):
+        parse_state({"layers": "5-2"}, 1)
