@@ -4,10 +4,11 @@ Pure Python (no torch), so `ovi-attn tokens` and prompt-file validation run anyw
 
 A token is a `Token` (or any object with `.index, .id, .piece, .start, .end`): `start, end`
 is its character span in the cleaned prompt, and the last token is EOS with
-`start == end == len(text)`. `TokenTable` is the one token-table type: the cleaned text, its
-tokens (each with the word that owns it) and the groups; capture builds it from the
-tokenizer, the reader from the file, and `TokenTable.find` resolves a name at render. Pieces are sentencepiece pieces: "▁" marks a leading space,
+`start == end == len(text)`. Pieces are sentencepiece pieces: "▁" marks a leading space,
 and a lone "▁" piece (empty span, or a span of only whitespace) belongs to the word after it.
+`TokenTable` is the one token-table type: the cleaned text, its tokens (each with the word
+that owns it) and the groups; capture builds it from the tokenizer, the reader from the
+file, and `TokenTable.find` resolves a name at render with the grammar below.
 
 Words: a tag (`<S>`, `<E>`, `<AUDCAP>`, `<ENDAUDCAP>`) is one word; a maximal run of
 letters/digits (apostrophes allowed inside: "don't") is one word; every other non-space
