@@ -276,9 +276,10 @@ def test_tokens_command_prints_the_table(tmp_path, capsys):
 
 
 def test_another_process_can_follow_a_capture_with_xarray_while_it_is_written(tmp_path):
-    from ovi_attn_render.contract.format import CaptureFileWriter, CaptureLayout, TokenRow
+    from ovi_attn_render.contract.format import CaptureFileWriter, CaptureLayout
+    from ovi_attn_render.contract.token_groups import Token
 
-    tokens = [TokenRow(0, 10, "▁a", 0, 1, "a", 0), TokenRow(1, 1, "</s>", 1, 1, "", -1)]
+    tokens = [Token(0, 10, "▁a", 0, 1, "a", 0), Token(1, 1, "</s>", 1, 1, "", -1)]
     layout = CaptureLayout(grid=(2, 2, 2), audio_tokens=3, steps=[0, 1], layers=[0], groups=["a", "<eos>", "<pad>"],
                            group_kinds=["word", "eos", "pad"], group_members=np.array([[1, 0], [0, 1], [0, 0]]),
                            tokens=tokens, kinds=["text_video"])

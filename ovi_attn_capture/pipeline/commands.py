@@ -161,7 +161,7 @@ def tokens(
     """Print the prompt's tokens: index, piece, word, character span, and which selections hit them."""
     _need_torch("tokens")
     from ovi_attn_capture.pipeline.prompt_file import load_prompt_file
-    from ovi_attn_render.contract.token_groups import render_token_table, resolve_groups, token_table_rows
+    from ovi_attn_render.contract.token_groups import TokenTable, render_token_table
 
     run = load_prompt_file(prompt_file, _overrides(**flags))
     _say_notes(run)
@@ -169,9 +169,8 @@ def tokens(
 
     encoder = tokenizer_for(run)
     text = formatted_prompt(run)
-    toks = encoder.tokenize(text)
-    groups = resolve_groups(run.capture.tokens, text, toks, text_len=encoder.text_len)
-    render_token_table(token_table_rows(text, toks, groups), Console())
+    table = TokenTable.of(text, encoder.tokenize(text), run.capture.tokens, text_len=encoder.text_len)
+    render_token_table(table.rows(), Console())
     cut = tokens_cut(encoder, text)
     if cut:
         console.print(f"[yellow]note:[/] the prompt has {encoder.text_len + cut} tokens; the text encoder reads "
@@ -188,9 +187,9 @@ def _check_token_indices(run) -> None:
     tokenizer only (cheap), so a wrong index fails before the model loads, in the same words
     as `ovi-attn tokens`."""
     from ovi_attn_capture.pipeline.preflight import formatted_prompt, tokenizer_for
-    from ovi_attn_render.contract.token_groups import _parse_selection, resolve_groups
+    from ovi_attn_render.contract.token_groups import is_index_selection, resolve_groups
 
-    if not any(_parse_selection(s).what == "index" for s in run.capture.tokens):
+    if not any(is_index_selection(s) for s in run.capture.tokens):
         return
     encoder = tokenizer_for(run)
     text = formatted_prompt(run)

@@ -26,7 +26,8 @@ from typing import Any, Callable
 
 import yaml
 
-from ovi_attn_render.contract.token_groups import check_selection, clean_prompt_text
+from ovi_attn_render.contract import selection
+from ovi_attn_render.contract.token_groups import TEXT_LEN, check_selection, clean_prompt_text
 from ovi_attn_render.common.errors import UserError
 
 from ovi_attn_capture.model import registry
@@ -39,7 +40,6 @@ KINDS = ("text_video", "text_audio", "video_audio", "audio_video")  # == format.
 BRANCHES = ("cond", "uncond", "both")
 HEADS = ("mean", "all")
 MAP_DTYPES = ("int16", "float32", "float32-deflate", "float16")  # == format.MAP_ENCODINGS keys
-TEXT_LEN = 512  # umT5 keys per prompt
 
 VIDEO_NEGATIVE_PROMPT = "jitter, bad hands, blur, distortion"  # upstream yaml defaults
 AUDIO_NEGATIVE_PROMPT = "robotic, muffled, echo, distorted"
@@ -256,110 +256,23 @@ def _kinds(value: Any) -> list[str]:
     return kinds
 
 
-def _capture_index_set(noun: str) -> Callable[[Any], Any]:
-    """Syntax check of capture.layers / capture.steps; ranges are checked later against the
-    model (layers) or the sampler (steps)."""
-
-    def check(value: Any) -> Any:
-        _index_set(value, None, noun)
-        return value
-
-    return check
-
-
-# ---------------------------------------------------------------------------- index sets
-
-_EVERY_RE = re.compile(r"every\s+(\d+)")
-_RANGE_RE = re.compile(r"(\d+)\s*-\s*(\d+)")
-_SLICE_RE = re.compile(r"(\d*)\s*:\s*(\d*)(?:\s*:\s*(\d*))?")
-
-
-def _index_set(value: Any, count: int | None, noun: str) -> list[int]:
-    """Indices 0..count-1 named by `value`: all, N, [N, ...], "a-b,c", "a:b:s", "::s",
-    "every s", {every: s}. With count=None only the syntax is checked (returns [])."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
-        return list(range(count or 0))
-    if isinstance(value, dict):
-        if set(value) != {"every"}:
-            raise _Bad(f"as a mapping must be {{every: N}}, got keys {', '.join(map(str, value))}")
-        return _every(value["every"], count)
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        raise _Bad(f"is an empty list; write all or list some {noun}")
-    chosen: set[int] = set()
-    for item in items:
-        if _is_int(item):
-            chosen.add(_in_range(item, count, noun))
-        elif isinstance(item, str):
-            for part in item.split(","):
-                chosen.update(_index_part(part.strip(), count, noun))
-        else:
-            raise _Bad(f"must be all, a number, a list or a range such as \"0:30:2\", got {_show(item)}")
-    if count is not None and not chosen:
-        raise _Bad(f"selects no {noun}")
-    return sorted(chosen)
-
-
-def _every(stride: Any, count: int | None) -> list[int]:
-    if not _is_int(stride) or stride < 1:
-        raise _Bad(f"needs a whole number of at least 1 after every, got {_show(stride)}")
-    return list(range(0, count or 0, stride))
-
-
-def _in_range(index: int, count: int | None, noun: str) -> int:
-    if index < 0 or (count is not None and index >= count):
-        valid = f"there are {count} {noun}, numbered 0 to {count - 1}" if count else "indices start at 0"
-        raise _Bad(f"selects {index}, which is out of range; {valid}")
-    return index
-
-
-def _index_part(part: str, count: int | None, noun: str) -> list[int]:
-    """One comma-separated part: N, a-b (inclusive), start:stop[:step] (stop exclusive), every s, all."""
-    if part == "":
-        return []
-    if part.lower() == "all":
-        return list(range(count or 0))
-    if part.isdigit():
-        return [_in_range(int(part), count, noun)]
-    if m := _EVERY_RE.fullmatch(part.lower()):
-        return _every(int(m.group(1)), count)
-    if m := _RANGE_RE.fullmatch(part):
-        first, last = int(m.group(1)), int(m.group(2))
-        if last < first:
-            raise _Bad(f"has the range '{part}' backwards; write {last}-{first}")
-        _in_range(first, count, noun)
-        _in_range(last, count, noun)
-        return list(range(first, last + 1))
-    if m := _SLICE_RE.fullmatch(part):
-        start = int(m.group(1)) if m.group(1) else 0
-        stride = int(m.group(3)) if m.group(3) else 1
-        if stride < 1:
-            raise _Bad(f"has the step 0 in '{part}'; write a step of at least 1, e.g. ::5")
-        stop = int(m.group(2)) if m.group(2) else count
-        if count is None:
-            return []
-        if stop > count:
-            raise _Bad(f"'{part}' runs to {stop}, past the {count} {noun} (numbered 0 to {count - 1}); write :{count} or leave the stop out")
-        _in_range(start, count, noun)
-        return list(range(start, stop, stride))
-    raise _Bad(f"cannot read '{part}'; write all, 5, 0-9, 0:30:2, ::5 or a list like [0, 10, 29]")
-
-
-def parse_layers(value: Any, num_layers: int) -> list[int]:
-    """Block indices named by capture.layers: all | [0, 5, 10] | "10-19,25" | "0:30:2" | 7."""
+def _selection_syntax(value: Any) -> Any:
+    """Syntax check of capture.layers / capture.steps (contract/selection.py's grammar); the
+    values are checked later against the model (layers) or the sampler (steps)."""
     try:
-        return _index_set(value, num_layers, "layers")
-    except _Bad as bad:
-        raise UserError(f"capture.layers {bad}") from None
+        selection.parse(value)
+    except selection.SelectionError as bad:
+        raise _Bad(str(bad).rstrip(".").replace(f"; write {selection.GRAMMAR_HINT}", "")) from None
+    return value
 
 
-def parse_steps(value: Any, num_steps: int) -> list[int]:
-    """Sampler step indices named by capture.steps: all | {every: 5} | "::5" | "every 5" |
-    [0, 10, 49] | "0:50:5"."""
+def _selected(spec: "RunSpec", key: str, available: range, what: str) -> list[int]:
+    """The values capture.steps / capture.layers select from `available`; a UserError naming
+    the key's line (or flag) and what is available otherwise."""
     try:
-        return _index_set(value, num_steps, "sampler steps")
-    except _Bad as bad:
-        raise UserError(f"capture.steps {bad}") from None
+        return [available[i] for i in selection.select(getattr(spec.capture, key.split(".")[1]), available, what)]
+    except selection.SelectionError as bad:
+        raise spec.error(key, str(bad)) from None
 
 
 # ---------------------------------------------------------------------------- the keys
@@ -452,9 +365,9 @@ _KEY_LIST = [
          help="Sequence parallel: processes per prompt (under torchrun)."),
     _Key("capture.tokens", ["all"], _tokens, "tokens: [man, park]", metavar="<list>",
          help="Token selections, comma separated: man,park,man#2,all.", shown_default="all"),
-    _Key("capture.layers", "all", _capture_index_set("layers"), 'layers: "10-19"', metavar="<sel>",
+    _Key("capture.layers", "all", _selection_syntax, 'layers: "10-19"', metavar="<sel>",
          help="Layers to capture: all, 10-19,25 or 0:30:2."),
-    _Key("capture.steps", "all", _capture_index_set("sampler steps"), "steps: {every: 5}", flag="--capture-steps",
+    _Key("capture.steps", "all", _selection_syntax, "steps: {every: 5}", flag="--capture-steps",
          metavar="<sel>", help="Steps to capture: all, 0:50:5, every 5."),
     _Key("capture.kinds", list(KINDS), _kinds, "kinds: [text_video, text_audio]", metavar="<list>",
          help=f"Maps to capture, comma separated: {', '.join(KINDS)}.", shown_default="all four"),
@@ -771,9 +684,9 @@ def _check_together(spec: RunSpec, origins: dict[str, _Origin], item_lines: list
     _check_size(spec, origins)
     _check_image(spec, origins)
     _check_model(spec, origins)
-    _check_index_set(spec.capture.steps, spec.steps, "sampler steps", "capture.steps", origins)
+    _selected(spec, "capture.steps", range(spec.steps), "sampler steps")
     if _is_released(spec.model):  # the toy and tiny models' depth is checked by resolve_model_defaults
-        _check_index_set(spec.capture.layers, registry.num_layers(spec.model), "layers", "capture.layers", origins)
+        _selected(spec, "capture.layers", range(registry.num_layers(spec.model)), f"{spec.model} layers")
     _check_tokens(spec, origins["capture.tokens"], item_lines)
 
 
@@ -846,13 +759,6 @@ def _check_model(spec: RunSpec, o: dict[str, _Origin]) -> None:
         )
 
 
-def _check_index_set(value: Any, count: int, noun: str, key: str, origins: dict[str, _Origin]) -> None:
-    try:
-        _index_set(value, count, noun)
-    except _Bad as bad:
-        raise origins[key].error(key, str(bad)) from None
-
-
 def _check_tokens(spec: RunSpec, origin: _Origin, item_lines: list[_Origin]) -> None:
     """Each selection must fit the prompt (unknown words, occurrences, spans) now, not
     after the model has loaded."""
@@ -890,14 +796,8 @@ def resolve_model_defaults(
             f"is {slg}, but the {spec.model} model has layers 0 to {num_layers - 1}; "
             "pick one of those or -1 to turn skip-layer guidance off",
         )
-    try:
-        layers = _index_set(spec.capture.layers, num_layers, "layers")
-    except _Bad as bad:
-        raise spec.error("capture.layers", str(bad)) from None
-    try:
-        steps = _index_set(spec.capture.steps, spec.steps, "sampler steps")
-    except _Bad as bad:
-        raise spec.error("capture.steps", str(bad)) from None
+    layers = _selected(spec, "capture.layers", range(num_layers), f"{spec.model} layers")
+    steps = _selected(spec, "capture.steps", range(spec.steps), "sampler steps")
     height, width = (spec.height, spec.width) if spec.height is not None else native_size
     capture = replace(spec.capture, layers=layers, steps=steps)
     return replace(spec, height=height, width=width, slg_layer=slg, capture=capture)
