@@ -115,11 +115,11 @@ def test_probe_in_the_model_writes_exact_rows_and_leaves_the_generation_alone():
         original(where, q, k, lse, k_lens)
 
     probe.on_self_attention = spy
-    model.attach_probe(probe)
+    model.set_processor(probe, which="all")
     try:
         captured = sample(model, texts, video_shape, audio_shape, settings, "cpu", probe=probe)
     finally:
-        model.attach_probe(None)
+        model.set_processor(None, which="all")
     assert torch.equal(plain[0], captured[0]) and torch.equal(plain[1], captured[1])
     for s in (0, 1):
         for layer in (0, 1):

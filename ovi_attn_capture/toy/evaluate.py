@@ -347,9 +347,10 @@ def grid_queries(frame: int) -> list:
     """One query point on every token cell of a pixel frame (the toy grid is 8 x 8), so that
     whatever the model draws where, a query sits on each object's centre in that frame."""
     from ovi_attn_capture.pipeline.queries import QuerySpec
-    from ovi_attn_capture.toy.components import NATIVE_SIZE
+    from ovi_attn_capture.model import registry
 
-    h, w = NATIVE_SIZE[0] // 16, NATIVE_SIZE[1] // 16  # 16 pixels per latent cell (the codec's compression)
+    size = registry.get("toy").native_size
+    h, w = size[0] // 16, size[1] // 16  # 16 pixels per latent cell (the codec's compression)
     return [QuerySpec(f"cell_{y}_{x}", "video", frame=frame, x=(x + 0.5) / w, y=(y + 0.5) / h)
             for y in range(h) for x in range(w)]
 
@@ -387,7 +388,7 @@ def evaluate(prompts: list[str], weights: str | Path = TOY_DIR, steps: int = 30,
     import h5py
 
     from ovi_attn_capture.pipeline.capture import resolve_device, run_capture
-    from ovi_attn_capture.pipeline.prompt_file import parse_layers, parse_steps
+    from ovi_attn_render.contract.selection import resolve
     from ovi_attn_capture.components.text_encoder import clean_text
 
     from ovi_attn_capture.toy.components import load_toy_components
@@ -420,7 +421,8 @@ def evaluate(prompts: list[str], weights: str | Path = TOY_DIR, steps: int = 30,
                         comp=replace(comp, prompt_text=clean_text(prompt)))
             files.append(score_file(path, geometry))
             progress.update(i + 1)
-    table = build_table(files, parse_steps("all", steps), parse_layers(layers, comp.model.num_layers),
+    table = build_table(files, list(range(steps)), resolve(layers, range(comp.model.num_layers), "layers",
+                                                          what="toy layers", option="capture.layers"),
                         settings.final_steps)
     summary = table.to_json()
     (out / "eval.json").write_text(json.dumps(summary, indent=1) + "\n")
