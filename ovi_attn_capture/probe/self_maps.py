@@ -11,8 +11,6 @@ scratch stays under maps.CHUNK_BYTES whatever the clip's length.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ovi_attn_capture.probe import maps
@@ -32,21 +30,12 @@ def query_probabilities(q, k, lse, query_index, k_lens=None, keep_heads: bool = 
     Returns float32 [B, Hd, Q, Lk], Hd = H (keep_heads) or 1 (the head mean). Each row
     sums to 1 over the valid keys, up to the kernel's own lse rounding."""
     B, Lq, H, D = q.shape
-    Lk = k.shape[1]
-    scale = 1.0 / math.sqrt(D)
     index = query_index.to(q.device)
     q_sel = query_rows(q, index)  # [B, Q, H, D]
-    lse_sel = lse.index_select(2, index).float()  # [B, H, Q]
-    valid = None
-    if k_lens is not None:
-        valid = torch.arange(Lk, device=k.device)[None, :] < k_lens.to(k.device)[:, None]  # [B, Lk]
-    kf = k.float()
+    lse_sel = lse.index_select(2, index)  # [B, H, Q]
     out = []
-    for sl in maps._chunks(q_sel.shape[1], B * H * Lk * 4 * 2):
-        s = torch.einsum("bqhd,bkhd->bhqk", q_sel[:, sl].float(), kf) * scale  # [B, H, q, Lk]
-        p = torch.exp(s - lse_sel[:, :, sl, None])
-        if valid is not None:
-            p = p * valid[:, None, None, :]
+    for sl in maps._chunks(q_sel.shape[1], B * H * k.shape[1] * 4 * 2):
+        p = maps.key_probabilities(q_sel, k, lse_sel, k_lens, sl)  # [B, H, q, Lk], masked keys 0
         out.append(maps.reduce_heads(p, keep_heads))  # [B, Hd, q, Lk]
     return torch.cat(out, dim=2)
 
