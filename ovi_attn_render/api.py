@@ -26,7 +26,8 @@ import xarray as xr
 
 from ovi_attn_render.contract import reader
 from ovi_attn_render.common.errors import UserError
-from ovi_attn_render.contract.format import MAP_DESCRIPTIONS, latent_frame_of, pixel_frames_of
+from ovi_attn_render.contract.geometry import Geometry, latent_frame_of
+from ovi_attn_render.contract.kinds import MAP_KINDS
 from ovi_attn_render.contract.selection import resolve
 
 REDUCTIONS = ("mean", "max", None)  # over heads; None keeps the `head` dimension
@@ -46,7 +47,8 @@ class Capture:
 
     Attributes: path, status ('complete', 'running', ...), partial, groups (token-group names),
     tokens (the token table, one dict a text token), steps (readable sampler step numbers),
-    layers (captured block indices), heads, branches, kinds, attrs (every file attribute).
+    layers (captured block indices), heads, branches, kinds, attrs (every file attribute),
+    geometry (grid, decoded frames, latent frame of each decoded frame, audio time axis).
     """
 
     def __init__(self, file: reader.Capture):
@@ -80,6 +82,7 @@ class Capture:
     heads = property(lambda self: np.asarray(self.file.heads))
     grid = property(lambda self: tuple(self.file.grid))  # (latent frames, rows, cols) of the video tokens
     num_pixel_frames = property(lambda self: self.file.num_pixel_frames)
+    geometry = property(lambda self: self.file.geometry)  # Geometry: frames, grid, audio time axis
 
     @property
     def tokens(self) -> list[dict]:
@@ -95,7 +98,8 @@ class Capture:
         return self.file.latent_frame(pixel_frame)
 
     def pixel_frames_of(self, latent_frame: int) -> list[int]:
-        return [n for n in pixel_frames_of(int(latent_frame), self.file.stride) if n < self.num_pixel_frames]
+        """The decoded frames of latent frame `latent_frame` that the clip holds."""
+        return self.file.pixel_frames_of(latent_frame)
 
     # ----------------------------------------------------------------- decoded clip
     def frame(self, pixel_frame: int) -> xr.DataArray:
@@ -221,11 +225,11 @@ class Capture:
         }
         if "audio_time" in dims:
             coords["audio_time"] = np.arange(x.shape[dims.index("audio_time")])
-            coords["time"] = ("audio_time", coords["audio_time"] * f.samples_per_token / f.sample_rate)
+            coords["time"] = ("audio_time", f.geometry.audio_seconds()[coords["audio_time"]])
         if "frame" in dims and "frame" not in coords:
             coords["frame"] = np.arange(x.shape[dims.index("frame")])
         attrs = {"kind": kind, "branch": f.branches[pos["branch"]], "units": "1",
-                 "long_name": MAP_DESCRIPTIONS.get(kind, kind)}
+                 "long_name": MAP_KINDS[kind].description if kind in MAP_KINDS else kind}
         if token is not None:
             attrs["token"] = f.groups[f.token_index(token)]
         da = xr.DataArray(x, dims=dims, coords=coords, name=kind, attrs=attrs)
@@ -297,4 +301,4 @@ def _read_picture(path: str) -> np.ndarray:
     return np.asarray(iio.imread(path))[..., :3]  # [H, W, 3]
 
 
-__all__ = ["Capture", "open_capture", "render", "REDUCTIONS", "latent_frame_of"]
+__all__ = ["Capture", "Geometry", "open_capture", "render", "REDUCTIONS", "latent_frame_of"]

@@ -15,12 +15,13 @@ import pytest
 from synthetic import Synth, synthetic_layout, write_synthetic
 from ovi_attn_render.cli import main
 from ovi_attn_render.common.errors import UserError
-from ovi_attn_render.contract.format import (DASK_CHUNKS, MAP_DIMS, MAP_ENCODINGS, CaptureFileWriter, decode,
+from ovi_attn_render.contract.format import (DASK_CHUNKS, MAP_ENCODINGS, CaptureFileWriter, decode,
                                     estimate_bytes)
+from ovi_attn_render.contract.kinds import MAP_KINDS
 from ovi_attn_render.contract.reader import open_capture, read_strings
 
 FORMAT1 = Path(__file__).parent / "data" / "format1_toy.h5"
-MAP_VARS = tuple(MAP_DIMS)
+MAP_VARS = tuple(MAP_KINDS)
 
 PROMPT = """\
 prompt: "a red circle moves left. <AUDCAP>the circle beeps<ENDAUDCAP>"

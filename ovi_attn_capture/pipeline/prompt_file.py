@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import yaml
 
+from ovi_attn_render.contract.format import MAP_ENCODINGS
+from ovi_attn_render.contract.kinds import CAPTURE_KINDS
 from ovi_attn_render.contract.token_groups import check_selection, clean_prompt_text
 from ovi_attn_render.common.errors import UserError
 
@@ -33,10 +35,10 @@ MODELS = ("toy", "tiny", "720x720_5s", "960x960_5s", "960x960_10s")
 SOLVERS = ("unipc", "euler", "dpm++")
 MODES = ("t2v", "i2v")
 DTYPES = ("bfloat16", "float32")
-KINDS = ("text_video", "text_audio", "video_audio", "audio_video")  # == format.KIND_VARIABLES keys
+KINDS = CAPTURE_KINDS  # the map kinds registry's capture kinds
 BRANCHES = ("cond", "uncond", "both")
 HEADS = ("mean", "all")
-MAP_DTYPES = ("int16", "float32", "float32-deflate", "float16")  # == format.MAP_ENCODINGS keys
+MAP_DTYPES = tuple(MAP_ENCODINGS)  # the file format's map encodings
 FP8_MODELS = ("720x720_5s",)  # the only checkpoint with an fp8 build
 TEXT_LEN = 512  # umT5 keys per prompt
 

@@ -19,9 +19,10 @@ from ovi_attn_render.common.errors import UserError
 
 from ovi_attn_capture.toy import TOY_DIR
 from ovi_attn_capture.toy.codec import AudioCodec, VideoCodec
+from ovi_attn_capture.toy.world import LATENT_FRAMES
 
 NATIVE_SIZE = (128, 128)  # pixels; latent 8 x 8, token grid 8 x 8 per latent frame (video patch 1)
-LATENT_FRAMES = 5  # 17 pixel frames
+# LATENT_FRAMES (5, 17 pixel frames): the toy world's, toy/world.py
 AUDIO_LATENTS = 22  # 0.704 s
 DEFAULT_SLG_LAYER = -1  # trained without layer skipping: skip-layer guidance would only hurt
 VIDEO_NEGATIVE_PROMPT = ""  # what text dropout trained as "no caption" (the upstream negatives work too)

@@ -20,7 +20,10 @@ import numpy as np
 from contextlib import contextmanager
 
 from ovi_attn_render.common.errors import UserError
-from ovi_attn_render.contract.format import BRANCHES, FORMAT_NAME, FORMAT_VERSION, MAP_DIMS, READABLE_VERSIONS, decode, latent_frame_of
+from ovi_attn_render.contract.format import BRANCHES, FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS, decode
+from ovi_attn_render.contract.geometry import (Geometry, latent_frame_of, pixel_frame_count, pixel_frames_of,
+                                               token_cell_pixels)
+from ovi_attn_render.contract.kinds import MAP_KINDS, capture_kind_of
 from ovi_attn_render.contract.liveness import describe_writer
 from ovi_attn_render.contract.selection import describe_values
 
@@ -93,6 +96,17 @@ def read_hyperslab(ds: h5py.Dataset, sels: Sequence[Sequence[int]]) -> np.ndarra
     return decode(ds.attrs, ds[tuple(picks)])
 
 
+def _dims_of(ds: h5py.Dataset, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The names of a variable's dims from the dimension scales attached to it (netCDF-4's
+    dims); `default` for a file without them."""
+    names = []
+    for axis in ds.dims:
+        if len(axis) == 0:
+            return default
+        names.append(axis[0].name.rsplit("/", 1)[-1])
+    return tuple(names)
+
+
 class Capture:
     """An open capture file. Use `open_capture(path)`; close it or use `with`."""
 
@@ -126,10 +140,28 @@ class Capture:
         self.sample_rate: int = _scalar(self.attrs, "audio_sample_rate", default=16000, minimum=1)
         self.samples_per_token: int = _scalar(self.attrs, "audio_samples_per_token", default=512, minimum=1)
         F = self.grid[0]
-        self.num_pixel_frames: int = int(f["video"].shape[0]) if self.has_video else 1 + self.stride * (F - 1)
+        self.num_pixel_frames: int = int(f["video"].shape[0]) if self.has_video else pixel_frame_count(F, self.stride)
+        self.latent_frame_of_pixel: np.ndarray = self._latent_frame_table()  # [T] int64
         # The decoded clip is written after the last step; before that it is all zeros.
         self.clip_written: bool = self.status == "complete"
+        # Each map variable's dims, outermost first, as the file's dimension scales name them.
+        self.map_dims: dict[str, tuple[str, ...]] = {v: _dims_of(f[v], MAP_KINDS[v].dims) for v in self.variables()}
         self._check_shapes()
+
+    def _latent_frame_table(self) -> np.ndarray:
+        """[T] the latent frame of each decoded frame, as the file stores it (computed from the
+        stride for files without decoded video), checked: from 0, never falling, within the grid."""
+        T, F = self.num_pixel_frames, self.grid[0]
+        if "latent_frame_of_pixel" not in self.f:
+            return np.asarray(latent_frame_of(np.arange(T), self.stride), np.int64).reshape(T)
+        table = np.asarray(self.f["latent_frame_of_pixel"][...])
+        if table.shape != (T,) or table.dtype.kind not in ("i", "u"):
+            raise Damaged(f"latent_frame_of_pixel has shape {table.shape} and type {table.dtype}, not {T} whole "
+                          f"numbers (one per decoded frame)")
+        table = table.astype(np.int64)
+        if T and (table[0] != 0 or (np.diff(table) < 0).any() or table.max() >= F):
+            raise Damaged(f"latent_frame_of_pixel should rise from 0 to at most {F - 1}, not {table.tolist()}"[:200])
+        return table
 
     def _check_shapes(self) -> None:
         """Every map variable's shape must match the coordinates and the grid it is read by."""
@@ -138,7 +170,10 @@ class Capture:
                  "token": len(self.groups), "head": len(self.heads), "frame": F, "y": h, "x": w,
                  "audio_time": self.audio_tokens}
         for var in self.variables():
-            want = tuple(sizes[d] for d in MAP_DIMS[var])
+            dims = self.map_dims[var]
+            if sorted(dims) != sorted(MAP_KINDS[var].dims):
+                raise Damaged(f"{var} has dims {dims}, not {MAP_KINDS[var].dims} in some order")
+            want = tuple(sizes[d] for d in dims)
             if tuple(self.f[var].shape) != want:
                 raise Damaged(f"{var} has shape {tuple(self.f[var].shape)}, but its coordinates and video_grid "
                               f"say {want}")
@@ -151,6 +186,12 @@ class Capture:
         if self.status != "running":
             return self.status
         return describe_writer(self.attrs)[1]
+
+    @property
+    def geometry(self) -> Geometry:
+        """How decoded frames, latent frames, video tokens and audio tokens line up."""
+        return Geometry(self.grid, self.num_pixel_frames, self.frame_size, self.fps, self.stride, self.audio_tokens,
+                        self.sample_rate, self.samples_per_token, self.latent_frame_of_pixel)
 
     # ----------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -170,8 +211,7 @@ class Capture:
         return self.steps[: self.steps_done]
 
     def variables(self) -> list[str]:
-        return [v for v in ("text_video", "text_audio", "video_audio", "audio_video", "audio_video_spatial")
-                if v in self.f]
+        return [v for v in MAP_KINDS if v in self.f]
 
     def token_index(self, selector: str) -> int:
         """'man', 'man#2', '#5', an exact label, or a bare text-token index '5' -> group position."""
@@ -209,7 +249,12 @@ class Capture:
         return n
 
     def latent_frame(self, pixel_frame: int) -> int:
-        return int(latent_frame_of(self.check_frame(pixel_frame), self.stride))
+        """The latent frame holding decoded frame `pixel_frame` (the file's latent_frame_of_pixel)."""
+        return int(self.latent_frame_of_pixel[self.check_frame(pixel_frame)])
+
+    def pixel_frames_of(self, latent_frame: int) -> list[int]:
+        """The decoded frames of a latent frame that the clip holds."""
+        return [n for n in pixel_frames_of(int(latent_frame), self.stride) if n < self.num_pixel_frames]
 
     def frame(self, pixel_frame: int) -> np.ndarray:
         """Decoded frame n as uint8 [H, W, 3] (one chunk read)."""
@@ -223,10 +268,11 @@ class Capture:
 
     @property
     def frame_size(self) -> tuple[int, int]:
-        """(H, W) of decoded frames; without video, 32 pixels per token cell."""
+        """(H, W) of decoded frames; without video, the pixels the token grid stands for."""
         if self.has_video:
             return tuple(int(s) for s in self.f["video"].shape[1:3])
-        return self.grid[1] * 32, self.grid[2] * 32
+        cell = token_cell_pixels()
+        return self.grid[1] * cell[0], self.grid[2] * cell[1]
 
     def waveform(self) -> np.ndarray:
         if not self.has_audio:
@@ -265,7 +311,7 @@ class Capture:
     # ----------------------------------------------------------------- maps
     def _need(self, var: str) -> h5py.Dataset:
         if var not in self.f:
-            kind = "audio_video" if var.startswith("audio_video") else var
+            kind = capture_kind_of(var)
             raise UserError(f"this capture has no {var} maps (captured kinds: {', '.join(self.kinds) or 'none'}); "
                             f"capture again with kinds including {kind}.")
         return self.f[var]
@@ -285,9 +331,9 @@ class Capture:
 
     def _read(self, var: str, picks: dict, out_dims: tuple[str, ...]) -> np.ndarray:
         """Read `var` at the positions `picks[dim]` (every dim of the file listed), returned
-        with its dims in `out_dims` order: the file's dim order is format.MAP_DIMS'."""
+        with its dims in `out_dims` order (the file's own order is `map_dims[var]`)."""
         ds = self._need(var)
-        file_dims = MAP_DIMS[var]
+        file_dims = self.map_dims[var]
         try:
             data = read_hyperslab(ds, [picks[d] for d in file_dims])
         except OSError as e:
@@ -309,7 +355,7 @@ class Capture:
         import itertools
 
         ds = self.f[var]
-        dims = MAP_DIMS[var]
+        dims = self.map_dims[var]
         lead = [d for d, c in zip(dims, ds.chunks) if c == 1]  # one position per chunk
         for pos in itertools.product(*[picks[d] for d in lead]):
             at = dict(zip(lead, pos))

@@ -26,8 +26,6 @@ from ovi_attn_render.views import draw
 
 from ovi_attn_render.views import video as views
 from ovi_attn_render.common.errors import UserError
-from ovi_attn_render.contract.format import MAP_DIMS
-from ovi_attn_render.contract.reader import read_hyperslab
 from ovi_attn_render.contract.selection import resolve
 from ovi_attn_render.viewer.sources import Source
 from ovi_attn_render.viewer.state import ViewState
@@ -186,9 +184,7 @@ def grid_png(src: Source, s: ViewState, token: str) -> tuple[bytes, int, int, in
 # ---------------------------------------------------------------------- a clicked patch
 def _point_read(src: Source, var: str, picks: dict, out_dims: tuple[str, ...]) -> np.ndarray:
     """`var` at picks[dim] (every dim of the file), returned in out_dims order (size-1 dims kept)."""
-    file_dims = MAP_DIMS[var]
-    data = read_hyperslab(src.cap.f[var], [picks[d] for d in file_dims])
-    return np.transpose(data, [file_dims.index(d) for d in out_dims])
+    return src.cap._read(var, picks, out_dims)
 
 
 def patch(src: Source, s: ViewState) -> dict:

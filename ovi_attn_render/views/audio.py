@@ -20,30 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.contract.geometry import PIXEL_FRAME_STRIDE, audio_token_edges, latent_frame_edges
 
 FIGURE_SUFFIXES = (".png", ".svg")  # what savefig writes for these views
 PROBABILITY_LABEL = "attention probability"
 NOT_COMPUTED_COLOUR = "#808080"  # NaN cells: a map never computed (e.g. SLG-skipped layer)
 
 
-# ---------------------------------------------------------------------------------------
-# Time grids
-
-
-def audio_token_edges(num_tokens: int, sample_rate: int = 16000, samples_per_token: int = 512) -> np.ndarray:
-    """[La + 1] start times in seconds of audio tokens 0..La-1, plus the end of the last."""
-    return np.arange(num_tokens + 1) * (samples_per_token / sample_rate)
-
-
-def latent_frame_edges(num_frames: int, fps: float = 24.0, stride: int = 4) -> np.ndarray:
-    """[F + 1] start times in seconds of latent frames 0..F-1, plus the end of the last.
-
-    Frame 0 is pixel frame 0 alone: [0, 1/fps). Frame f >= 1 is pixel frames
-    stride*f-stride+1 .. stride*f: it starts at (stride*f - stride + 1)/fps.
-    """
-    f = np.arange(1, num_frames + 1)
-    return np.concatenate([[0.0], (stride * f - stride + 1) / fps])
-
+# Time grids (audio_token_edges, latent_frame_edges): contract/geometry.py.
 
 def agg_figure(**kwargs):
     """A matplotlib Figure with its own Agg canvas, outside pyplot: no global backend
@@ -280,7 +264,7 @@ def alignment_offset(
     video_audio: np.ndarray,
     *,
     fps: float = 24.0,
-    stride: int = 4,
+    stride: int = PIXEL_FRAME_STRIDE,
     sample_rate: int = 16000,
     samples_per_token: int = 512,
 ) -> float:
@@ -329,7 +313,7 @@ def sync_figure(
     audio_video: np.ndarray | None,
     *,
     fps: float = 24.0,
-    stride: int = 4,
+    stride: int = PIXEL_FRAME_STRIDE,
     sample_rate: int = 16000,
     samples_per_token: int = 512,
     title: str = "",
@@ -397,7 +381,7 @@ def render_sync(
     audio_video: np.ndarray | None,
     *,
     fps: float = 24.0,
-    stride: int = 4,
+    stride: int = PIXEL_FRAME_STRIDE,
     sample_rate: int = 16000,
     samples_per_token: int = 512,
     title: str = "",

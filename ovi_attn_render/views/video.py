@@ -22,7 +22,6 @@ import numpy as np
 
 from ovi_attn_render.views import draw
 from ovi_attn_render.common.errors import UserError
-from ovi_attn_render.contract.format import latent_frame_of
 from ovi_attn_render.contract.reader import Capture
 from ovi_attn_render.contract.selection import describe_values, parse_threshold, resolve
 
@@ -167,7 +166,7 @@ def pick(cap: Capture, o: Options, need_tokens: bool = True, default_steps: str 
         shown = ", ".join(repr(g) for g in cap.groups[:30])
         raise UserError(f"name the token to draw with --token; captured groups: {shown}.")
     n = cap.num_pixel_frames // 2 if o.frame is None else cap.check_frame(o.frame)
-    return Pick(steps, layers, heads, branch, tokens, n, int(latent_frame_of(n, cap.stride)), notes)
+    return Pick(steps, layers, heads, branch, tokens, n, cap.latent_frame(n), notes)
 
 
 def default_steps(cap: Capture, view: str, export: bool = False) -> str | None:
@@ -424,7 +423,7 @@ def view_frames(cap: Capture, o: Options, out: str) -> Drawn:
     names = _token_names(cap, p)
     frames = [int(n) for n in np.arange(cap.num_pixel_frames)[resolve(o.frames, np.arange(cap.num_pixel_frames),
                                                                       "frames", what="decoded frames")]]
-    latents = sorted({int(latent_frame_of(n, cap.stride)) for n in frames})
+    latents = sorted({cap.latent_frame(n) for n in frames})
     maps = [_reduce(token_maps(cap, p, o, t, latents, check=True), 0, "mean") for t in p.tokens]  # each [F', h, w]
     lims = [limits(m[None], "global" if o.norm == "step" else o.norm) for m in maps]  # each ([1, F'], ...)
     lut = draw.colormap_lut(o.cmap or draw.DEFAULT_CMAP)
@@ -435,7 +434,7 @@ def view_frames(cap: Capture, o: Options, out: str) -> Drawn:
 
     def frame_at(i: int) -> np.ndarray:
         n = frames[i]
-        f = latents.index(int(latent_frame_of(n, cap.stride)))
+        f = latents.index(cap.latent_frame(n))
         vs = [draw.normalise(m[f], lo[0, f], hi[0, f]) for m, (lo, hi) in zip(maps, lims)]
         panel = draw_panel(background(cap, n, size, p.notes), vs, names,
                            [(float(lo[0, f]), float(hi[0, f])) for lo, hi in lims], o, lut)
@@ -539,7 +538,7 @@ def view_layers(cap: Capture, o: Options, out: str) -> Drawn:
         raise UserError("--view layers plots one token; give a single --token.")
     if o.frames is not None:
         frames = [int(n) for n in resolve(o.frames, np.arange(cap.num_pixel_frames), "frames", what="decoded frames")]
-        latents = sorted({int(latent_frame_of(n, cap.stride)) for n in frames})
+        latents = sorted({cap.latent_frame(n) for n in frames})
     else:
         latents = [p.latent]
     plain = Options(**{**o.__dict__, "renorm": False})
