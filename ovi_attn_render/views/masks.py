@@ -264,7 +264,7 @@ def mask(cap, token: str, threshold=None, *, steps=None, layers=None, frames=Non
     import xarray as xr
 
     from ovi_attn_render.views import video as views
-        from ovi_attn_render.contract.selection import describe_values, parse_threshold, resolve
+    from ovi_attn_render.contract.selection import describe_values, parse_threshold, resolve
 
     text = None if threshold is None else str(threshold)
     value = parse_threshold(text)
