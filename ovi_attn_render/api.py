@@ -127,9 +127,8 @@ class Capture:
         latents = list(range(self.grid[0])) if frame is None else [self.latent_frame_of(frame)]
         pos = self._positions(steps, layers, heads, branch)
         read = lambda g: self.file.text_video(g, pos["step"], pos["layer"], pos["branch"], pos["head"], latents)
-        x = self._renormalised(read, t, renorm)  # [S, L, Hd, F', h, w]
-        da = self._array(x, ("step", "layer", "head", "frame", "y", "x"), pos, token, "text_video", reduce,
-                         frame=np.asarray(latents))
+        x = self._renormalised(read, t, renorm)  # (step, layer, head, frame, y, x)
+        da = self._array(x, pos, token, "text_video", reduce)
         if frame is not None:
             da = da.isel(frame=0).assign_coords(pixel_frame=int(frame))
         return da
@@ -140,22 +139,22 @@ class Capture:
         t = self.file.token_index(token)
         pos = self._positions(steps, layers, heads, branch)
         read = lambda g: self.file.text_audio(g, pos["step"], pos["layer"], pos["branch"], pos["head"])
-        x = self._renormalised(read, t, renorm)  # [S, L, Hd, La]
-        return self._array(x, ("step", "layer", "head", "audio_time"), pos, token, "text_audio", reduce)
+        x = self._renormalised(read, t, renorm)  # (step, layer, head, audio_time)
+        return self._array(x, pos, token, "text_audio", reduce)
 
     def video_audio(self, steps=None, layers=None, heads=None, branch: str = "cond",
                     reduce: str | None = "mean") -> xr.DataArray:
         """Each latent frame's attention over the audio tokens: (step, layer[, head], frame, audio_time)."""
         pos = self._positions(steps, layers, heads, branch)
         x = self.file.video_audio(pos["step"], pos["layer"], pos["branch"], pos["head"])
-        return self._array(x, ("step", "layer", "head", "frame", "audio_time"), pos, None, "video_audio", reduce)
+        return self._array(x, pos, None, "video_audio", reduce)
 
     def audio_video(self, steps=None, layers=None, heads=None, branch: str = "cond",
                     reduce: str | None = "mean") -> xr.DataArray:
         """Each audio token's attention mass per latent frame: (step, layer[, head], audio_time, frame)."""
         pos = self._positions(steps, layers, heads, branch)
         x = self.file.audio_video(pos["step"], pos["layer"], pos["branch"], pos["head"])
-        return self._array(x, ("step", "layer", "head", "audio_time", "frame"), pos, None, "audio_video", reduce)
+        return self._array(x, pos, None, "audio_video", reduce)
 
     def audio_video_spatial(self, frame: int | None = None, steps=None, layers=None, heads=None,
                             branch: str = "cond", reduce: str | None = "mean") -> xr.DataArray:
@@ -163,8 +162,7 @@ class Capture:
         latents = list(range(self.grid[0])) if frame is None else [self.latent_frame_of(frame)]
         pos = self._positions(steps, layers, heads, branch)
         x = self.file.audio_video_spatial(pos["step"], pos["layer"], pos["branch"], pos["head"], latents)
-        da = self._array(x, ("step", "layer", "head", "frame", "y", "x"), pos, None, "audio_video_spatial",
-                         reduce, frame=np.asarray(latents))
+        da = self._array(x, pos, None, "audio_video_spatial", reduce)
         if frame is not None:
             da = da.isel(frame=0).assign_coords(pixel_frame=int(frame))
         return da
@@ -199,7 +197,7 @@ class Capture:
             "branch": f.branch_index(branch),
         }
 
-    def _renormalised(self, read, group: int, renorm: bool) -> np.ndarray:
+    def _renormalised(self, read, group: int, renorm: bool) -> xr.DataArray:
         x = read(group)
         if not renorm:
             return x
@@ -211,34 +209,26 @@ class Capture:
 
         return renormalised(x, read(kinds.index("eos")), read(kinds.index("pad")))
 
-    def _array(self, x: np.ndarray, dims: tuple[str, ...], pos: dict, token: str | None, kind: str,
-               reduce: str | None, **extra_coords) -> xr.DataArray:
+    def _array(self, da: xr.DataArray, pos: dict, token: str | None, kind: str, reduce: str | None) -> xr.DataArray:
+        """The reader's DataArray (dims and coordinates from the file) as the API hands it out:
+        the audio start times as `time`, the file's labels dropped, reduced over heads."""
         f = self.file
-        heads = list(range(len(f.heads))) if pos["head"] is None else pos["head"]
-        coords = {
-            "step": f.steps[pos["step"]],
-            "timestep": ("step", f.timesteps[pos["step"]]),
-            "sigma": ("step", f.sigmas[pos["step"]]),
-            "layer": f.layers[pos["layer"]],
-            "head": f.heads[heads],
-            **extra_coords,
-        }
-        if "audio_time" in dims:
-            coords["audio_time"] = np.arange(x.shape[dims.index("audio_time")])
-            coords["time"] = ("audio_time", f.geometry.audio_seconds()[coords["audio_time"]])
-        if "frame" in dims and "frame" not in coords:
-            coords["frame"] = np.arange(x.shape[dims.index("frame")])
+        if "audio_time_seconds" in da.coords:
+            da = da.rename({"audio_time_seconds": "time"})
+        da = da.drop_vars([c for c in ("token_label", "token_kind", "branch_label") if c in da.coords])
         attrs = {"kind": kind, "branch": f.branches[pos["branch"]], "units": "1",
                  "long_name": MAP_KINDS[kind].description if kind in MAP_KINDS else kind}
         if token is not None:
             attrs["token"] = f.groups[f.token_index(token)]
-        da = xr.DataArray(x, dims=dims, coords=coords, name=kind, attrs=attrs)
+        da = da.rename(kind)
+        da.attrs = attrs
         if reduce not in REDUCTIONS:
             raise UserError(f"unknown reduce {reduce!r}; use 'mean' or 'max' over heads, or None to keep them.")
         if reduce is not None:
+            heads = da["head"].values
             da = (da.max("head", skipna=True) if reduce == "max" else da.mean("head", skipna=True))
             over = "every head (the capture stored their mean)" if f.heads_mode == "mean" else \
-                f"heads {', '.join(str(int(h)) for h in f.heads[heads])}"
+                f"heads {', '.join(str(int(h)) for h in heads)}"
             da.attrs = {**attrs, "heads": f"{reduce} over {over}"}
         return da
 

@@ -1,4 +1,10 @@
-"""Read a capture file (format versions 1 and 2, see docs/FORMAT.md) without torch or xarray.
+"""Read a capture file (format versions 1 and 2, see docs/FORMAT.md) without torch.
+
+Maps come back as xarray DataArrays in named dimensions: their dims are the names of the
+dimension scales the file attaches to the variable (netCDF-4's dims), their coordinates
+the file's coordinate variables (step values, layer indices, heads, frames...) and the
+auxiliary coordinates the variable's CF `coordinates` attribute lists (token_label,
+timestep, sigma, audio_time_seconds...), so callers select by name, never by axis number.
 
 Everything here reads lazily: opening a file touches only its attributes and small
 coordinate arrays; map reads are h5py hyperslabs over exactly the chunks asked for (one
@@ -16,6 +22,7 @@ from typing import Sequence
 
 import h5py
 import numpy as np
+import xarray as xr
 
 from contextlib import contextmanager
 
@@ -96,6 +103,11 @@ def read_hyperslab(ds: h5py.Dataset, sels: Sequence[Sequence[int]]) -> np.ndarra
     return decode(ds.attrs, ds[tuple(picks)])
 
 
+def _is_bare_dim(ds: h5py.Dataset) -> bool:
+    """A netCDF dimension without a coordinate variable (netCDF-4 marks its scale so)."""
+    return _text(ds.attrs.get("NAME", b"")).startswith("This is a netCDF dimension but not a netCDF variable")
+
+
 def _dims_of(ds: h5py.Dataset, default: tuple[str, ...]) -> tuple[str, ...]:
     """The names of a variable's dims from the dimension scales attached to it (netCDF-4's
     dims); `default` for a file without them."""
@@ -147,6 +159,27 @@ class Capture:
         # Each map variable's dims, outermost first, as the file's dimension scales name them.
         self.map_dims: dict[str, tuple[str, ...]] = {v: _dims_of(f[v], MAP_KINDS[v].dims) for v in self.variables()}
         self._check_shapes()
+        self.coords: dict[str, tuple[str, np.ndarray]] = self._read_coords()  # name -> (its dim, values)
+
+    def _read_coords(self) -> dict[str, tuple[str, np.ndarray]]:
+        """The 1-D coordinates of the maps' dims, from the file: each dim's coordinate
+        variable (none for a bare dim such as `token`), then the auxiliary coordinates that
+        the maps' CF `coordinates` attributes list (labels, timestep, sigma, seconds)."""
+        f, out = self.f, {}
+        dims = {d for v in self.variables() for d in self.map_dims[v]}
+        for d in sorted(dims):
+            if d in f and not _is_bare_dim(f[d]):
+                data = f[d][...]
+                out[d] = (d, np.asarray(read_strings(f[d]) if data.dtype.kind in ("S", "O") else data))
+        listed = {c for v in self.variables() for c in _text(f[v].attrs.get("coordinates", "")).split()}
+        for c in sorted(listed):
+            if c in f and c not in out:
+                ds = f[c]
+                dim = _dims_of(ds, ())[:1]
+                if dim and dim[0] in dims:
+                    data = ds[...]
+                    out[c] = (dim[0], np.asarray(read_strings(ds) if data.dtype.kind == "S" else data))
+        return out
 
     def _latent_frame_table(self) -> np.ndarray:
         """[T] the latent frame of each decoded frame, as the file stores it (computed from the
@@ -340,6 +373,16 @@ class Capture:
             raise self._damaged(e, self._find_damaged_map(var, picks)) from None
         return np.transpose(data, [file_dims.index(d) for d in out_dims])
 
+    def _read_array(self, var: str, picks: dict, out_dims: tuple[str, ...], drop=("branch", "token")) -> xr.DataArray:
+        """`_read` as a DataArray with dims `out_dims` less `drop` (kept as scalar coordinates)
+        and the file's coordinates at the positions read."""
+        data = self._read(var, picks, out_dims)
+        coords = {name: (dim, values[picks[dim]]) for name, (dim, values) in self.coords.items()
+                  if dim in out_dims}
+        da = xr.DataArray(data, dims=out_dims, coords=coords, name=var,
+                          attrs={"long_name": MAP_KINDS[var].description, "units": "1"})
+        return da.isel({d: 0 for d in drop if d in out_dims})
+
     # ----------------------------------------------------------------- damage
     def _damaged(self, error: OSError, what: str) -> UserError:
         """One sentence naming what cannot be read and why."""
@@ -387,39 +430,37 @@ class Capture:
     def _frames(self, frames) -> list[int]:
         return list(range(self.grid[0])) if frames is None else [int(x) for x in frames]
 
-    def text_video(self, token: int, steps=None, layers=None, branch=0, heads=None, frames=None) -> np.ndarray:
-        """[S, L, Hd, F', h, w] float32: one token's video maps (positions, not values)."""
+    def text_video(self, token: int, steps=None, layers=None, branch=0, heads=None, frames=None) -> xr.DataArray:
+        """One token's video maps, float32 (step, layer, head, frame, y, x); positions, not values."""
         F, h, w = self.grid
         picks = self._picks(steps, layers, branch, heads) | {
             "token": [int(token)], "frame": self._frames(frames), "y": list(range(h)), "x": list(range(w))}
-        out = self._read("text_video", picks, ("branch", "token", "step", "layer", "head", "frame", "y", "x"))
-        return out[0, 0]
+        return self._read_array("text_video", picks, ("branch", "token", "step", "layer", "head", "frame", "y", "x"))
 
-    def text_audio(self, token: int, steps=None, layers=None, branch=0, heads=None) -> np.ndarray:
-        """[S, L, Hd, La] float32."""
+    def text_audio(self, token: int, steps=None, layers=None, branch=0, heads=None) -> xr.DataArray:
+        """One token's audio maps, float32 (step, layer, head, audio_time)."""
         picks = self._picks(steps, layers, branch, heads) | {
             "token": [int(token)], "audio_time": list(range(self.audio_tokens))}
-        out = self._read("text_audio", picks, ("branch", "token", "step", "layer", "head", "audio_time"))
-        return out[0, 0]
+        return self._read_array("text_audio", picks, ("branch", "token", "step", "layer", "head", "audio_time"))
 
-    def video_audio(self, steps=None, layers=None, branch=0, heads=None) -> np.ndarray:
-        """[S, L, Hd, F, La] float32: each latent frame's attention over audio tokens."""
+    def video_audio(self, steps=None, layers=None, branch=0, heads=None) -> xr.DataArray:
+        """Each latent frame's attention over audio tokens, float32 (step, layer, head, frame, audio_time)."""
         picks = self._picks(steps, layers, branch, heads) | {
             "frame": self._frames(None), "audio_time": list(range(self.audio_tokens))}
-        return self._read("video_audio", picks, ("branch", "step", "layer", "head", "frame", "audio_time"))[0]
+        return self._read_array("video_audio", picks, ("branch", "step", "layer", "head", "frame", "audio_time"))
 
-    def audio_video(self, steps=None, layers=None, branch=0, heads=None) -> np.ndarray:
-        """[S, L, Hd, La, F] float32: each audio token's mass per latent frame."""
+    def audio_video(self, steps=None, layers=None, branch=0, heads=None) -> xr.DataArray:
+        """Each audio token's mass per latent frame, float32 (step, layer, head, audio_time, frame)."""
         picks = self._picks(steps, layers, branch, heads) | {
             "frame": self._frames(None), "audio_time": list(range(self.audio_tokens))}
-        return self._read("audio_video", picks, ("branch", "step", "layer", "head", "audio_time", "frame"))[0]
+        return self._read_array("audio_video", picks, ("branch", "step", "layer", "head", "audio_time", "frame"))
 
-    def audio_video_spatial(self, steps=None, layers=None, branch=0, heads=None, frames=None) -> np.ndarray:
-        """[S, L, Hd, F', h, w] float32: where the audio looks in the video."""
+    def audio_video_spatial(self, steps=None, layers=None, branch=0, heads=None, frames=None) -> xr.DataArray:
+        """Where the audio looks in the video, float32 (step, layer, head, frame, y, x)."""
         F, h, w = self.grid
         picks = self._picks(steps, layers, branch, heads) | {
             "frame": self._frames(frames), "y": list(range(h)), "x": list(range(w))}
-        return self._read("audio_video_spatial", picks, ("branch", "step", "layer", "head", "frame", "y", "x"))[0]
+        return self._read_array("audio_video_spatial", picks, ("branch", "step", "layer", "head", "frame", "y", "x"))
 
 
 _DAMAGE_ORDER = ("token", "step", "layer", "frame", "head", "audio_time", "branch")

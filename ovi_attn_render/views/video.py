@@ -228,14 +228,16 @@ def canonical(cap: Capture, o: Options, ext: str) -> Options:
 
 
 # ---------------------------------------------------------------------- maps
-def _reduce(x: np.ndarray, axis: int, how: str) -> np.ndarray:
-    """nanmean / nanmax over an axis: NaN entries (maps never computed) are skipped."""
+def _reduce(x, over, how: str):
+    """nanmean / nanmax over a dim, by name for a DataArray (`over="head"`) or by axis for an
+    array of pixels: NaN entries (maps never computed) are skipped."""
+    f = np.nanmax if how == "max" else np.nanmean
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices stay NaN
-        return np.nanmax(x, axis=axis) if how == "max" else np.nanmean(x, axis=axis)
+        return x.reduce(f, dim=over) if isinstance(over, str) else f(x, axis=over)
 
 
-def renormalised(x: np.ndarray, eos: np.ndarray, pad: np.ndarray) -> np.ndarray:
+def renormalised(x, eos, pad):
     """A group's maps divided by the mass on real tokens, 1 - <eos> - <pad> (`--renorm`, the API's renorm)."""
     return x / np.maximum(1.0 - eos - pad, 1e-6)
 
@@ -271,15 +273,17 @@ def token_maps(cap: Capture, p: Pick, o: Options, token: int, latents: list[int]
     check: refuse a map that was never computed (see check_computed), as the CLI's views do;
     False (the default, for callers that draw NaN themselves) returns the NaNs."""
     b = p.branch if branch is None else branch
-    x = cap.text_video(token, p.steps, p.layers, b, p.heads, latents)  # [S, L, Hd, F', h, w]
+    x = cap.text_video(token, p.steps, p.layers, b, p.heads, latents)  # DataArray (step, layer, head, frame, y, x)
     if check:
         check_computed(cap, x, token, b)
     if o.renorm:
         eos = cap.text_video(_special_group(cap, "eos"), p.steps, p.layers, b, p.heads, latents)
         pad = cap.text_video(_special_group(cap, "pad"), p.steps, p.layers, b, p.heads, latents)
         x = renormalised(x, eos, pad)
-    x = _reduce(x, 2, o.reduce)  # over heads
-    return x if keep_layers else _reduce(x, 1, o.reduce)  # over layers
+    x = _reduce(x, "head", o.reduce)
+    if not keep_layers:
+        x = _reduce(x, "layer", o.reduce)
+    return x.transpose("step", *(("layer",) if keep_layers else ()), "frame", "y", "x").values
 
 
 def limits(maps: np.ndarray, norm: str, signed: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -605,17 +609,18 @@ def view_audio(cap: Capture, o: Options, out: str) -> Drawn:
     if len(p.tokens) > 1:
         raise UserError("--view audio draws one token; give a single --token.")
     t = p.tokens[0]
-    x = cap.text_audio(t, p.steps, p.layers, p.branch, p.heads)  # [S, L, Hd, La]
+    x = cap.text_audio(t, p.steps, p.layers, p.branch, p.heads)  # DataArray (step, layer, head, audio_time)
     check_computed(cap, x, t, p.branch, tower="audio")
     if o.renorm:
         eos = cap.text_audio(_special_group(cap, "eos"), p.steps, p.layers, p.branch, p.heads)
         pad = cap.text_audio(_special_group(cap, "pad"), p.steps, p.layers, p.branch, p.heads)
-        x = x / np.maximum(1.0 - eos - pad, 1e-6)
-    x = _reduce(x, 2, o.reduce)  # [S, L, La]
+        x = renormalised(x, eos, pad)
+    x = _reduce(x, "head", o.reduce)  # (step, layer, audio_time)
     if o.by == "step":
-        strips, labels = _reduce(x, 1, o.reduce), [f"step {int(s)}" for s in cap.steps[p.steps]]
+        strips, labels = _reduce(x, "layer", o.reduce), [f"step {int(s)}" for s in x["step"].values]
     else:
-        strips, labels = _reduce(x, 0, "mean"), [f"layer {int(v)}" for v in cap.layers[p.layers]]
+        strips, labels = _reduce(x, "step", "mean"), [f"layer {int(v)}" for v in x["layer"].values]
+    strips = strips.transpose(..., "audio_time").values  # [strips, La]
     wave = None
     if cap.has_audio and cap.clip_written:
         wave = cap.waveform()
@@ -637,8 +642,8 @@ def view_sync(cap: Capture, o: Options, out: str) -> Drawn:
 
     p = pick(cap, o, need_tokens=False)
 
-    def collapse(x: np.ndarray) -> np.ndarray:  # [S, L, Hd, a, b] -> [a, b]
-        return _reduce(_reduce(_reduce(x, 2, o.reduce), 1, o.reduce), 0, "mean")
+    def collapse(x) -> np.ndarray:  # (step, layer, head, a, b) -> [a, b]
+        return _reduce(_reduce(_reduce(x, "head", o.reduce), "layer", o.reduce), "step", "mean").values
 
     va = collapse(cap.video_audio(p.steps, p.layers, p.branch, p.heads)) if "video_audio" in cap.f else None
     av = collapse(cap.audio_video(p.steps, p.layers, p.branch, p.heads)) if "audio_video" in cap.f else None
