@@ -22,9 +22,9 @@ from typing import Sequence
 
 import h5py
 import numpy as np
-import xarray as xr
 
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from ovi_attn_render.common.errors import UserError
 from ovi_attn_render.contract.format import BRANCHES, FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS, decode
@@ -33,6 +33,10 @@ from ovi_attn_render.contract.geometry import (Geometry, latent_frame_of, pixel_
 from ovi_attn_render.contract.kinds import MAP_KINDS, capture_kind_of
 from ovi_attn_render.contract.liveness import describe_writer
 from ovi_attn_render.contract.selection import describe_values
+
+
+if TYPE_CHECKING:
+    import xarray as xr  # imported where maps are read: `info` and the viewer's start need not pay for it
 
 
 class Damaged(ValueError):
@@ -376,6 +380,8 @@ class Capture:
     def _read_array(self, var: str, picks: dict, out_dims: tuple[str, ...], drop=("branch", "token")) -> xr.DataArray:
         """`_read` as a DataArray with dims `out_dims` less `drop` (kept as scalar coordinates)
         and the file's coordinates at the positions read."""
+        import xarray as xr
+
         data = self._read(var, picks, out_dims)
         coords = {name: (dim, values[picks[dim]]) for name, (dim, values) in self.coords.items()
                   if dim in out_dims}
