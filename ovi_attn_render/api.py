@@ -216,6 +216,7 @@ class Capture:
         if "audio_time_seconds" in da.coords:
             da = da.rename({"audio_time_seconds": "time"})
         da = da.drop_vars([c for c in ("token_label", "token_kind", "branch_label") if c in da.coords])
+        da = da.transpose("step", "layer", "head", ...)  # the file's order of the rest (frame, y, x...)
         attrs = {"kind": kind, "branch": f.branches[pos["branch"]], "units": "1",
                  "long_name": MAP_KINDS[kind].description if kind in MAP_KINDS else kind}
         if token is not None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import warnings
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import h5py
@@ -105,6 +107,37 @@ def read_hyperslab(ds: h5py.Dataset, sels: Sequence[Sequence[int]]) -> np.ndarra
         parts = [read_hyperslab(ds, [*sels[:i], [j], *sels[i + 1:]]) for j in sels[i]]
         return np.concatenate(parts, axis=i)
     return decode(ds.attrs, ds[tuple(picks)])
+
+
+@dataclass(frozen=True)
+class Maps:
+    """Maps read from the file with their dims named as the file names them: what the views
+    select and reduce by name (`m.reduce("head", "mean")`, `m.order("step", "y", "x")`)
+    without xarray's import on the CLI's path. `Capture.to_dataarray` turns them into an
+    xarray DataArray with the file's coordinates (the reader's text_video & co. and the API)."""
+
+    values: np.ndarray  # float32, NaN where never computed
+    dims: tuple[str, ...]
+    var: str  # the map variable read
+    picks: dict  # dim -> the positions read (branch and token included)
+
+    def reduce(self, dim: str, how: str) -> "Maps":
+        """nanmean (or nanmax for how="max") over `dim`: maps never computed are skipped."""
+        f = np.nanmax if how == "max" else np.nanmean
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices stay NaN
+            values = f(self.values, axis=self.dims.index(dim))
+        return replace(self, values=values, dims=tuple(d for d in self.dims if d != dim))
+
+    def with_values(self, values: np.ndarray) -> "Maps":
+        """The same dims holding other values (e.g. renormalised maps)."""
+        return replace(self, values=np.asarray(values))
+
+    def order(self, *dims: str) -> np.ndarray:
+        """The values with their dims in the order named (every dim named once)."""
+        if sorted(dims) != sorted(self.dims):
+            raise ValueError(f"order {dims} names other dims than {self.dims}")
+        return np.transpose(self.values, [self.dims.index(d) for d in dims])
 
 
 def _is_bare_dim(ds: h5py.Dataset) -> bool:
@@ -377,18 +410,6 @@ class Capture:
             raise self._damaged(e, self._find_damaged_map(var, picks)) from None
         return np.transpose(data, [file_dims.index(d) for d in out_dims])
 
-    def _read_array(self, var: str, picks: dict, out_dims: tuple[str, ...], drop=("branch", "token")) -> xr.DataArray:
-        """`_read` as a DataArray with dims `out_dims` less `drop` (kept as scalar coordinates)
-        and the file's coordinates at the positions read."""
-        import xarray as xr
-
-        data = self._read(var, picks, out_dims)
-        coords = {name: (dim, values[picks[dim]]) for name, (dim, values) in self.coords.items()
-                  if dim in out_dims}
-        da = xr.DataArray(data, dims=out_dims, coords=coords, name=var,
-                          attrs={"long_name": MAP_KINDS[var].description, "units": "1"})
-        return da.isel({d: 0 for d in drop if d in out_dims})
-
     # ----------------------------------------------------------------- damage
     def _damaged(self, error: OSError, what: str) -> UserError:
         """One sentence naming what cannot be read and why."""
@@ -436,37 +457,55 @@ class Capture:
     def _frames(self, frames) -> list[int]:
         return list(range(self.grid[0])) if frames is None else [int(x) for x in frames]
 
-    def text_video(self, token: int, steps=None, layers=None, branch=0, heads=None, frames=None) -> xr.DataArray:
-        """One token's video maps, float32 (step, layer, head, frame, y, x); positions, not values."""
-        F, h, w = self.grid
+    def maps(self, var: str, token: int | None = None, steps=None, layers=None, branch=0, heads=None,
+             frames=None) -> Maps:
+        """`var`'s maps at positions (not values) per dim, float32, in the file's dim order less
+        branch and token (one of each is read). None selects everything readable."""
+        h_, w_ = self.grid[1:]
         picks = self._picks(steps, layers, branch, heads) | {
-            "token": [int(token)], "frame": self._frames(frames), "y": list(range(h)), "x": list(range(w))}
-        return self._read_array("text_video", picks, ("branch", "token", "step", "layer", "head", "frame", "y", "x"))
+            "token": [int(token or 0)], "frame": self._frames(frames), "y": list(range(h_)), "x": list(range(w_)),
+            "audio_time": list(range(self.audio_tokens))}
+        dims = self.map_dims[var] if var in self.map_dims else MAP_KINDS[var].dims
+        data = self._read(var, picks, dims)
+        lead = tuple(i for i, d in enumerate(dims) if d in ("branch", "token"))
+        kept = tuple(d for d in dims if d not in ("branch", "token"))
+        return Maps(data.reshape([n for i, n in enumerate(data.shape) if i not in lead]), kept, var,
+                    {d: picks[d] for d in dims})
 
-    def text_audio(self, token: int, steps=None, layers=None, branch=0, heads=None) -> xr.DataArray:
-        """One token's audio maps, float32 (step, layer, head, audio_time)."""
-        picks = self._picks(steps, layers, branch, heads) | {
-            "token": [int(token)], "audio_time": list(range(self.audio_tokens))}
-        return self._read_array("text_audio", picks, ("branch", "token", "step", "layer", "head", "audio_time"))
+    def to_dataarray(self, m: Maps) -> "xr.DataArray":
+        """Maps as an xarray DataArray: the file's dims, its coordinates at the positions read
+        (step values, layers, heads, frames, timestep, sigma, audio_time_seconds...) and the
+        read token's and branch's labels as scalar coordinates."""
+        import xarray as xr
 
-    def video_audio(self, steps=None, layers=None, branch=0, heads=None) -> xr.DataArray:
-        """Each latent frame's attention over audio tokens, float32 (step, layer, head, frame, audio_time)."""
-        picks = self._picks(steps, layers, branch, heads) | {
-            "frame": self._frames(None), "audio_time": list(range(self.audio_tokens))}
-        return self._read_array("video_audio", picks, ("branch", "step", "layer", "head", "frame", "audio_time"))
+        coords = {}
+        for name, (dim, values) in self.coords.items():
+            if dim in m.picks:
+                at = values[m.picks[dim]]
+                coords[name] = (dim, at) if dim in m.dims else at[0]
+        return xr.DataArray(m.values, dims=m.dims, coords=coords, name=m.var,
+                            attrs={"long_name": MAP_KINDS[m.var].description, "units": "1"})
 
-    def audio_video(self, steps=None, layers=None, branch=0, heads=None) -> xr.DataArray:
-        """Each audio token's mass per latent frame, float32 (step, layer, head, audio_time, frame)."""
-        picks = self._picks(steps, layers, branch, heads) | {
-            "frame": self._frames(None), "audio_time": list(range(self.audio_tokens))}
-        return self._read_array("audio_video", picks, ("branch", "step", "layer", "head", "audio_time", "frame"))
+    def text_video(self, token: int, steps=None, layers=None, branch=0, heads=None, frames=None) -> "xr.DataArray":
+        """One token group's video maps: float32 DataArray in the file's dims (frame, step,
+        layer, head, y, x); arguments are positions, not values."""
+        return self.to_dataarray(self.maps("text_video", token, steps, layers, branch, heads, frames))
 
-    def audio_video_spatial(self, steps=None, layers=None, branch=0, heads=None, frames=None) -> xr.DataArray:
-        """Where the audio looks in the video, float32 (step, layer, head, frame, y, x)."""
-        F, h, w = self.grid
-        picks = self._picks(steps, layers, branch, heads) | {
-            "frame": self._frames(frames), "y": list(range(h)), "x": list(range(w))}
-        return self._read_array("audio_video_spatial", picks, ("branch", "step", "layer", "head", "frame", "y", "x"))
+    def text_audio(self, token: int, steps=None, layers=None, branch=0, heads=None) -> "xr.DataArray":
+        """One token group's audio maps: (step, layer, head, audio_time)."""
+        return self.to_dataarray(self.maps("text_audio", token, steps, layers, branch, heads))
+
+    def video_audio(self, steps=None, layers=None, branch=0, heads=None) -> "xr.DataArray":
+        """Each latent frame's attention over audio tokens: (step, layer, head, frame, audio_time)."""
+        return self.to_dataarray(self.maps("video_audio", None, steps, layers, branch, heads))
+
+    def audio_video(self, steps=None, layers=None, branch=0, heads=None) -> "xr.DataArray":
+        """Each audio token's mass per latent frame: (step, layer, head, audio_time, frame)."""
+        return self.to_dataarray(self.maps("audio_video", None, steps, layers, branch, heads))
+
+    def audio_video_spatial(self, steps=None, layers=None, branch=0, heads=None, frames=None) -> "xr.DataArray":
+        """Where the audio looks in the video: (frame, step, layer, head, y, x)."""
+        return self.to_dataarray(self.maps("audio_video_spatial", None, steps, layers, branch, heads, frames))
 
 
 _DAMAGE_ORDER = ("token", "step", "layer", "frame", "head", "audio_time", "branch")
@@ -531,4 +570,4 @@ def reading(path: str):
                         f"truncated: capture it again or restore it.") from None
 
 
-__all__ = ["Capture", "open_capture", "read_hyperslab", "reading", "BRANCHES"]
+__all__ = ["Capture", "Maps", "open_capture", "read_hyperslab", "reading", "BRANCHES"]

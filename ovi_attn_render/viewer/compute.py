@@ -244,13 +244,13 @@ def audio_strips(src: Source, s: ViewState, token: str) -> np.ndarray:
             if "text_audio" not in cap.f:
                 raise UserError(f"{src.name} has no text_audio maps; capture with kinds including text_audio.")
             t = _group(src, token)
-            x = cap.text_audio(t, None, layers, branch, heads)  # DataArray (step, layer, head, audio_time)
+            read = lambda g: cap.maps("text_audio", g, None, layers, branch, heads)  # noqa: E731
+            x = read(t)  # Maps (step, layer, head, audio_time)
             if s.renorm:
-                eos = cap.text_audio(views._special_group(cap, "eos"), None, layers, branch, heads)
-                pad = cap.text_audio(views._special_group(cap, "pad"), None, layers, branch, heads)
-                x = views.renormalised(x, eos, pad)
-            x = views._reduce(views._reduce(x, "head", s.reduce), "layer", s.reduce).transpose("step", "audio_time")
-        return np.ascontiguousarray(np.nan_to_num(x.values, nan=0.0), np.float32)
+                x = x.with_values(views.renormalised(x.values, read(views._special_group(cap, "eos")).values,
+                                                     read(views._special_group(cap, "pad")).values))
+            x = x.reduce("head", s.reduce).reduce("layer", s.reduce).order("step", "audio_time")
+        return np.ascontiguousarray(np.nan_to_num(x, nan=0.0), np.float32)
 
     return CACHE.get(key, make)
 
@@ -264,14 +264,12 @@ def sync_map(src: Source, s: ViewState) -> np.ndarray:
     heads = _head_positions(src, s)
     branch = cap.branch_index("cond" if s.branch == "diff" else s.branch)
     with src.lock:
-        if "video_audio" in cap.f:
-            x = cap.video_audio([i], layers, branch, heads)  # DataArray (step, layer, head, frame, audio_time)
-        elif "audio_video" in cap.f:
-            x = cap.audio_video([i], layers, branch, heads)  # (step, layer, head, audio_time, frame)
-        else:
+        var = next((v for v in ("video_audio", "audio_video") if v in cap.f), None)  # either holds the sync
+        if var is None:
             raise UserError(f"{src.name} has no fusion (sync) maps; capture with kinds including video_audio.")
-    x = views._reduce(views._reduce(x.isel(step=0), "head", s.reduce), "layer", s.reduce)
-    return np.ascontiguousarray(np.nan_to_num(x.transpose("frame", "audio_time").values, nan=0.0), np.float32)
+        x = cap.maps(var, None, [i], layers, branch, heads)  # Maps (step, layer, head, frame / audio_time)
+    x = x.reduce("head", s.reduce).reduce("layer", s.reduce).reduce("step", "mean")  # one step
+    return np.ascontiguousarray(np.nan_to_num(x.order("frame", "audio_time"), nan=0.0), np.float32)
 
 
 def waveform_envelope(src: Source, columns: int) -> np.ndarray:

@@ -228,16 +228,15 @@ def canonical(cap: Capture, o: Options, ext: str) -> Options:
 
 
 # ---------------------------------------------------------------------- maps
-def _reduce(x, over, how: str):
-    """nanmean / nanmax over a dim, by name for a DataArray (`over="head"`) or by axis for an
-    array of pixels: NaN entries (maps never computed) are skipped."""
-    f = np.nanmax if how == "max" else np.nanmean
+def _reduce(x: np.ndarray, axis: int, how: str) -> np.ndarray:
+    """nanmean / nanmax over an axis of drawn pixels: NaN entries (maps never computed) are
+    skipped. Maps read from the file reduce by dim name instead (reader.Maps.reduce)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices stay NaN
-        return x.reduce(f, dim=over) if isinstance(over, str) else f(x, axis=over)
+        return np.nanmax(x, axis=axis) if how == "max" else np.nanmean(x, axis=axis)
 
 
-def renormalised(x, eos, pad):
+def renormalised(x, eos, pad):  # arrays or DataArrays of the same dims
     """A group's maps divided by the mass on real tokens, 1 - <eos> - <pad> (`--renorm`, the API's renorm)."""
     return x / np.maximum(1.0 - eos - pad, 1e-6)
 
@@ -273,17 +272,17 @@ def token_maps(cap: Capture, p: Pick, o: Options, token: int, latents: list[int]
     check: refuse a map that was never computed (see check_computed), as the CLI's views do;
     False (the default, for callers that draw NaN themselves) returns the NaNs."""
     b = p.branch if branch is None else branch
-    x = cap.text_video(token, p.steps, p.layers, b, p.heads, latents)  # DataArray (step, layer, head, frame, y, x)
+    read = lambda g: cap.maps("text_video", g, p.steps, p.layers, b, p.heads, latents)  # noqa: E731
+    x = read(token)  # Maps in the file's dims: (frame, step, layer, head, y, x)
     if check:
-        check_computed(cap, x, token, b)
+        check_computed(cap, x.values, token, b)
     if o.renorm:
-        eos = cap.text_video(_special_group(cap, "eos"), p.steps, p.layers, b, p.heads, latents)
-        pad = cap.text_video(_special_group(cap, "pad"), p.steps, p.layers, b, p.heads, latents)
-        x = renormalised(x, eos, pad)
-    x = _reduce(x, "head", o.reduce)
+        x = x.with_values(renormalised(x.values, read(_special_group(cap, "eos")).values,
+                                       read(_special_group(cap, "pad")).values))
+    x = x.reduce("head", o.reduce)
     if not keep_layers:
-        x = _reduce(x, "layer", o.reduce)
-    return x.transpose("step", *(("layer",) if keep_layers else ()), "frame", "y", "x").values
+        x = x.reduce("layer", o.reduce)
+    return x.order("step", *(("layer",) if keep_layers else ()), "frame", "y", "x")
 
 
 def limits(maps: np.ndarray, norm: str, signed: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -609,18 +608,19 @@ def view_audio(cap: Capture, o: Options, out: str) -> Drawn:
     if len(p.tokens) > 1:
         raise UserError("--view audio draws one token; give a single --token.")
     t = p.tokens[0]
-    x = cap.text_audio(t, p.steps, p.layers, p.branch, p.heads)  # DataArray (step, layer, head, audio_time)
-    check_computed(cap, x, t, p.branch, tower="audio")
+    read = lambda g: cap.maps("text_audio", g, p.steps, p.layers, p.branch, p.heads)  # noqa: E731
+    x = read(t)  # Maps (step, layer, head, audio_time)
+    check_computed(cap, x.values, t, p.branch, tower="audio")
     if o.renorm:
-        eos = cap.text_audio(_special_group(cap, "eos"), p.steps, p.layers, p.branch, p.heads)
-        pad = cap.text_audio(_special_group(cap, "pad"), p.steps, p.layers, p.branch, p.heads)
-        x = renormalised(x, eos, pad)
-    x = _reduce(x, "head", o.reduce)  # (step, layer, audio_time)
+        x = x.with_values(renormalised(x.values, read(_special_group(cap, "eos")).values,
+                                       read(_special_group(cap, "pad")).values))
+    x = x.reduce("head", o.reduce)  # (step, layer, audio_time)
     if o.by == "step":
-        strips, labels = _reduce(x, "layer", o.reduce), [f"step {int(s)}" for s in x["step"].values]
+        strips, labels = x.reduce("layer", o.reduce).order("step", "audio_time"), \
+            [f"step {int(s)}" for s in cap.steps[p.steps]]
     else:
-        strips, labels = _reduce(x, "step", "mean"), [f"layer {int(v)}" for v in x["layer"].values]
-    strips = strips.transpose(..., "audio_time").values  # [strips, La]
+        strips, labels = x.reduce("step", "mean").order("layer", "audio_time"), \
+            [f"layer {int(v)}" for v in cap.layers[p.layers]]
     wave = None
     if cap.has_audio and cap.clip_written:
         wave = cap.waveform()
@@ -642,11 +642,14 @@ def view_sync(cap: Capture, o: Options, out: str) -> Drawn:
 
     p = pick(cap, o, need_tokens=False)
 
-    def collapse(x) -> np.ndarray:  # (step, layer, head, a, b) -> [a, b]
-        return _reduce(_reduce(_reduce(x, "head", o.reduce), "layer", o.reduce), "step", "mean").values
+    def collapse(var: str, a: str, b: str) -> np.ndarray | None:  # (step, layer, head, a, b) -> [a, b]
+        if var not in cap.f:
+            return None
+        x = cap.maps(var, None, p.steps, p.layers, p.branch, p.heads)
+        return x.reduce("head", o.reduce).reduce("layer", o.reduce).reduce("step", "mean").order(a, b)
 
-    va = collapse(cap.video_audio(p.steps, p.layers, p.branch, p.heads)) if "video_audio" in cap.f else None
-    av = collapse(cap.audio_video(p.steps, p.layers, p.branch, p.heads)) if "audio_video" in cap.f else None
+    va = collapse("video_audio", "frame", "audio_time")
+    av = collapse("audio_video", "audio_time", "frame")
     title = f"audio/video sync  {cap.branches[p.branch]}  {_steps_text(cap, p)}  {os.path.basename(cap.path)}"
     audio_views.render_sync(va, av, fps=cap.fps, stride=cap.stride, sample_rate=cap.sample_rate,
                             samples_per_token=cap.samples_per_token, title=title, cmap=o.cmap or draw.DEFAULT_CMAP,
