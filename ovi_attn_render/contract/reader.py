@@ -20,6 +20,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Sequence
 
 import h5py
@@ -196,12 +197,13 @@ class Capture:
         # Each map variable's dims, outermost first, as the file's dimension scales name them.
         self.map_dims: dict[str, tuple[str, ...]] = {v: _dims_of(f[v], MAP_KINDS[v].dims) for v in self.variables()}
         self._check_shapes()
-        self.coords: dict[str, tuple[str, np.ndarray]] = self._read_coords()  # name -> (its dim, values)
 
-    def _read_coords(self) -> dict[str, tuple[str, np.ndarray]]:
-        """The 1-D coordinates of the maps' dims, from the file: each dim's coordinate
-        variable (none for a bare dim such as `token`), then the auxiliary coordinates that
-        the maps' CF `coordinates` attributes list (labels, timestep, sigma, seconds)."""
+    @cached_property
+    def coords(self) -> dict[str, tuple[str, np.ndarray]]:
+        """name -> (its dim, values): the 1-D coordinates of the maps' dims, from the file
+        (read at the first map read): each dim's coordinate variable (none for a bare dim
+        such as `token`), then the auxiliary coordinates the maps' CF `coordinates`
+        attributes list (labels, timestep, sigma, audio_time_seconds)."""
         f, out = self.f, {}
         dims = {d for v in self.variables() for d in self.map_dims[v]}
         for d in sorted(dims):
