@@ -245,7 +245,7 @@ class Capture:
             dims = self.map_dims[var]
             if sorted(dims) != sorted(MAP_KINDS[var].dims):
                 raise Damaged(f"{var} has dims {dims}, not {MAP_KINDS[var].dims} in some order")
-            want = tuple(sizes[d] for d in dims)
+            want = tuple(sizes.get(d, n) for d, n in zip(dims, self.f[var].shape))  # a new kind's own dims: as stored
             if tuple(self.f[var].shape) != want:
                 raise Damaged(f"{var} has shape {tuple(self.f[var].shape)}, but its coordinates and video_grid "
                               f"say {want}")
@@ -463,11 +463,15 @@ class Capture:
              frames=None) -> Maps:
         """`var`'s maps at positions (not values) per dim, float32, in the file's dim order less
         branch and token (one of each is read). None selects everything readable."""
+        if token is None and "token" in MAP_KINDS[var].dims:
+            raise ValueError(f"{var} maps are per token group: give the group's position")
         h_, w_ = self.grid[1:]
         picks = self._picks(steps, layers, branch, heads) | {
-            "token": [int(token or 0)], "frame": self._frames(frames), "y": list(range(h_)), "x": list(range(w_)),
+            "token": [0 if token is None else int(token)], "frame": self._frames(frames), "y": list(range(h_)), "x": list(range(w_)),
             "audio_time": list(range(self.audio_tokens))}
         dims = self.map_dims[var] if var in self.map_dims else MAP_KINDS[var].dims
+        if var in self.f:  # a dim of a newer kind (a self-attention `query`, say): all of it
+            picks |= {d: list(range(n)) for d, n in zip(dims, self.f[var].shape) if d not in picks}
         data = self._read(var, picks, dims)
         lead = tuple(i for i, d in enumerate(dims) if d in ("branch", "token"))
         kept = tuple(d for d in dims if d not in ("branch", "token"))
