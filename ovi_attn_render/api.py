@@ -123,46 +123,42 @@ class Capture:
         frame: a decoded (pixel) frame; its latent frame is selected and the `frame` dim
         dropped (kept as coordinates `frame` and `pixel_frame`). renorm: divide by the mass
         on real tokens, 1 - <eos> - <pad>, so groups compare across maps whose padding differs."""
-        t = self.file.token_index(token)
-        latents = list(range(self.grid[0])) if frame is None else [self.latent_frame_of(frame)]
-        pos = self._positions(steps, layers, heads, branch)
-        read = lambda g: self.file.text_video(g, pos["step"], pos["layer"], pos["branch"], pos["head"], latents)
-        x = self._renormalised(read, t, renorm)  # (step, layer, head, frame, y, x)
-        da = self._array(x, pos, token, "text_video", reduce)
-        if frame is not None:
-            da = da.isel(frame=0).assign_coords(pixel_frame=int(frame))
-        return da
+        return self._maps("text_video", token, frame, steps, layers, heads, branch, reduce, renorm)
 
     def text_audio(self, token: str, steps=None, layers=None, heads=None, branch: str = "cond",
                    reduce: str | None = "mean", renorm: bool = False) -> xr.DataArray:
         """How much each audio token looks at one token group: (step, layer[, head], audio_time)."""
-        t = self.file.token_index(token)
-        pos = self._positions(steps, layers, heads, branch)
-        read = lambda g: self.file.text_audio(g, pos["step"], pos["layer"], pos["branch"], pos["head"])
-        x = self._renormalised(read, t, renorm)  # (step, layer, head, audio_time)
-        return self._array(x, pos, token, "text_audio", reduce)
+        return self._maps("text_audio", token, None, steps, layers, heads, branch, reduce, renorm)
 
-    def video_audio(self, steps=None, layers=None, heads=None, branch: str = "cond",
+    def video_audio(self, frame: int | None = None, steps=None, layers=None, heads=None, branch: str = "cond",
                     reduce: str | None = "mean") -> xr.DataArray:
         """Each latent frame's attention over the audio tokens: (step, layer[, head], frame, audio_time)."""
-        pos = self._positions(steps, layers, heads, branch)
-        x = self.file.video_audio(pos["step"], pos["layer"], pos["branch"], pos["head"])
-        return self._array(x, pos, None, "video_audio", reduce)
+        return self._maps("video_audio", None, frame, steps, layers, heads, branch, reduce)
 
-    def audio_video(self, steps=None, layers=None, heads=None, branch: str = "cond",
+    def audio_video(self, frame: int | None = None, steps=None, layers=None, heads=None, branch: str = "cond",
                     reduce: str | None = "mean") -> xr.DataArray:
         """Each audio token's attention mass per latent frame: (step, layer[, head], audio_time, frame)."""
-        pos = self._positions(steps, layers, heads, branch)
-        x = self.file.audio_video(pos["step"], pos["layer"], pos["branch"], pos["head"])
-        return self._array(x, pos, None, "audio_video", reduce)
+        return self._maps("audio_video", None, frame, steps, layers, heads, branch, reduce)
 
     def audio_video_spatial(self, frame: int | None = None, steps=None, layers=None, heads=None,
                             branch: str = "cond", reduce: str | None = "mean") -> xr.DataArray:
         """Where the audio looks in the video: (step, layer[, head], frame, y, x)."""
-        latents = list(range(self.grid[0])) if frame is None else [self.latent_frame_of(frame)]
+        return self._maps("audio_video_spatial", None, frame, steps, layers, heads, branch, reduce)
+
+    def _maps(self, var: str, token: str | None, frame: int | None, steps, layers, heads, branch: str,
+              reduce: str | None, renorm: bool = False) -> xr.DataArray:
+        """One kind's maps: selections (values) -> positions -> the reader's DataArray, renormalised,
+        in the API's dim order, reduced over heads; `frame` picks a decoded frame's latent frame."""
+        group = None if token is None else self.file.token_index(token)
+        latents = None if frame is None else [self.latent_frame_of(frame)]
         pos = self._positions(steps, layers, heads, branch)
-        x = self.file.audio_video_spatial(pos["step"], pos["layer"], pos["branch"], pos["head"], latents)
-        da = self._array(x, pos, None, "audio_video_spatial", reduce)
+        f = self.file
+
+        def read(g):
+            return f.to_dataarray(f.maps(var, g, pos["step"], pos["layer"], pos["branch"], pos["head"], latents))
+
+        x = read(None) if group is None else self._renormalised(read, group, renorm)
+        da = self._array(x, pos, token, var, reduce)
         if frame is not None:
             da = da.isel(frame=0).assign_coords(pixel_frame=int(frame))
         return da
