@@ -324,6 +324,10 @@ class Capture:
         """The latent frame holding decoded frame `pixel_frame` (the file's latent_frame_of_pixel)."""
         return int(self.latent_frame_of_pixel[self.check_frame(pixel_frame)])
 
+    def latent_frames_of(self, pixel_frames) -> list[int]:
+        """The latent frames holding some decoded frames, ascending, each once."""
+        return sorted({self.latent_frame(n) for n in pixel_frames})
+
     def pixel_frames_of(self, latent_frame: int) -> list[int]:
         """The decoded frames of a latent frame that the clip holds."""
         return [n for n in pixel_frames_of(int(latent_frame), self.stride) if n < self.num_pixel_frames]

@@ -273,7 +273,7 @@ def mask(cap, token: str, threshold=None, *, steps=None, layers=None, frames=Non
     views.check_options(o)
     p = views.pick(cap, o, default_steps=views.default_steps(cap, "mask", export=True))
     pixel = [int(n) for n in resolve(frames, np.arange(cap.num_pixel_frames), "frames", what="decoded frames")]
-    latents = sorted({cap.latent_frame(n) for n in pixel})
+    latents = cap.latent_frames_of(pixel)
     m = views._reduce(views.token_maps(cap, p, o, p.tokens[0], latents, check=True), 0, "mean")  # [F', h, w]
     lo, hi = views.limits(m[None], "global" if norm == "step" else norm)  # ([1, F'], [1, F'])
     normed = np.where(np.isnan(m), np.nan, views.draw.normalise(m, lo[0][:, None, None], hi[0][:, None, None]))

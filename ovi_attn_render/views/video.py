@@ -426,7 +426,7 @@ def view_frames(cap: Capture, o: Options, out: str) -> Drawn:
     names = _token_names(cap, p)
     frames = [int(n) for n in np.arange(cap.num_pixel_frames)[resolve(o.frames, np.arange(cap.num_pixel_frames),
                                                                       "frames", what="decoded frames")]]
-    latents = sorted({cap.latent_frame(n) for n in frames})
+    latents = cap.latent_frames_of(frames)
     maps = [_reduce(token_maps(cap, p, o, t, latents, check=True), 0, "mean") for t in p.tokens]  # each [F', h, w]
     lims = [limits(m[None], "global" if o.norm == "step" else o.norm) for m in maps]  # each ([1, F'], ...)
     lut = draw.colormap_lut(o.cmap or draw.DEFAULT_CMAP)
@@ -541,7 +541,7 @@ def view_layers(cap: Capture, o: Options, out: str) -> Drawn:
         raise UserError("--view layers plots one token; give a single --token.")
     if o.frames is not None:
         frames = [int(n) for n in resolve(o.frames, np.arange(cap.num_pixel_frames), "frames", what="decoded frames")]
-        latents = sorted({cap.latent_frame(n) for n in frames})
+        latents = cap.latent_frames_of(frames)
     else:
         latents = [p.latent]
     plain = Options(**{**o.__dict__, "renorm": False})
