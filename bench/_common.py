@@ -255,16 +255,17 @@ def synthetic_layout(spec: SyntheticSpec):
     """A CaptureLayout whose prompt is the spec's words, one token each, then EOS."""
     import numpy as np
 
-    from ovi_attn_render.contract.format import CaptureLayout, TokenRow
+    from ovi_attn_render.contract.format import CaptureLayout
+    from ovi_attn_render.contract.token_groups import Token
 
     words = spec.words
     text = " ".join(w.split("#")[0] for w in words)
     tokens, pos = [], 0
     for i, w in enumerate(words):
         bare = w.split("#")[0]
-        tokens.append(TokenRow(i, 1000 + i, "▁" + bare, pos, pos + len(bare), bare, i))
+        tokens.append(Token(i, 1000 + i, "▁" + bare, pos, pos + len(bare), bare, i))
         pos += len(bare) + 1
-    tokens.append(TokenRow(len(words), 1, "</s>", len(text), len(text), "", -1))
+    tokens.append(Token(len(words), 1, "</s>", len(text), len(text), "", -1))
     groups = words + ["<eos>", "<pad>"]
     members = np.zeros((len(groups), len(tokens)), np.uint8)
     for i in range(len(words) + 1):

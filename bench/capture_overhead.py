@@ -11,7 +11,7 @@ Modes, all on the same model, seed, noise and text embeddings:
                explicit softmax(q k^T / sqrt(d)) in float32 with the full [B, H, Lq, 512]
                probability matrix materialised, output P @ V, then P reduced to the same
                groups and written through the same writer. Implemented here, not in the
-               package (CrossAttention.forward is swapped for the run).
+               package: a subclass of the capture probe, installed as the processor).
 
 Timing: the modes run interleaved in this process (after one warm-up round), `--repeat`
 rounds with the order rotated each round, median reported. Final latents of ours must
@@ -108,35 +108,23 @@ def materialised_softmax(q, k):
     return torch.softmax(scores, dim=-1)
 
 
-def materialising_forward(self, x, context, own_rope=None, target=None):
-    """CrossAttention.forward as the original approach ran it: the text attention through
-    the materialised matrix (the fusion attention unchanged). Mirrors model.CrossAttention."""
-    from ovi_attn_capture.model.attention import attention
-
-    q = self.heads(self.norm_q(self.q(x)))  # [B, Lq, H, D]
-    k = self.heads(self.norm_k(self.k(context)))  # [B, 512, H, D]
-    v = self.heads(self.v(context))
-    p = materialised_softmax(q, k)  # [B, H, Lq, 512] float32
-    out = (p @ v.float().transpose(1, 2)).transpose(1, 2).to(q.dtype)  # [B, Lq, H, D]
-    if self.probe is not None:
-        self.probe.on_text_probabilities(self.where, p)
-    if target is not None:
-        states, lens, target_rope = target
-        t = self.pre_attn_norm_fusion(states)
-        k_t = target_rope(self.heads(self.norm_k_fusion(self.k_fusion(t))))
-        v_t = self.heads(self.v_fusion(t))
-        fused, _ = attention(own_rope(q), k_t, v_t, k_lens=lens)
-        out = out + fused
-    return self.o(out.flatten(2))
-
-
 def materialising_probe_class():
-    """A CaptureProbe that reduces the full probability matrix (built lazily: imports torch)."""
+    """The capture probe as a processor that runs each text attention the naive way: the
+    full probability matrix P in float32, output P @ V, P reduced to the groups (built
+    lazily: imports torch). The fusion attention stays the plain kernel's."""
     import torch
 
+    from ovi_attn_capture.model.processors import AttnProcessor
     from ovi_attn_capture.probe.probe import CaptureProbe
 
     class MaterialisingProbe(CaptureProbe):
+        def __call__(self, attn, kind, q, k, v, k_lens=None, key_bias=None):
+            if kind != "text":
+                return AttnProcessor.__call__(self, attn, kind, q, k, v, k_lens, key_bias)
+            p = materialised_softmax(q, k)  # [B, H, Lq, 512] float32
+            self.on_text_probabilities(attn.where, p)
+            return (p @ v.float().transpose(1, 2)).transpose(1, 2).to(q.dtype)  # [B, Lq, H, D]
+
         @torch.no_grad()
         def on_text_probabilities(self, where, p) -> None:  # p [B, H, Lq, 512]
             found = self.text_target(where)
@@ -210,7 +198,6 @@ class Bench:
         import torch
 
         from ovi_attn_capture.sampling.generate import sample
-        from ovi_attn_capture.model.fusion import CrossAttention
         from ovi_attn_capture.probe.probe import CaptureProbe
         from ovi_attn_capture.pipeline.writer import AsyncCaptureWriter
 
@@ -220,7 +207,6 @@ class Bench:
             torch.cuda.reset_peak_memory_stats(self.device)
         self.runs += 1
         path = os.path.join(self.tmp.name, f"{mode.replace('+', '_')}_{self.runs}.h5")
-        original_forward = CrossAttention.forward
         self.sync()
         t0, cpu0 = time.perf_counter(), time.process_time()
         writer = probe = None
@@ -230,9 +216,7 @@ class Bench:
                 writer = AsyncCaptureWriter(path, C.synthetic_layout(self.spec(kinds, settings.steps)))
                 plan = self.plan(kinds, settings.steps)
                 probe = (materialising_probe_class() if mode == "naive" else CaptureProbe)(plan, writer)
-                self.model.attach_probe(probe)
-                if mode == "naive":
-                    CrossAttention.forward = materialising_forward
+                self.model.set_processor(probe, which="all")  # as a capture installs it
             on_step = None if writer is None else (lambda i, t, s: writer.step_done(i + 1, i, t, s))
             video, audio = sample(self.model, self.texts, self.size.video_latent, self.size.audio_latent, settings,
                                   self.device, probe=probe, on_step=on_step)
@@ -241,8 +225,7 @@ class Bench:
                 writer.close("complete")
                 writer = None
         finally:
-            CrossAttention.forward = original_forward
-            self.model.attach_probe(None)
+            self.model.set_processor(None, which="all")
             if writer is not None:
                 writer.close("failed")
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0

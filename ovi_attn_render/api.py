@@ -39,7 +39,7 @@ def _spec(selection) -> str | None:
         return selection
     if isinstance(selection, (int, np.integer)):
         return str(int(selection))
-    return ",".join(str(int(v)) for v in selection)
+    return ",".join(str(int(v)) if isinstance(v, (int, np.integer)) else str(v) for v in selection)  # [0, "10-12"]
 
 
 class Capture:

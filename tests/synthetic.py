@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ovi_attn_render.contract.format import DEFAULT_MAP_ENCODING, CaptureFileWriter, CaptureLayout, TokenRow
+from ovi_attn_render.contract.format import DEFAULT_MAP_ENCODING, CaptureFileWriter, CaptureLayout
 from ovi_attn_render.contract.geometry import pixel_frame_count
+from ovi_attn_render.contract.token_groups import Token
 
 GREY = 128
 BASE = 0.01  # every map's value outside its hot cell
@@ -51,9 +52,9 @@ def synthetic_layout(s: Synth) -> CaptureLayout:
     text = " ".join(words)
     tokens, pos = [], 0
     for i, wd in enumerate(words):
-        tokens.append(TokenRow(i, 100 + i, "▁" + wd, pos, pos + len(wd), wd, i))
+        tokens.append(Token(i, 100 + i, "▁" + wd, pos, pos + len(wd), wd, i))
         pos += len(wd) + 1
-    tokens.append(TokenRow(len(words), 1, "</s>", len(text), len(text), "", -1))
+    tokens.append(Token(len(words), 1, "</s>", len(text), len(text), "", -1))
     T_pix = pixel_frame_count(F)
     La = s.audio_tokens
     return CaptureLayout(

@@ -116,11 +116,11 @@ def test_capture_does_not_change_a_single_bit_of_the_generation():
     plan = CapturePlan(list(range(5)), [0, 1], ["text_video", "text_audio", "video_audio", "audio_video"],
                        ["cond", "uncond"], True, torch.float32, (3, 4, 4), groups)
     probe = CaptureProbe(plan, Sink())
-    model.attach_probe(probe)
+    model.set_processor(probe, which="all")
     try:
         captured = sample(model, texts, (48, 3, 8, 8), (13, 20), settings, "cpu", probe=probe)
     finally:
-        model.attach_probe(None)
+        model.set_processor(None, which="all")
     assert Sink.n == 5 * (2 * 5 + 1 * 5)  # cond: 2 layers x 5 maps, uncond: layer 1 skipped
     assert torch.equal(plain[0], captured[0]) and torch.equal(plain[1], captured[1])
 
@@ -276,9 +276,10 @@ def test_tokens_command_prints_the_table(tmp_path, capsys):
 
 
 def test_another_process_can_follow_a_capture_with_xarray_while_it_is_written(tmp_path):
-    from ovi_attn_render.contract.format import CaptureFileWriter, CaptureLayout, TokenRow
+    from ovi_attn_render.contract.format import CaptureFileWriter, CaptureLayout
+    from ovi_attn_render.contract.token_groups import Token
 
-    tokens = [TokenRow(0, 10, "▁a", 0, 1, "a", 0), TokenRow(1, 1, "</s>", 1, 1, "", -1)]
+    tokens = [Token(0, 10, "▁a", 0, 1, "a", 0), Token(1, 1, "</s>", 1, 1, "", -1)]
     layout = CaptureLayout(grid=(2, 2, 2), audio_tokens=3, steps=[0, 1], layers=[0], groups=["a", "<eos>", "<pad>"],
                            group_kinds=["word", "eos", "pad"], group_members=np.array([[1, 0], [0, 1], [0, 0]]),
                            tokens=tokens, kinds=["text_video"])

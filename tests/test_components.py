@@ -14,7 +14,8 @@ from ovi_attn_capture.components import checkpoints
 from ovi_attn_capture.components.audio_vae import (AudioDecoder, BigVGANConfig, BigVGANGenerator, fold_mp_weight,
                                         fold_weight_norm, kaiser_sinc_filter, mel_vae_from_state,
                                         vocoder_from_state)
-from ovi_attn_capture.components.checkpoints import MODELS, resolve_checkpoint_dir, set_offline, snap_size
+from ovi_attn_capture.components.checkpoints import resolve_checkpoint_dir, set_offline, snap_size
+from ovi_attn_capture.model.registry import MODELS
 from ovi_attn_capture.components.text_encoder import TextEncoder, clean_text, umt5_from_wan_state, wan_t5_to_hf
 from ovi_attn_capture.components.tiny import (TINY_BIGVGAN, build_tiny_tokenizer, tiny_bigvgan_state_dict,
                                               tiny_mel_vae_state_dict, tiny_t5_state_dict, wan_t5_shapes,
@@ -315,9 +316,9 @@ def test_resolve_lists_every_missing_path(tmp_path):
     assert "1 file(s)" in str(err.value) and "model_960x960_10s.safetensors" in str(err.value)
     with pytest.raises(UserError, match="download_weights.py"):
         TextEncoder.tokenizer_only(tmp_path / "nowhere")
-    with pytest.raises(UserError, match="Unknown model"):
+    with pytest.raises(UserError, match="unknown model"):
         resolve_checkpoint_dir(tmp_path, "480p")
-    with pytest.raises(UserError, match="fp8"):
+    with pytest.raises(ValueError, match="fp8"):  # the user's fp8 is checked by the prompt file, once
         resolve_checkpoint_dir(tmp_path, "960x960_5s", fp8=True)
 
 
@@ -361,7 +362,8 @@ def test_snap_size_matches_upstream_examples():
 
 
 def test_model_specs_and_prompt_formatters():
-    assert [(m.video_latent_frames, m.audio_latents) for m in MODELS.values()] == [(31, 157), (31, 157), (61, 314)]
+    released = [m for m in MODELS.values() if m.released]
+    assert [(m.video_latent_frames, m.audio_latents) for m in released] == [(31, 157), (31, 157), (61, 314)]
     assert MODELS["960x960_10s"].fusion_file == "model_960x960_10s.safetensors"
     assert MODELS["720x720_5s"].format_prompt("A dog. Audio: barking") == "A dog. <AUDCAP>barking<ENDAUDCAP>"
     assert MODELS["960x960_5s"].format_prompt("A dog. <AUDCAP>barking<ENDAUDCAP>") == "A dog. Audio: barking"

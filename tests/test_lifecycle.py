@@ -177,9 +177,10 @@ def test_sigint_before_the_file_exists_writes_nothing(reference, tmp_path):
 
 
 def _tiny_layout():
-    from ovi_attn_render.contract.format import CaptureLayout, TokenRow
+    from ovi_attn_render.contract.format import CaptureLayout
+    from ovi_attn_render.contract.token_groups import Token
 
-    tokens = [TokenRow(0, 10, "▁a", 0, 1, "a", 0), TokenRow(1, 1, "</s>", 1, 1, "", -1)]
+    tokens = [Token(0, 10, "▁a", 0, 1, "a", 0), Token(1, 1, "</s>", 1, 1, "", -1)]
     return CaptureLayout(grid=(2, 2, 2), audio_tokens=3, steps=[0, 1], layers=[0], groups=["a", "<eos>", "<pad>"],
                          group_kinds=["word", "eos", "pad"], group_members=np.array([[1, 0], [0, 1], [0, 0]]),
                          tokens=tokens, kinds=["text_video"])

@@ -160,8 +160,8 @@ def test_block_order_audio_cross_sees_video_after_self_and_video_sees_audio_afte
     finally:
         h1.remove(), h2.remove()
     vm, am = tiny.video_model, tiny.audio_model
-    xv, ev, e0v, grid_v, _ = vm.embed(video, t, ctx)
-    xa, ea, e0a, grid_a, _ = am.embed(audio, t, ctx)
+    xv, ev, e0v, grid_v = vm.embed(video[None], t)  # embed takes a batch
+    xa, ea, e0a, grid_a = am.embed(audio[None], t)
     bv, ba = vm.blocks[0], am.blocks[0]
     xa_self = ba.self_attention_part(xa, ba.modulation(e0a), torch.tensor([xa.shape[1]]), am.rope_fn(grid_a, "cpu"))
     xv_self = bv.self_attention_part(xv, bv.modulation(e0v), torch.tensor([xv.shape[1]]), vm.rope_fn(grid_v, "cpu"))
@@ -173,9 +173,9 @@ def test_i2v_first_frame_tokens_get_t_zero(tiny):
     video, _, ctx = _inputs()
     vm = tiny.video_model
     t = torch.tensor([800])
-    _, e_clean, e0_clean, grid, _ = vm.embed(video, t, ctx, first_frame_is_clean=True)
-    _, e_t, _, _, _ = vm.embed(video, t, ctx)
-    _, e_0, _, _, _ = vm.embed(video, torch.tensor([0]), ctx)
+    _, e_clean, e0_clean, grid = vm.embed(video[None], t, first_frame_is_clean=True)
+    _, e_t, _, _ = vm.embed(video[None], t)
+    _, e_0, _, _ = vm.embed(video[None], torch.tensor([0]))
     n0 = grid[1] * grid[2]
     assert e_clean.shape[1] == grid[0] * n0
     assert torch.equal(e_clean[:, :n0], e_0.expand(1, n0, -1))
@@ -243,3 +243,61 @@ def test_a_damaged_checkpoint_is_a_user_error(tmp_path, tiny):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a download that stopped half way
     with pytest.raises(UserError, match="damaged or incomplete"):
         load_checkpoint(path)
+
+
+def test_a_batch_gives_each_sample_its_own_result():
+    """One forward over B = 2 (different latents, texts of different lengths, timesteps)
+    agrees with two one-sample forwards; the single-tower path takes a batch too."""
+    model = build_random(*tiny_configs(), seed=0, compute_dtype=torch.float32)
+    (v0, a0, c0), (v1, a1, c1) = _inputs(0), _inputs(1)
+    c1 = c1[:4]
+    video, audio = torch.stack([v0, v1]).float(), torch.stack([a0, a1]).float()
+    texts = [c0.float(), c1.float()]
+    t = torch.tensor([300, 800])
+    bv, ba = model(video, audio, t, texts, texts)
+    assert bv.shape == (2, 48, 3, 8, 8) and ba.shape == (2, 13, 20)
+    only_v, _ = model(video, None, t, texts, None)
+    for i in range(2):
+        rv, ra = model(video[i], audio[i], t[i:i + 1], texts[i], texts[i])
+        torch.testing.assert_close(bv[i], rv, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ba[i], ra, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(only_v[i], model(video[i], None, t[i:i + 1], texts[i], None)[0],
+                                   atol=1e-5, rtol=1e-4)
+
+
+def test_set_processor_hands_every_attention_to_it(tiny):
+    """A processor sees q, k, v of each attention it was given, with its module's place, and
+    its output is what the model uses; None puts the plain kernel back."""
+    from ovi_attn_capture.model.processors import AttnProcessor
+
+    class Recorder(AttnProcessor):
+        def __init__(self):
+            self.calls = []
+
+        def __call__(self, attn, kind, q, k, v, k_lens=None, key_bias=None):
+            self.calls.append((attn.where, kind, q.shape[1], k.shape[1]))
+            return super().__call__(attn, kind, q, k, v, k_lens, key_bias)
+
+    video, audio, ctx = _inputs()
+    t = torch.tensor([500])
+    plain = tiny(video, audio, t, ctx, ctx)
+    rec = Recorder()
+    tiny.set_processor(rec, which="all")
+    try:
+        seen = tiny(video, audio, t, ctx, ctx)
+    finally:
+        tiny.set_processor(None, which="all")
+    assert torch.equal(plain[0], seen[0]) and torch.equal(plain[1], seen[1])
+    layers = tiny.num_layers
+    assert len(rec.calls) == 2 * layers * 3  # two towers x (self, text, fusion)
+    assert (("video", 0), "text", 3 * 4 * 4, 512) in rec.calls
+    assert (("audio", layers - 1), "fusion", 13, 3 * 4 * 4) in rec.calls
+    rec.calls.clear()
+    tiny.set_processor(rec, which="self", towers=("audio",), layers=[1])
+    try:
+        tiny(video, audio, t, ctx, ctx)
+    finally:
+        tiny.set_processor(None, which="all")
+    assert rec.calls == [(("audio", 1), "self", 13, 13)]
+    tiny(video, audio, t, ctx, ctx)
+    assert len(rec.calls) == 1  # detached

@@ -99,7 +99,7 @@ def test_bad_seed_gets_our_sentence(capsys, tmp_path):
     p = tmp_path / "p.yaml"
     p.write_text(TINY)
     msg = fails(capsys, "capture", p, "--seed", "abc")
-    assert msg == "error: --seed 'abc' is not a whole number; give one like --seed 42."
+    assert msg == "error: --seed 'abc' is not a whole number; give one like --seed 100."
 
 
 # ---------------------------------------------------------------------- 9 + 12. capture: units, progress

@@ -15,9 +15,7 @@ from ovi_attn_capture.pipeline.prompt_file import (
     OVERRIDABLE,
     default_run_spec,
     load_prompt_file,
-    parse_layers,
     parse_prompt_text,
-    parse_steps,
     resolve_model_defaults,
 )
 from ovi_attn_render.common.errors import UserError
@@ -121,8 +119,8 @@ def test_unknown_keys_name_line_and_closest_key():
         ("slg_layer: -2", "slg_layer must be at least -1, got -2"),
         ("capture:\n  kinds: [text_video, txt_audio]", "line 4: capture.kinds must be one of text_video"),
         ("capture:\n  branch: all", "capture.branch must be one of cond, uncond, both"),
-        ("capture:\n  layers: 3..5", "cannot read '3..5'"),
-        ("capture:\n  steps: {every: 0}", "needs a whole number of at least 1 after every"),
+        ("capture:\n  layers: 3..5", "capture.layers '3..5' is not understood; write e.g. layers"),
+        ("capture:\n  steps: {every: 0}", "capture.steps 'every 0' has a zero stride"),
         ("capture: [a]", "p.yaml, line 3: capture must hold indented keys"),
     ],
 )
@@ -150,11 +148,11 @@ def test_impossible_combinations(tmp_path):
 
 def test_capture_ranges_are_checked_against_the_run(tmp_path):
     msg = error_of(TINY + "steps: 20\ncapture:\n  steps: [0, 25]\n")
-    assert msg.startswith("p.yaml, line 5: capture.steps selects 25, which is out of range; there are 20 sampler steps, numbered 0 to 19")
+    assert msg == "p.yaml, line 5: capture.steps 25 is not available; sampler steps: 0-19."
     msg = error_of(f'prompt: "A cat."\nmodel: 720x720_5s\nckpt_dir: {tmp_path}\ncapture:\n  layers: "25-30"\n')
-    assert "line 5: capture.layers selects 30" in msg and "30 layers, numbered 0 to 29" in msg
+    assert msg == "p.yaml, line 5: capture.layers '25-30' reaches outside the available values; 720x720_5s layers: 0-29."
     spec = parse(TINY + "capture:\n  layers: \"0-7\"\n")  # the tiny model's depth is known later
-    with pytest.raises(UserError, match=r"^p.yaml, line 4: capture.layers selects 7, which is out of range"):
+    with pytest.raises(UserError, match=r"^p.yaml, line 4: capture.layers '0-7' reaches outside the available values; tiny layers: 0-3\.$"):
         resolve_model_defaults(spec, num_layers=4, native_size=(64, 64), default_slg_layer=1)
 
 
@@ -186,7 +184,7 @@ def test_overrides_win_and_are_checked_like_the_file(tmp_path, monkeypatch):
     assert spec.where("seed") == "--seed" and spec.where("solver") == "p.yaml" and spec.where("model") == "p.yaml, line 2"
     assert error_of(TINY, overrides={"--seed": "abc"}) == "--seed must be a whole number, got 'abc'; write e.g. --seed 100"
     assert error_of(TINY, overrides={"--tokens": "mna"}).startswith("--tokens: 'mna' is not a word in the prompt")
-    assert error_of(TINY + "capture:\n  steps: [45]\n", overrides={"--num-steps": 20}).startswith("p.yaml, line 4: capture.steps selects 45")
+    assert error_of(TINY + "capture:\n  steps: [45]\n", overrides={"--num-steps": 20}).startswith("p.yaml, line 4: capture.steps 45 is not available")
     with pytest.raises(ValueError):
         parse(TINY, overrides={"--nope": 1})
     # file paths start from the file's folder, flag paths from the working directory
@@ -235,34 +233,45 @@ def test_no_torch_needed():
         (["1-2", 2, "29"], [1, 2, 29]),
     ],
 )
-def test_parse_layers_grammar(value, expected):
-    assert parse_layers(value, 30) == expected
+def test_capture_layers_grammar(value, expected):
+    assert layers_of(value) == expected
+
+
+def layers_of(value, num_layers: int = 30) -> list[int]:
+    """capture.layers as the prompt file resolves it, for a model of `num_layers` blocks."""
+    spec = parse(TINY)
+    spec.capture.layers = value
+    return resolve_model_defaults(spec, num_layers=num_layers, native_size=(64, 64), default_slg_layer=1).capture.layers
 
 
 @pytest.mark.parametrize(
     "value, message",
     [
-        (30, "selects 30, which is out of range; there are 30 layers, numbered 0 to 29"),
-        ([-1], "selects -1, which is out of range"),
-        ("0:31", "runs to 31, past the 30 layers"),
-        ("5-2", "backwards; write 2-5"),
-        ("0:30:0", "step 0"),
+        (30, "30 is not available; tiny layers: 0-29."),
+        ([-31], "-31 is not available; tiny layers: 0-29."),
+        ("0:31", "'0:31' reaches outside the available values; tiny layers: 0-29."),
+        ("5-2", "range '5-2' runs backwards; write it as 2-5."),
+        ("0:30:0", "zero stride"),
         ([], "empty list"),
         ({"each": 2}, "{every: N}"),
-        ([1.5], "must be all, a number"),
-        ("x", "cannot read 'x'"),
+        ([1.5], "holds 1.5, which is not a selection"),
+        ("x", "'x' is not understood"),
     ],
 )
-def test_parse_layers_errors(value, message):
-    with pytest.raises(UserError, match="^capture.layers ") as info:
-        parse_layers(value, 30)
+def test_capture_layers_errors(value, message):
+    with pytest.raises(UserError, match="^p.yaml: capture.layers ") as info:
+        layers_of(value)
     assert message in str(info.value)
 
 
-def test_parse_steps():
-    assert parse_steps("::5", 50) == list(range(0, 50, 5))
-    assert parse_steps({"every": 5}, 50) == parse_steps("every 5", 50)
-    assert parse_steps("0:50:10,49", 50) == [0, 10, 20, 30, 40, 49]
-    assert parse_steps([0, 10, 49], 50) == [0, 10, 49]
-    with pytest.raises(UserError, match="^capture.steps selects 50, which is out of range; there are 50 sampler steps"):
-        parse_steps([50], 50)
+def test_capture_steps():
+    spec = parse(TINY)
+    for value, expected in (("::5", list(range(0, 50, 5))), ({"every": 5}, list(range(0, 50, 5))),
+                            ("every 5", list(range(0, 50, 5))), ("0:50:10,49", [0, 10, 20, 30, 40, 49]),
+                            ([0, 10, 49], [0, 10, 49]), ("-1", [49])):
+        spec.capture.steps = value
+        got = resolve_model_defaults(spec, num_layers=4, native_size=(64, 64), default_slg_layer=1).capture.steps
+        assert got == expected, value
+    spec.capture.steps = [50]
+    with pytest.raises(UserError, match="^p.yaml: capture.steps 50 is not available; sampler steps: 0-49.$"):
+        resolve_model_defaults(spec, num_layers=4, native_size=(64, 64), default_slg_layer=1)

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from ovi_attn_capture.components import checkpoints
+from ovi_attn_capture.model import registry
 from ovi_attn_capture.model.fusion import build_random, tiny_configs
 from ovi_attn_capture.components.tiny import write_official_layout
 from ovi_attn_render.cli import main
@@ -35,8 +35,9 @@ capture:
 
 @pytest.fixture
 def small_720(monkeypatch):
-    spec = dataclasses.replace(checkpoints.MODELS["720x720_5s"], video_latent_frames=2, audio_latents=8, area=64 * 64)
-    monkeypatch.setitem(checkpoints.MODELS, "720x720_5s", spec)
+    spec = dataclasses.replace(registry.MODELS["720x720_5s"], video_latent_frames=2, audio_latents=8,
+                               native_size=(64, 64))
+    monkeypatch.setitem(registry.MODELS, "720x720_5s", spec)
 
 
 @pytest.fixture

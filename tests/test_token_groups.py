@@ -5,33 +5,24 @@ space, tags are split into plain pieces, EOS sits at the end with an empty span)
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
-
 import pytest
 
 from ovi_attn_render.contract.token_groups import (
+    Token,
+    TokenGroup,
+    TokenTable,
     check_selection,
     clean_prompt_text,
     group_for_other_text,
     group_words,
     render_token_table,
     resolve_groups,
-    token_table_rows,
     words_of,
 )
 from ovi_attn_render.common.errors import UserError
 
 
-@dataclass
-class Tok:
-    index: int
-    id: int
-    piece: str
-    start: int
-    end: int
-
-
-def make_tokens(text: str, pieces: list[str], *, space_in_span: bool = True, lone_empty: bool = False) -> list[Tok]:
+def make_tokens(text: str, pieces: list[str], *, space_in_span: bool = True, lone_empty: bool = False) -> list[Token]:
     """Lay sentencepiece pieces over `text` and append EOS. `space_in_span=False` gives
     "▁man" a span without its space; `lone_empty` gives a lone "▁" an empty span."""
     toks, pos = [], 0
@@ -44,9 +35,9 @@ def make_tokens(text: str, pieces: list[str], *, space_in_span: bool = True, lon
         surface = piece[1:] if piece.startswith("▁") else piece
         assert text.startswith(surface, pos), (piece, text[pos:])
         pos += len(surface)
-        toks.append(Tok(i, 100 + i, piece, start, pos))
+        toks.append(Token(i, 100 + i, piece, start, pos))
     assert pos == len(text), "pieces must cover the whole text"
-    toks.append(Tok(len(pieces), 1, "</s>", len(text), len(text)))
+    toks.append(Token(len(pieces), 1, "</s>", len(text), len(text)))
     return toks
 
 
@@ -237,8 +228,7 @@ def test_lookup_in_the_negative_prompt():
 
 def test_token_table_rows_and_rendering(p1):
     text, toks = p1
-    groups = resolve_groups(["skateboarding", "#3-4", "speech"], text, toks)
-    rows = token_table_rows(text, toks, groups)
+    rows = TokenTable.of(text, toks, ["skateboarding", "#3-4", "speech"]).rows()
     assert len(rows) == len(toks)
     assert rows[4]["word"] == "skateboarding" and rows[4]["word_index"] == 3
     assert rows[4]["groups"] == ["skateboarding", "#3-4"]
@@ -262,3 +252,13 @@ def test_check_selection_from_text_alone():
                          ("audio_caption", "no <AUDCAP>"), ("", "empty")]:
         with pytest.raises(UserError, match=message):
             check_selection(bad, text)
+
+
+def test_negative_prompt_lookup_reads_the_occurrence_not_the_label():
+    text = "a blur, then a blur"
+    toks = make_tokens(text, ["▁a", "▁blur", ",", "▁then", "▁a", "▁blur"])
+    second = by_label(resolve_groups(["blur#2"], text, toks))["blur#2"]
+    assert second.occurrence == 2
+    renamed = TokenGroup("blur#2 (word)", second.kind, second.token_indices, second.occurrence)  # a merged label
+    found = group_for_other_text(renamed, ["blur"], text, toks)
+    assert found.token_indices == [5] and found.label == "blur#2 (word)"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -122,3 +124,21 @@ def test_wrong_geometry_scores_lower(bundled_eval, wrong):
     worse = build_table(files, table.steps, table.layers, 0.2)
     b = table.best_layer
     assert worse.at_final(worse.pointing)[b] < table.at_final(table.pointing)[b] - 0.15
+
+
+def test_the_registry_agrees_with_the_toy_world_and_its_file():
+    """model/registry.py's toy facts are the world's clip length and the bundled file's
+    configs (read from the safetensors header without torch: compared with safetensors' reader)."""
+    from safetensors import safe_open
+
+    from ovi_attn_capture.model import registry
+    from ovi_attn_capture.toy import WEIGHTS_FILE
+
+    toy = registry.get("toy")
+    assert toy.audio_latents == world.AUDIO_LATENTS
+    assert 1 + 4 * (toy.video_latent_frames - 1) == world.FRAMES
+    if not BUNDLED:
+        pytest.skip("data/toy/toy.safetensors is not there")
+    with safe_open(str(WEIGHTS_FILE), framework="pt") as f:
+        meta = f.metadata()
+    assert registry.tower_configs("toy") == (json.loads(meta["video_config"]), json.loads(meta["audio_config"]))

@@ -1,4 +1,4 @@
-"""The official Ovi checkpoint folder: which file lives where, and the per-model sizes.
+"""The official Ovi checkpoint folder: which file lives where (the per-model facts: model/registry.py).
 
 `download_weights.py` from the Ovi repo makes this layout:
 
@@ -17,50 +17,15 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from ovi_attn_render.common.errors import UserError
 
-
-# ----------------------------------------------------------------------------- model specs
-
-def _to_audcap(text: str) -> str:
-    """720x720_5s expects the audio caption as <AUDCAP>...<ENDAUDCAP>; rewrite 'Audio: ...'."""
-    return re.sub(r"Audio:\s*(.*)", r"<AUDCAP>\1<ENDAUDCAP>", text, flags=re.S)
-
-
-def _to_audio_colon(text: str) -> str:
-    """The 960 models expect 'Audio: ...'; rewrite <AUDCAP>...<ENDAUDCAP>."""
-    return re.sub(r"<AUDCAP>(.*?)<ENDAUDCAP>", r"Audio: \1", text, flags=re.S)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What differs between the three released fusion checkpoints (upstream NAME_TO_MODEL_SPECS_MAP)."""
-
-    name: str
-    fusion_file: str                      # file name under <ckpt_dir>/Ovi/
-    video_latent_frames: int              # F: 1 + (frames - 1) / 4
-    audio_latents: int                    # La: 512 samples at 16 kHz each
-    area: int                             # target H*W in pixels
-    format_prompt: Callable[[str], str]   # moves the audio caption into this model's convention
-
-
-MODELS: dict[str, ModelSpec] = {
-    "720x720_5s": ModelSpec("720x720_5s", "model.safetensors", 31, 157, 720 * 720, _to_audcap),
-    "960x960_5s": ModelSpec("960x960_5s", "model_960x960.safetensors", 31, 157, 960 * 960, _to_audio_colon),
-    "960x960_10s": ModelSpec("960x960_10s", "model_960x960_10s.safetensors", 61, 314, 960 * 960,
-                             _to_audio_colon),
-}
-
-FP8_FUSION_FILE = "model_fp8_e4m3fn.safetensors"   # community fp8 build of the 720 model, same keys
-FP8_URL = "https://huggingface.co/rkfg/Ovi-fp8_quantized/resolve/main/model_fp8_e4m3fn.safetensors"
+from ovi_attn_capture.model import registry
 
 
 # ----------------------------------------------------------------------------- paths
@@ -80,7 +45,10 @@ def checkpoint_paths(ckpt_dir: str | os.PathLike, model: str, fp8: bool = False)
     root = Path(ckpt_dir)
     wan = root / "Wan2.2-TI2V-5B"
     mmaudio = root / "MMAudio" / "ext_weights"
-    fusion_name = FP8_FUSION_FILE if fp8 else MODELS[model].fusion_file
+    spec = registry.get(model)
+    if fp8 and not spec.has_fp8:  # prompt_file._check_model tells the user; reaching here is a bug
+        raise ValueError(f"{model} has no fp8 build")
+    fusion_name = spec.fp8_file if fp8 else spec.fusion_file
     return CheckpointPaths(
         fusion=root / "Ovi" / fusion_name,
         t5=wan / "models_t5_umt5-xxl-enc-bf16.pth",
@@ -92,11 +60,9 @@ def checkpoint_paths(ckpt_dir: str | os.PathLike, model: str, fp8: bool = False)
 
 
 def resolve_checkpoint_dir(ckpt_dir: str | os.PathLike, model: str, fp8: bool = False) -> CheckpointPaths:
-    """Check the official layout and return the paths; one UserError lists everything missing."""
-    if model not in MODELS:
-        raise UserError(f"Unknown model {model!r}; choose one of {', '.join(MODELS)}.")
-    if fp8 and model != "720x720_5s":
-        raise UserError(f"fp8 weights exist only for 720x720_5s, not {model}; drop fp8 or pick 720x720_5s.")
+    """Check the official layout and return the paths; one UserError lists everything missing.
+
+    `fp8` was checked against the model by the prompt file (prompt_file._check_model)."""
     paths = checkpoint_paths(ckpt_dir, model, fp8)
     needed = [paths.fusion, paths.t5, paths.tokenizer_dir / "tokenizer.json", paths.video_vae,
               paths.audio_vae, paths.vocoder]
@@ -104,7 +70,7 @@ def resolve_checkpoint_dir(ckpt_dir: str | os.PathLike, model: str, fp8: bool = 
     if missing:
         fix = f"python3 download_weights.py --output-dir {ckpt_dir} --models {model}"
         if fp8 and not paths.fusion.is_file():
-            fix += f" and wget -O {paths.fusion} {FP8_URL}"
+            fix += f" and wget -O {paths.fusion} {registry.FP8_URL}"
         raise UserError(
             f"The checkpoint folder {ckpt_dir} is missing {len(missing)} file(s): {', '.join(missing)}; "
             f"download them with `{fix}` (download_weights.py is in the Ovi repo, "

@@ -1,14 +1,16 @@
 """Everything a generation needs besides the sampler: fusion model, text encoder, decoders.
 
-Two sources, one interface: `tiny` (the embedded default: every component of the real
-kind at toy width with seeded weights, so tests and the demo run the same code path as a
-real run, on a CPU, in seconds) and the released checkpoints in the official folder.
+Three sources (model/registry.py's `source`), one interface (`LOADERS`): `toy` (the
+default: the bundled toy world model, toy/components.py), `tiny` (every component of the
+real kind at toy width with seeded weights, so tests run the same code path as a real run,
+on a CPU, in seconds) and the released checkpoints in the official folder.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -16,20 +18,10 @@ from ovi_attn_render.common.errors import UserError
 from ovi_attn_render.contract.geometry import PATCH, latent_size, pixel_frame_count, token_grid
 
 from ovi_attn_capture.sampling.generate import Texts
+from ovi_attn_capture.model import registry
 from ovi_attn_capture.model.fusion import FusionModel, build_random, load_checkpoint, tiny_configs
 
 
-@dataclass(frozen=True)
-class SizeSpec:
-    """Latent lengths and pixel area of a model (the released ones come from checkpoints.MODELS)."""
-
-    video_latent_frames: int
-    audio_latents: int
-    area: int
-    default_slg_layer: int
-
-
-TINY = SizeSpec(video_latent_frames=5, audio_latents=22, area=256 * 256, default_slg_layer=1)
 TINY_SEED = 0
 
 
@@ -189,25 +181,67 @@ def _pixel_size(run, area: int) -> tuple[int, int]:
 
 
 def model_facts(model: str) -> dict:
-    """What prompt_file.resolve_model_defaults needs for models it does not know itself."""
-    if model == "tiny":
-        return {"num_layers": tiny_configs()[0]["num_layers"], "native_size": (256, 256),
-                "default_slg_layer": TINY.default_slg_layer}
-    if model == "toy":
-        from ovi_attn_capture.toy.components import model_facts as toy_facts
-
-        return toy_facts()
-    return {}
+    """What prompt_file.resolve_model_defaults needs (model/registry.py)."""
+    return registry.default_facts(model)
 
 
 def load_components(run, device: torch.device, say=print) -> Components:
-    if run.model == "tiny":
-        return _load_tiny(run, device, say)
-    if run.model == "toy":
-        from ovi_attn_capture.toy.components import load_toy_components
+    """The run's model and components, from where its registry entry says they come from."""
+    return loader(run.model).components(run, device, say)
 
-        return load_toy_components(run, device, say)
-    return _load_released(run, device, say)
+
+@dataclass(frozen=True)
+class Loader:
+    """How the models of one source (registry.Model.source) load: the whole bundle, its
+    tokenizer alone (cheap, for checks before the weights), its audio decoder's class."""
+
+    components: Callable  # (run, device, say) -> Components
+    tokenizer: Callable  # (run) -> a TextEncoder whose `tokenize` works and `encode` does not
+    audio_decoder: Callable  # () -> the class (its sample_rate and samples_per_latent)
+
+
+def loader(model: str) -> Loader:
+    """The one place that tells toy, tiny and the released models apart."""
+    return LOADERS[registry.get(model).source]
+
+
+def _load_toy(run, device, say) -> Components:
+    from ovi_attn_capture.toy.components import load_toy_components
+
+    return load_toy_components(run, device, say)
+
+
+def _toy_tokenizer(run):
+    from ovi_attn_capture.toy.components import toy_tokenizer_only
+
+    return toy_tokenizer_only()
+
+
+def _tiny_tokenizer(run):
+    from ovi_attn_capture.components.text_encoder import TextEncoder
+    from ovi_attn_capture.components.tiny import build_tiny_tokenizer
+
+    return TextEncoder(build_tiny_tokenizer(), None)
+
+
+def _released_tokenizer(run):
+    from ovi_attn_capture.components.text_encoder import TextEncoder
+
+    if not run.ckpt_dir:
+        raise UserError(f"model {run.model} needs `ckpt_dir:` to find its tokenizer; set it or pass --ckpt-dir.")
+    return TextEncoder.tokenizer_only(run.ckpt_dir)
+
+
+def _toy_codec():
+    from ovi_attn_capture.toy.codec import AudioCodec
+
+    return AudioCodec
+
+
+def _mmaudio_decoder():
+    from ovi_attn_capture.components.audio_vae import AudioDecoder
+
+    return AudioDecoder
 
 
 def _load_tiny(run, device, say) -> Components:
@@ -220,12 +254,13 @@ def _load_tiny(run, device, say) -> Components:
     text = TextEncoder.tiny(seed=TINY_SEED, device=device)
     vae = VideoVAE.tiny(seed=TINY_SEED, device=device)
     audio = AudioDecoder.tiny(seed=TINY_SEED, device=device)
-    H, W = _pixel_size(run, TINY.area)
-    comp = Components(model, text, vae, audio, device, clean_text(run.prompt), (H, W), TINY.video_latent_frames,
-                      TINY.audio_latents, _slg(run, TINY.default_slg_layer, model.num_layers),
+    facts = registry.get("tiny")
+    H, W = _pixel_size(run, facts.area)
+    comp = Components(model, text, vae, audio, device, clean_text(run.prompt), (H, W), facts.video_latent_frames,
+                      facts.audio_latents, _slg(run, facts.default_slg_layer, model.num_layers),
                       files={"fusion": f"tiny (seed {TINY_SEED})"})
     if run.mode == "i2v":
-        _use_first_frame(comp, run, TINY.area)
+        _use_first_frame(comp, run, facts.area)
     say(f"model: tiny ({model.num_layers} layers, random weights, seed {TINY_SEED}) on {device}")
     return comp
 
@@ -239,7 +274,7 @@ def _slg(run, default: int, num_layers: int) -> int:
 
 def _load_released(run, device, say) -> Components:
     from ovi_attn_capture.components.audio_vae import AudioDecoder
-    from ovi_attn_capture.components.checkpoints import MODELS, resolve_checkpoint_dir, set_offline
+    from ovi_attn_capture.components.checkpoints import resolve_checkpoint_dir, set_offline
     from ovi_attn_capture.components.text_encoder import TextEncoder, clean_text
     from ovi_attn_capture.components.video_vae import VideoVAE
 
@@ -247,7 +282,7 @@ def _load_released(run, device, say) -> Components:
         raise UserError(f"model {run.model} needs `ckpt_dir:` (the official checkpoint folder); set it in the "
                         f"prompt file or pass --ckpt-dir.")
     set_offline()
-    spec = MODELS[run.model]
+    spec = registry.get(run.model)
     paths = resolve_checkpoint_dir(run.ckpt_dir, run.model, fp8=run.fp8)
     offload = bool(run.cpu_offload)
     home = torch.device("cpu") if offload else device
@@ -261,7 +296,7 @@ def _load_released(run, device, say) -> Components:
     H, W = _pixel_size(run, spec.area)
     files = {k: str(getattr(paths, k).name) for k in ("fusion", "t5", "video_vae", "audio_vae", "vocoder")}
     comp = Components(model, text, vae, audio, device, clean_text(spec.format_prompt(run.prompt)), (H, W),
-                      spec.video_latent_frames, spec.audio_latents, _slg(run, 11, model.num_layers), files,
+                      spec.video_latent_frames, spec.audio_latents, _slg(run, spec.default_slg_layer, model.num_layers), files,
                       offload=offload)
     if run.mode == "i2v":
         if offload:
@@ -270,6 +305,13 @@ def _load_released(run, device, say) -> Components:
         if offload:
             vae.to("cpu")
     return comp  # with offload the model waits on the CPU until the texts are encoded
+
+
+LOADERS = {
+    "toy": Loader(_load_toy, _toy_tokenizer, _toy_codec),
+    "tiny": Loader(_load_tiny, _tiny_tokenizer, _mmaudio_decoder),
+    "released": Loader(_load_released, _released_tokenizer, _mmaudio_decoder),
+}
 
 
 def describe(comp: Components) -> str:
@@ -290,30 +332,17 @@ def load_key(run) -> tuple:
     return tuple(str(getattr(run, k)) for k in LOAD_KEYS)
 
 
-def _prompt_facts(model: str):
-    """(pixel area, default slg layer, caption formatter) of a model."""
-    from ovi_attn_capture.components.text_encoder import clean_text
-
-    if model == "tiny":
-        return TINY.area, TINY.default_slg_layer, clean_text
-    if model == "toy":
-        from ovi_attn_capture.toy.components import DEFAULT_SLG_LAYER, NATIVE_SIZE
-
-        return NATIVE_SIZE[0] * NATIVE_SIZE[1], DEFAULT_SLG_LAYER, clean_text
-    from ovi_attn_capture.components.checkpoints import MODELS
-
-    spec = MODELS[model]
-    return spec.area, 11, lambda prompt: clean_text(spec.format_prompt(prompt))
-
-
 def bind_run(comp: Components, run) -> Components:
     """The loaded components set up for another run of the same load_key: same weights,
     this run's caption, frame size, slg layer and i2v first frame (as the loaders set them)."""
     from dataclasses import replace
 
-    area, default_slg, caption = _prompt_facts(run.model)
-    out = replace(comp, prompt_text=caption(run.prompt), pixel_size=_pixel_size(run, area), first_frame=None,
-                  slg_layer=_slg(run, default_slg, comp.model.num_layers))
+    from ovi_attn_capture.components.text_encoder import clean_text
+
+    facts = registry.get(run.model)
+    area = facts.area
+    out = replace(comp, prompt_text=clean_text(facts.format_prompt(run.prompt)), pixel_size=_pixel_size(run, area),
+                  first_frame=None, slg_layer=_slg(run, facts.default_slg_layer, comp.model.num_layers))
     if comp.device.type == "cuda" and not comp.offload:
         out.text.to(comp.device)  # the previous run parked the text encoder on the CPU after encoding
     if run.mode == "i2v":

@@ -8,44 +8,21 @@ T5 tokenizer rebuilds the vocabulary and maps unknown pieces to a different id).
 
 from __future__ import annotations
 
-import html
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
-import ftfy
 import torch
 from tokenizers import Tokenizer
 from transformers import UMT5Config, UMT5EncoderModel
 
-try:  # upstream collapses whitespace with `regex`; `re` differs only on a few control characters
-    import regex as _ws_re
-except ImportError:  # pragma: no cover
-    _ws_re = re
-
 from ovi_attn_capture.components.checkpoints import load_pth
 from ovi_attn_render.common.errors import UserError
-
-TEXT_LEN = 512  # upstream pads and truncates every prompt to 512 tokens
-
-
-def clean_text(text: str) -> str:
-    """Upstream's 'whitespace' cleaning: ftfy, HTML-unescape twice, collapse whitespace, strip."""
-    text = ftfy.fix_text(text)
-    text = html.unescape(html.unescape(text)).strip()
-    return _ws_re.sub(r"\s+", " ", text).strip()
-
-
-@dataclass
-class Token:
-    """One real token of a cleaned prompt; start/end are character offsets into the cleaned text."""
-
-    index: int
-    id: int
-    piece: str
-    start: int
-    end: int
+# clean_text is upstream's 'whitespace' cleaning (ftfy, HTML-unescape twice, collapse whitespace,
+# strip); it lives in the contract, so capture's token spans and render's resolver read one text.
+# TEXT_LEN: upstream pads and truncates every prompt to 512 tokens.
+from ovi_attn_render.contract.token_groups import TEXT_LEN, Token
+from ovi_attn_render.contract.token_groups import clean_prompt_text as clean_text
 
 
 # ----------------------------------------------------------------------------- Wan -> HF keys

@@ -18,7 +18,8 @@ import os
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from ovi_attn_capture.components.checkpoints import MODELS, CheckpointPaths, checkpoint_paths
+from ovi_attn_capture.components.checkpoints import CheckpointPaths, checkpoint_paths
+from ovi_attn_capture.model import registry
 
 TINY_T5 = dict(d_model=64, inner=64, num_heads=2, d_ff=128, num_layers=2, num_buckets=32)
 TINY_VAE = dict(dim=8, dec_dim=8, z_dim=48, num_res_blocks=1)
@@ -250,8 +251,8 @@ def write_official_layout(ckpt_dir: str | os.PathLike, model: str = "720x720_5s"
 
     The fusion checkpoint is written only when given (as safetensors at Ovi/<model file>).
     """
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}")
+    if not registry.get(model).released:
+        raise ValueError(f"{model!r} is not a released model (no official folder)")
     paths = checkpoint_paths(ckpt_dir, model)
     for path in (paths.t5, paths.audio_vae, paths.fusion):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -125,12 +125,6 @@ def _math(q, k, v, k_lens, compute_dtype=torch.float32):
     return out, lse
 
 
-def reference_attention(q, k, v, k_lens=None):
-    """Float64 reference used by tests: (out float64 [B, Lq, H, D], lse float64 [B, H, Lq])."""
-    out, lse = _math(q, k, v, k_lens, compute_dtype=torch.float64)
-    return out, lse
-
-
 # ----------------------------------------------------------------------------- sdpa
 # Signatures as in PyTorch 2.4-2.13's native_functions.yaml (outputs by position):
 #   _scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, is_causal, *, attn_mask, scale)
@@ -140,7 +134,7 @@ def reference_attention(q, k, v, k_lens=None):
 #   _scaled_dot_product_efficient_attention(q, k, v, attn_bias, compute_log_sumexp, dropout_p, is_causal, *, scale)
 #       -> (output, log_sumexp [B, H, ceil(Lq / 32) * 32], philox_seed, philox_offset)
 # q, k, v (and output) are [B, H, L, D] views with a contiguous last dim.
-def _additive_mask(k_lens, Lk, dtype, device):
+def additive_mask(k_lens, Lk, dtype, device):
     valid = key_mask(k_lens, Lk, device)  # [B, Lk]
     mask = torch.zeros(valid.shape, dtype=dtype, device=device)
     return mask.masked_fill(~valid, float("-inf"))[:, None, None, :]  # [B, 1, 1, Lk]
@@ -160,7 +154,7 @@ def _sdpa(q, k, v, k_lens):
 
 def _sdpa_cpu(q, k, v, k_lens):
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, D]
-    mask = None if k_lens is None else _additive_mask(k_lens, kh.shape[2], q.dtype, q.device)
+    mask = None if k_lens is None else additive_mask(k_lens, kh.shape[2], q.dtype, q.device)
     out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(qh, kh, vh, attn_mask=mask)
     return out.transpose(1, 2), lse
 
@@ -185,7 +179,7 @@ def _sdpa_efficient(q, k, v, k_lens):
         pad = (-Lk) % 16
         kh = torch.nn.functional.pad(kh, (0, 0, 0, pad))
         vh = torch.nn.functional.pad(vh, (0, 0, 0, pad))
-        bias = _additive_mask(k_lens.clamp(max=Lk), Lk + pad, q.dtype, q.device).expand(B, H, Lq, Lk + pad)
+        bias = additive_mask(k_lens.clamp(max=Lk), Lk + pad, q.dtype, q.device).expand(B, H, Lq, Lk + pad)
     res = _aten._scaled_dot_product_efficient_attention(qh, kh, vh, bias, True)
     return res[0].transpose(1, 2), res[1][..., :Lq]  # lse padded to a multiple of 32: cut
 

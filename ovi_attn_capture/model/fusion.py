@@ -9,16 +9,19 @@ the compute dtype (bf16), norms computed in float32 on bf16 inputs and rounded b
 sinusoidal t-embedding and RoPE in float64 then rounded. Build with compute dtype
 float32 for exactness tests.
 
-Every attention call goes through `attention.attention`, which returns the kernel's
-log-sum-exp too; a capture probe (`model.probe`) sees q, k and lse of each cross
-attention and turns them into maps without touching the computation.
+Every attention module computes its q, k, v and hands them to its processor
+(processors.py; `FusionModel.set_processor`): plain generation runs the fast kernel
+(`attention.attention`), the capture probe runs the same kernel and also turns q, k and
+its log-sum-exp into maps, without touching the computation.
+
+The forward takes one sample (video [48, F, H, W], audio [La, 20]) or a batch (a leading
+B; contexts then a list of B text embeddings); the block loop is the same for both.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from importlib import resources
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -26,15 +29,10 @@ import torch.nn.functional as F
 
 from ovi_attn_render.common.errors import UserError
 
-from ovi_attn_capture.model.attention import attention
+from ovi_attn_capture.model.processors import PLAIN, AttnProcessor
+from ovi_attn_capture.model.registry import load_config
 
 # ----------------------------------------------------------------------------- configs
-
-
-def load_config(name: str) -> dict:
-    """A packaged config: 'video_released', 'audio_released', 'video_tiny', 'audio_tiny'."""
-    text = resources.files("ovi_attn_capture.model.configs").joinpath(f"{name}.json").read_text()
-    return json.loads(text)
 
 
 def released_configs() -> tuple[dict, dict]:
@@ -175,7 +173,21 @@ def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- attention modules
 
 
+@dataclass
+class TextKeys:
+    """One tower's embedded text, the keys of its text attention.
+
+    Upstream's form: every prompt zero-padded to 512 rows, no bias. The folded form (training):
+    the zero-padded rows are identical, so are their keys; one of them stands for all of them
+    with log(512 - n) added to its logit, the same softmax over n_max + 1 keys."""
+
+    states: torch.Tensor  # [B, 512, C], or folded [B, n_max + 1, C] (the last row: the padded one)
+    bias: torch.Tensor | None = None  # folded: [B, n_max + 1] float32, 0 real, -inf absent, log(512 - n) padded
+
+
 class SelfAttention(nn.Module):
+    """q, k, v with RMS-normed q and k, RoPE; the attention itself is the processor's (processors.py)."""
+
     def __init__(self, dim: int, num_heads: int, eps: float, compute_dtype):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, dim // num_heads
@@ -183,6 +195,8 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps, compute_dtype)
         self.norm_k = RMSNorm(dim, eps, compute_dtype)
         self.sp = None  # a SequenceParallel group, set by FusionModel.attach_sequence_parallel
+        self.processor = PLAIN  # set by FusionModel.set_processor
+        self.where = ("", -1)  # (tower, layer), for processors that keep something
 
     def heads(self, x):  # [B, L, C] -> [B, L, H, D]
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim)
@@ -194,7 +208,7 @@ class SelfAttention(nn.Module):
         sp = self.sp
         if sp is not None:  # Ulysses: all tokens, 1/K of the heads
             q, k, v = (sp.to_heads(t, int(seq_lens.max())) for t in (q, k, v))
-        out, _ = attention(rope(q), rope(k), v, k_lens=seq_lens)
+        out = self.processor(self, "self", rope(q), rope(k), v, k_lens=seq_lens)
         if sp is not None:
             out = sp.to_sequence(out)
         return self.o(out.flatten(2))
@@ -213,22 +227,18 @@ class CrossAttention(SelfAttention):
         self.v_fusion = Linear(dim, dim)
         self.pre_attn_norm_fusion = LayerNorm(dim, eps=eps, elementwise_affine=True, compute_dtype=compute_dtype)
         self.norm_k_fusion = RMSNorm(dim, eps=1e-6, compute_dtype=compute_dtype)
-        self.probe = None  # set by FusionModel.attach_probe
-        self.where = ("", -1)  # (tower, layer), for the probe
 
-    def forward(self, x, context, own_rope=None, target=None):
-        """x: [B, L, C] (already norm3'ed); context: [B, 512, C] text; target: None or
+    def forward(self, x, text: TextKeys, own_rope=None, target=None):
+        """x: [B, L, C] (already norm3'ed); text: the tower's TextKeys; target: None or
         (states [B, Lt, C], seq_lens [B], rope fn of the target tower)."""
         q = self.heads(self.norm_q(self.q(x)))
-        k = self.heads(self.norm_k(self.k(context)))
-        v = self.heads(self.v(context))
+        k = self.heads(self.norm_k(self.k(text.states)))
+        v = self.heads(self.v(text.states))
         sp = self.sp
         if sp is not None:  # queries swapped to all tokens / 1/K of the heads; text keys are local
             q = sp.to_heads(q, sp.lengths[self.where[0]])
             k, v = sp.local_heads(k), sp.local_heads(v)
-        out, lse = attention(q, k, v)  # all 512 keys, no RoPE, no mask
-        if self.probe is not None:
-            self.probe.on_text_attention(self.where, q, k, lse)
+        out = self.processor(self, "text", q, k, v, key_bias=text.bias)  # every text key, no RoPE, no mask
         if target is not None:
             states, lens, target_rope = target
             t = self.pre_attn_norm_fusion(states)
@@ -236,12 +246,7 @@ class CrossAttention(SelfAttention):
             v_t = self.heads(self.v_fusion(t))
             if sp is not None:  # the other tower's local tokens, swapped like q
                 k_t, v_t = sp.to_heads(k_t, int(lens.max())), sp.to_heads(v_t, int(lens.max()))
-            k_t = target_rope(k_t)
-            q_r = own_rope(q)
-            fused, lse_t = attention(q_r, k_t, v_t, k_lens=lens)
-            if self.probe is not None:
-                self.probe.on_fusion_attention(self.where, q_r, k_t, lse_t, lens)
-            out = out + fused
+            out = out + self.processor(self, "fusion", own_rope(q), target_rope(k_t), v_t, k_lens=lens)
         if sp is not None:
             out = sp.to_sequence(out)
         return self.o(out.flatten(2))
@@ -264,17 +269,17 @@ class Block(nn.Module):
         y = self.self_attn(self.norm1(x).to(self.compute_dtype) * (1 + scale) + shift, seq_lens, rope)
         return x + y * gate
 
-    def cross_ffn_part(self, x, mod, context, rope=None, target=None):
-        x = x + self.cross_attn(self.norm3(x), context, rope, target)
+    def cross_ffn_part(self, x, mod, text: TextKeys, rope=None, target=None):
+        x = x + self.cross_attn(self.norm3(x), text, rope, target)
         shift, scale, gate = mod[3], mod[4], mod[5]
         y = self.ffn(self.norm2(x).to(self.compute_dtype) * (1 + scale) + shift)
         return x + y * gate
 
-    def forward(self, x, e0, seq_lens, rope, context):
+    def forward(self, x, e0, seq_lens, rope, text: TextKeys):
         """Single-tower block: self-attention, then text-only cross-attention and FFN."""
         mod = self.modulation(e0)
         x = self.self_attention_part(x, mod, seq_lens, rope)
-        return self.cross_ffn_part(x, mod, context)
+        return self.cross_ffn_part(x, mod, text)
 
 
 class Head(nn.Module):
@@ -339,35 +344,54 @@ class Tower(nn.Module):
             self._rope_cache = {key: table.to(device)}
         return self._rope_cache[key]
 
-    def embed(self, x, t, context, first_frame_is_clean: bool = False):
-        """Inputs -> (tokens [1, L, C], e [1, L|1, C], e0 [1, L|1, 6, C], grid, ctx [1, 512, C]).
+    def embed(self, x, t, first_frame_is_clean: bool = False):
+        """Latents -> (tokens [B, L, C], e [B, L|1, C], e0 [B, L|1, 6, C], grid).
 
-        x: video latent [48, F, H, W] or audio latent [La, 20]; t: int64 [1];
-        context: text embedding [n, text_dim] (trimmed; zero-padded back to 512 here)."""
+        x: video latents [B, 48, F, H, W] or audio latents [B, La, 20]; t: timesteps [B]
+        (or [1], shared by the batch)."""
         cd = self.compute_dtype
         if self.is_audio:
-            tokens = self.patch_embedding(x.unsqueeze(0).to(cd))  # [1, La, C]
+            tokens = self.patch_embedding(x.to(cd))  # [B, La, C]
             grid = (tokens.shape[1],)
         else:
-            y = self.patch_embedding(x.unsqueeze(0).to(cd))  # [1, C, F, h, w]
+            y = self.patch_embedding(x.to(cd))  # [B, C, F, h, w]
             grid = tuple(y.shape[2:])
-            tokens = y.flatten(2).transpose(1, 2)  # [1, F*h*w, C], raster order f, y, x
-        L = tokens.shape[1]
+            tokens = y.flatten(2).transpose(1, 2)  # [B, F*h*w, C], raster order f, y, x
+        B, L = tokens.shape[:2]
         # Timesteps per token: all equal, except i2v's clean first frame (t = 0). The
         # embedding is computed once per distinct value and broadcast.
+        t_tok = t.reshape(-1, 1).expand(B, 1)
         if first_frame_is_clean and not self.is_audio:
             n0 = grid[1] * grid[2]
-            t_tok = t.reshape(1, 1).expand(1, L).clone()
+            t_tok = t_tok.expand(B, L).clone()
             t_tok[:, :n0] = 0
-        else:
-            t_tok = t.reshape(1, 1)
         sin = sinusoidal_embedding(self.freq_dim, t_tok.flatten()).to(cd)
-        e = self.time_embedding(sin).unflatten(0, t_tok.shape)  # [1, L|1, C]
-        e0 = self.time_projection(e).unflatten(2, (6, self.dim))  # [1, L|1, 6, C]
-        padded = torch.zeros(self.text_len, context.shape[1], dtype=cd, device=context.device)
-        padded[: context.shape[0]] = context.to(cd)
-        ctx = self.text_embedding(padded.unsqueeze(0))  # [1, 512, C]
-        return tokens, e, e0, grid, ctx
+        e = self.time_embedding(sin).unflatten(0, t_tok.shape)  # [B, L|1, C]
+        e0 = self.time_projection(e).unflatten(2, (6, self.dim))  # [B, L|1, 6, C]
+        return tokens, e, e0, grid
+
+    def embed_text(self, contexts, fold_padding: bool = False) -> TextKeys:
+        """Text embeddings (B of them, each [n, text_dim], trimmed) -> the text attention's keys.
+
+        Upstream zero-pads every prompt to 512 rows and embeds them all. fold_padding embeds
+        the real rows and one zero row instead (see TextKeys; needs a processor that takes
+        a key bias)."""
+        cd, dev = self.compute_dtype, contexts[0].device
+        B, width = len(contexts), contexts[0].shape[1]
+        rows = self.text_len if not fold_padding else max(c.shape[0] for c in contexts)
+        padded = torch.zeros(B, rows, width, dtype=cd, device=dev)
+        for b, c in enumerate(contexts):
+            padded[b, : c.shape[0]] = c.to(cd)
+        states = self.text_embedding(padded)  # [B, rows, C]
+        if not fold_padding:
+            return TextKeys(states)
+        pad_state = self.text_embedding(torch.zeros(1, 1, width, dtype=cd, device=dev))  # [1, 1, C]
+        bias = torch.full((B, rows + 1), float("-inf"), device=dev)
+        for b, c in enumerate(contexts):
+            bias[b, : c.shape[0]] = 0.0
+            if c.shape[0] < self.text_len:
+                bias[b, rows] = math.log(self.text_len - c.shape[0])
+        return TextKeys(torch.cat([states, pad_state.expand(B, 1, -1)], dim=1), bias)
 
     def rope_fn(self, grid, device):
         table = self.rope_table(device)
@@ -376,27 +400,49 @@ class Tower(nn.Module):
         return lambda x: rope_3d(x, grid, table)
 
     def unembed(self, x, e, grid):
-        """Head and unpatchify: [1, L, C] -> video [48, F, H, W] or audio [La, 20]."""
+        """Head and unpatchify: [B, L, C] -> video [B, 48, F, H, W] or audio [B, La, 20]."""
         out = self.head(x, e)
         if self.sp is not None:  # every rank gets every token back
             out = self.sp.gather(out)
-        out = out[0]  # [L, prod(patch) * out_dim]
+        B = out.shape[0]  # out: [B, L, prod(patch) * out_dim]
         if self.is_audio:
-            return out[: grid[0]].to(self.compute_dtype)
+            return out[:, : grid[0]].to(self.compute_dtype)
         f, h, w = grid
         p, q, r = self.patch_size
-        u = out[: f * h * w].view(f, h, w, p, q, r, self.out_dim)
-        u = torch.einsum("fhwpqrc->cfphqwr", u).reshape(self.out_dim, f * p, h * q, w * r)
+        u = out[:, : f * h * w].reshape(B, f, h, w, p, q, r, self.out_dim)
+        u = torch.einsum("bfhwpqrc->bcfphqwr", u).reshape(B, self.out_dim, f * p, h * q, w * r)
         return u.to(self.compute_dtype)
 
+    def token_lengths(self, tokens) -> torch.Tensor:
+        """Key lengths [B] (every token real), on the CPU: checking them never syncs the GPU."""
+        return torch.full((tokens.shape[0],), tokens.shape[1])
+
     def forward(self, x, t, context, first_frame_is_clean: bool = False):
-        """Single-tower generation step (only video or only audio)."""
-        tokens, e, e0, grid, ctx = self.embed(x, t, context, first_frame_is_clean)
-        lens = torch.tensor([tokens.shape[1]])  # on the CPU: checking it never syncs the GPU
+        """Single-tower generation step (only video or only audio): one sample or a batch, as FusionModel."""
+        x, contexts, one = _as_batch(x, context, 2 if self.is_audio else 4)
+        return _unbatch(self.forward_batch(x, t, contexts, first_frame_is_clean), one)
+
+    def forward_batch(self, x, t, contexts, first_frame_is_clean: bool = False, fold_text_padding: bool = False):
+        tokens, e, e0, grid = self.embed(x, t, first_frame_is_clean)
+        text = self.embed_text(contexts, fold_text_padding)
+        lens = self.token_lengths(tokens)
         rope = self.rope_fn(grid, tokens.device)
         for block in self.blocks:
-            tokens = block(tokens, e0, lens, rope, ctx)
+            tokens = block(tokens, e0, lens, rope, text)
         return self.unembed(tokens, e, grid)
+
+
+def _as_batch(x, context, sample_dims: int):
+    """One sample (x with sample_dims dims, context [n, text_dim]) -> a batch of one;
+    a batch (x [B, ...], context a list of B embeddings or a [B, n, text_dim] tensor) as it is.
+    Returns (x [B, ...], contexts, whether it was one sample)."""
+    if x.dim() == sample_dims:
+        return x.unsqueeze(0), [context], True
+    return x, list(context), False
+
+
+def _unbatch(x, one: bool):
+    return x[0] if (one and x is not None) else x
 
 
 # ----------------------------------------------------------------------------- fusion
@@ -413,52 +459,82 @@ class FusionModel(nn.Module):
             assert len(self.video_model.blocks) == len(self.audio_model.blocks), "towers must have equal depth"
         self.compute_dtype = compute_dtype
         self.video_config, self.audio_config = video_config, audio_config
-        for name, tower in (("video", self.video_model), ("audio", self.audio_model)):
-            if tower is not None:
-                for i, block in enumerate(tower.blocks):
-                    block.cross_attn.where = (name, i)
+        for name, tower in self.towers():
+            for i, block in enumerate(tower.blocks):
+                block.self_attn.where = block.cross_attn.where = (name, i)
 
     @property
     def num_layers(self) -> int:
         tower = self.video_model or self.audio_model
         return len(tower.blocks)
 
-    def attach_probe(self, probe) -> None:
-        """Give every cross-attention a probe (None detaches)."""
-        for tower in (self.video_model, self.audio_model):
-            if tower is not None:
-                for block in tower.blocks:
-                    block.cross_attn.probe = probe
+    def towers(self) -> list[tuple[str, Tower]]:
+        """[(name, tower)] of the towers this model has."""
+        return [(n, t) for n, t in (("video", self.video_model), ("audio", self.audio_model)) if t is not None]
+
+    def set_processor(self, processor: AttnProcessor | None, which: str = "cross",
+                      towers: tuple[str, ...] = ("video", "audio"), layers=None) -> None:
+        """Hand the attention of the chosen modules to `processor` (processors.py; None: plain).
+
+        which: "cross" (each block's text + fusion attention), "self" or "all"; towers and
+        layers (None: every layer) narrow it down. The capture probe is installed this way."""
+        if which not in ("cross", "self", "all"):
+            raise ValueError(f"which must be 'cross', 'self' or 'all', not {which!r}")
+        processor = PLAIN if processor is None else processor
+        for name, tower in self.towers():
+            if name not in towers:
+                continue
+            for i, block in enumerate(tower.blocks):
+                if layers is not None and i not in layers:
+                    continue
+                if which in ("cross", "all"):
+                    block.cross_attn.processor = processor
+                if which in ("self", "all"):
+                    block.self_attn.processor = processor
 
     def attach_sequence_parallel(self, sp) -> None:
         """Run every forward across a sequence-parallel group (sequence_parallel.py); None: one process."""
         if sp is not None and (self.video_model is None or self.audio_model is None):
             raise UserError("sequence parallel (sp_size > 1) needs the fusion model with both towers; set sp_size: 1.")
-        for tower in (self.video_model, self.audio_model):
-            if tower is not None:
-                tower.sp = sp
-                for block in tower.blocks:
-                    block.self_attn.sp = block.cross_attn.sp = sp
+        for _, tower in self.towers():
+            tower.sp = sp
+            for block in tower.blocks:
+                block.self_attn.sp = block.cross_attn.sp = sp
 
     def forward(self, video, audio, t, video_context, audio_context,
-                first_frame_is_clean: bool = False, slg_layer: int | None = None):
-        """One denoising evaluation.
+                first_frame_is_clean: bool = False, slg_layer: int | None = None, fold_text_padding: bool = False):
+        """One denoising evaluation, of one sample or of a batch.
 
-        video: [48, F, H, W] latent or None; audio: [La, 20] latent or None; t: int64 [1];
-        contexts: text embeddings [n, text_dim]. Returns (video velocity, audio velocity)
-        with the inputs' shapes (None for an absent tower). slg_layer > 0 skips that block
-        in both towers (skip-layer guidance for the negative pass)."""
+        One sample: video [48, F, H, W] latent or None; audio [La, 20] latent or None;
+        contexts: text embeddings [n, text_dim]. A batch: video [B, 48, F, H, W], audio
+        [B, La, 20], contexts lists of B embeddings. t: int64 or float [1] (shared) or [B].
+        Returns (video velocity, audio velocity) with the inputs' shapes (None for an absent
+        tower). slg_layer > 0 skips that block in both towers (skip-layer guidance for the
+        negative pass). fold_text_padding: see Tower.embed_text (training)."""
         # Single tower: upstream's path runs every block (no skip-layer guidance there).
         if video is None:
-            return None, self.audio_model(audio, t, audio_context)
+            audio, audio_context, one = _as_batch(audio, audio_context, 2)
+            return None, _unbatch(self.audio_model.forward_batch(audio, t, audio_context,
+                                                                 fold_text_padding=fold_text_padding), one)
         if audio is None:
-            return self.video_model(video, t, video_context, first_frame_is_clean), None
+            video, video_context, one = _as_batch(video, video_context, 4)
+            return _unbatch(self.video_model.forward_batch(video, t, video_context, first_frame_is_clean,
+                                                           fold_text_padding), one), None
+        video, video_context, one = _as_batch(video, video_context, 4)
+        audio, audio_context, _ = _as_batch(audio, audio_context, 2)
+        v, a = self.forward_batch(video, audio, t, video_context, audio_context, first_frame_is_clean, slg_layer,
+                                  fold_text_padding)
+        return _unbatch(v, one), _unbatch(a, one)
 
+    def forward_batch(self, video, audio, t, video_contexts, audio_contexts, first_frame_is_clean=False,
+                      slg_layer=None, fold_text_padding=False):
+        """The fusion forward over a batch: video [B, 48, F, H, W], audio [B, La, 20] -> velocities."""
         vm, am = self.video_model, self.audio_model
-        xv, ev, e0v, grid_v, ctx_v = vm.embed(video, t, video_context, first_frame_is_clean)
-        xa, ea, e0a, grid_a, ctx_a = am.embed(audio, t, audio_context)
-        lens_v = torch.tensor([xv.shape[1]])  # key lengths stay on the CPU: no GPU sync to read them
-        lens_a = torch.tensor([xa.shape[1]])
+        xv, ev, e0v, grid_v = vm.embed(video, t, first_frame_is_clean)
+        xa, ea, e0a, grid_a = am.embed(audio, t)
+        text_v = vm.embed_text(video_contexts, fold_text_padding)
+        text_a = am.embed_text(audio_contexts, fold_text_padding)
+        lens_v, lens_a = vm.token_lengths(xv), am.token_lengths(xa)
         sp = vm.sp
         if sp is not None:  # from here on each rank holds its 1/K of the tokens (true lengths kept)
             sp.lengths = {"video": xv.shape[1], "audio": xa.shape[1]}
@@ -474,8 +550,8 @@ class FusionModel(nn.Module):
             xa = ba.self_attention_part(xa, mod_a, lens_a, rope_a)
             xv = bv.self_attention_part(xv, mod_v, lens_v, rope_v)
             audio_after_self = xa
-            xa = ba.cross_ffn_part(xa, mod_a, ctx_a, rope_a, target=(xv, lens_v, rope_v))
-            xv = bv.cross_ffn_part(xv, mod_v, ctx_v, rope_v, target=(audio_after_self, lens_a, rope_a))
+            xa = ba.cross_ffn_part(xa, mod_a, text_a, rope_a, target=(xv, lens_v, rope_v))
+            xv = bv.cross_ffn_part(xv, mod_v, text_v, rope_v, target=(audio_after_self, lens_a, rope_a))
 
         return vm.unembed(xv, ev, grid_v), am.unembed(xa, ea, grid_a)
 

@@ -73,20 +73,9 @@ def check_sp_size(sp_size: int, size: int, heads: int | None, model: str) -> Non
 
 def model_heads(model: str) -> int:
     """Attention heads per tower, known without loading the weights."""
-    if model == "tiny":
-        from ovi_attn_capture.model.fusion import tiny_configs
+    from ovi_attn_capture.model import registry
 
-        return tiny_configs()[0]["num_heads"]
-    if model == "toy":
-        from safetensors import safe_open
-
-        from ovi_attn_capture.toy.components import toy_files
-
-        with safe_open(str(toy_files()["fusion"]), framework="pt") as f:
-            return json.loads((f.metadata() or {})["video_config"])["num_heads"]
-    from ovi_attn_capture.model.fusion import released_configs
-
-    return released_configs()[0]["num_heads"]
+    return registry.num_heads(model)
 
 
 class Stopped(BaseException):

@@ -29,7 +29,7 @@ from ovi_attn_render.common import atomic
 
 from ovi_attn_render.common import hooks
 from ovi_attn_render.common.errors import Interrupted, UserError
-from ovi_attn_render.contract.format import CaptureLayout, TokenRow, estimate_bytes
+from ovi_attn_render.contract.format import CaptureLayout, estimate_bytes
 from ovi_attn_render.common.units import format_bytes
 
 from ovi_attn_capture import __version__
@@ -42,7 +42,7 @@ from ovi_attn_capture.pipeline.preflight import Shapes, preflight_shapes, shapes
 from ovi_attn_capture.probe.probe import CapturePlan, CaptureProbe, key_groups
 from ovi_attn_capture.pipeline.prompt_file import RunSpec, resolve_model_defaults
 from ovi_attn_capture.pipeline.stopping import StopNow, StopRequests
-from ovi_attn_render.contract.token_groups import group_for_other_text, group_words, resolve_groups, words_of
+from ovi_attn_render.contract.token_groups import TokenTable, group_for_other_text, group_words, words_of
 from ovi_attn_capture.pipeline.writer import WriterFailed, is_disk_full
 
 CLOSE_TIMEOUT_S = 120.0  # the writer drains and closes within this, or the process leaves without it
@@ -80,19 +80,6 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def _token_rows(text: str, tokens) -> list[TokenRow]:
-    words = words_of(text, tokens)
-    word_of = {}
-    for w in words:
-        for j in w.token_indices:
-            word_of[j] = w
-    rows = []
-    for t in tokens:
-        w = word_of.get(t.index)
-        rows.append(TokenRow(t.index, t.id, t.piece, t.start, t.end, w.text if w else "", w.index if w else -1))
-    return rows
-
-
 def _group_members(groups, n_tokens: int) -> np.ndarray:
     m = np.zeros((len(groups), n_tokens), np.uint8)
     for g, grp in enumerate(groups):
@@ -122,12 +109,13 @@ def build_plan(run: RunSpec, shapes: Shapes, device) -> tuple[CapturePlan, Captu
         "audio_negative": clean_text(run.audio_negative_prompt),
     }
     tokens = {k: enc.tokenize(v) for k, v in texts.items()}
-    groups = resolve_groups(cap.tokens, texts["positive"], tokens["positive"], text_len=enc.text_len)
+    table = TokenTable.of(texts["positive"], tokens["positive"], cap.tokens, text_len=enc.text_len)
+    groups = table.groups
     words = words_of(texts["positive"], tokens["positive"])
     pos_words = [group_words(g, words) for g in groups]
     pad = next((i for i, g in enumerate(groups) if g.kind == "pad"), None)
 
-    branches = ["cond", "uncond"] if cap.branch == "both" else [cap.branch]
+    branches = list(cap.branches)
     grid = shapes.video_grid
     steps, layers = list(cap.steps), list(cap.layers)  # resolved by resolve_model_defaults
     kg = {}
@@ -149,7 +137,7 @@ def build_plan(run: RunSpec, shapes: Shapes, device) -> tuple[CapturePlan, Captu
         grid=grid, audio_tokens=shapes.audio_tokens, steps=steps, layers=layers,
         groups=[g.label for g in groups], group_kinds=[g.kind for g in groups],
         group_members=_group_members(groups, len(tokens["positive"])),
-        tokens=_token_rows(texts["positive"], tokens["positive"]), kinds=list(cap.kinds), branches=branches,
+        tokens=table.tokens, kinds=list(cap.kinds), branches=branches,
         heads=1 if cap.heads == "mean" else shapes.num_heads,
         map_dtype=cap.dtype, num_steps=run.steps, num_layers=shapes.num_layers,
         video_frames=shapes.pixel_frames, video_size=tuple(shapes.pixel_size),
@@ -271,7 +259,7 @@ def _generate(run, comp, plan, layout, texts, writer, out: OutputPlan | None, st
     a sequence-parallel group (writer None) returns None."""
     probe = CaptureProbe(plan, writer, sp)
     probe.stop_check = stop.check
-    comp.model.attach_probe(probe)
+    comp.model.set_processor(probe, which="all")
     if sp is not None:
         comp.model.attach_sequence_parallel(sp)
     settings = SamplerSettings(steps=run.steps, solver=run.solver, shift=run.shift,
@@ -300,7 +288,7 @@ def _generate(run, comp, plan, layout, texts, writer, out: OutputPlan | None, st
             video_lat, audio_lat = sample(comp.model, embeddings, comp.video_latent_shape, comp.audio_latent_shape,
                                           settings, device, probe=probe, first_frame=comp.first_frame,
                                           on_step=on_step)
-        comp.model.attach_probe(None)
+        comp.model.set_processor(None, which="all")
         if writer is None:  # a helper rank of a sequence-parallel group: the group's writer decodes
             status = "complete"
             return None
@@ -317,7 +305,7 @@ def _generate(run, comp, plan, layout, texts, writer, out: OutputPlan | None, st
     except WriterFailed:
         status = "failed"  # the writer closes it as `failed: disk full` when that was the cause
     finally:
-        comp.model.attach_probe(None)
+        comp.model.set_processor(None, which="all")
         if sp is not None:
             comp.model.attach_sequence_parallel(None)
         if writer is not None and not writer.close(status, timeout=CLOSE_TIMEOUT_S):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from ovi_attn_render.common.errors import UserError
 from ovi_attn_render.contract.geometry import pixel_frame_count, token_grid
 
+from ovi_attn_capture.model import registry
+
 
 @dataclass
 class Shapes:
@@ -36,28 +38,14 @@ def formatted_prompt(run) -> str:
     """The prompt in the model's caption convention, cleaned as the text encoder sees it."""
     from ovi_attn_capture.components.text_encoder import clean_text
 
-    if run.model in ("tiny", "toy"):
-        return clean_text(run.prompt)
-    from ovi_attn_capture.components.checkpoints import MODELS
-
-    return clean_text(MODELS[run.model].format_prompt(run.prompt))
+    return clean_text(registry.get(run.model).format_prompt(run.prompt))
 
 
 def tokenizer_for(run):
     """The run's tokenizer alone, as a TextEncoder whose `tokenize` works and `encode` does not."""
-    from ovi_attn_capture.components.text_encoder import TextEncoder
+    from ovi_attn_capture.components.loading import loader
 
-    if run.model == "tiny":
-        from ovi_attn_capture.components.tiny import build_tiny_tokenizer
-
-        return TextEncoder(build_tiny_tokenizer(), None)
-    if run.model == "toy":
-        from ovi_attn_capture.toy.components import toy_tokenizer_only
-
-        return toy_tokenizer_only()
-    if not run.ckpt_dir:
-        raise UserError(f"model {run.model} needs `ckpt_dir:` to find its tokenizer; set it or pass --ckpt-dir.")
-    return TextEncoder.tokenizer_only(run.ckpt_dir)
+    return loader(run.model).tokenizer(run)
 
 
 def _image_size(run, area: int) -> tuple[int, int]:
@@ -74,28 +62,12 @@ def _image_size(run, area: int) -> tuple[int, int]:
 
 def preflight_shapes(run, text=None) -> Shapes:
     """Shapes of `run` from its config and tokenizer only (no weights read)."""
-    from ovi_attn_capture.components.loading import TINY, _pixel_size
+    from ovi_attn_capture.components.loading import _pixel_size, loader
 
-    if run.model == "tiny":
-        from ovi_attn_capture.components.audio_vae import AudioDecoder
-        from ovi_attn_capture.model.fusion import tiny_configs
-
-        video_config, _ = tiny_configs()
-        frames, audio_tokens, area, audio = TINY.video_latent_frames, TINY.audio_latents, TINY.area, AudioDecoder
-    elif run.model == "toy":
-        from ovi_attn_capture.toy.codec import AudioCodec
-        from ovi_attn_capture.toy.components import AUDIO_LATENTS, LATENT_FRAMES, NATIVE_SIZE, toy_configs
-
-        video_config, _ = toy_configs()
-        frames, audio_tokens, area, audio = LATENT_FRAMES, AUDIO_LATENTS, NATIVE_SIZE[0] * NATIVE_SIZE[1], AudioCodec
-    else:
-        from ovi_attn_capture.components.audio_vae import AudioDecoder
-        from ovi_attn_capture.components.checkpoints import MODELS
-        from ovi_attn_capture.model.fusion import load_config
-
-        spec = MODELS[run.model]
-        video_config = load_config("video_released")
-        frames, audio_tokens, area, audio = spec.video_latent_frames, spec.audio_latents, spec.area, AudioDecoder
+    facts = registry.get(run.model)
+    audio = loader(run.model).audio_decoder()
+    video_config, _ = registry.tower_configs(run.model)
+    frames, audio_tokens, area = facts.video_latent_frames, facts.audio_latents, facts.area
     H, W = _image_size(run, area) if run.mode == "i2v" else _pixel_size(run, area)
     p = video_config["patch_size"]
     grid = token_grid(frames, (H, W), p)

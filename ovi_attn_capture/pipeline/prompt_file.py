@@ -26,12 +26,15 @@ from typing import Any, Callable
 
 import yaml
 
+from ovi_attn_render.contract import selection
 from ovi_attn_render.contract.format import MAP_ENCODINGS
 from ovi_attn_render.contract.kinds import CAPTURE_KINDS
-from ovi_attn_render.contract.token_groups import check_selection, clean_prompt_text
+from ovi_attn_render.contract.token_groups import TEXT_LEN, check_selection, clean_prompt_text
 from ovi_attn_render.common.errors import UserError
 
-MODELS = ("toy", "tiny", "720x720_5s", "960x960_5s", "960x960_10s")
+from ovi_attn_capture.model import registry
+
+MODELS = tuple(registry.MODELS)  # every model fact lives in model/registry.py
 SOLVERS = ("unipc", "euler", "dpm++")
 MODES = ("t2v", "i2v")
 DTYPES = ("bfloat16", "float32")
@@ -39,27 +42,9 @@ KINDS = CAPTURE_KINDS  # the map kinds registry's capture kinds
 BRANCHES = ("cond", "uncond", "both")
 HEADS = ("mean", "all")
 MAP_DTYPES = tuple(MAP_ENCODINGS)  # the file format's map encodings
-FP8_MODELS = ("720x720_5s",)  # the only checkpoint with an fp8 build
-TEXT_LEN = 512  # umT5 keys per prompt
 
 VIDEO_NEGATIVE_PROMPT = "jitter, bad hands, blur, distortion"  # upstream yaml defaults
 AUDIO_NEGATIVE_PROMPT = "robotic, muffled, echo, distorted"
-
-
-@dataclass(frozen=True)
-class ReleasedModel:
-    """The facts of a released checkpoint that validation needs before loading it."""
-
-    num_layers: int
-    native_size: tuple[int, int]  # (height, width) the model was trained around
-    slg_layer: int  # block skipped in the negative pass
-
-
-RELEASED_MODELS = {
-    "720x720_5s": ReleasedModel(30, (720, 720), 11),
-    "960x960_5s": ReleasedModel(30, (960, 960), 11),
-    "960x960_10s": ReleasedModel(30, (960, 960), 11),
-}
 
 
 @dataclass
@@ -91,7 +76,7 @@ class RunSpec:
     seed: int = 100
     height: int | None = None  # None: the model's native size
     width: int | None = None
-    model: str = "toy"  # the embedded default: bundled weights, runs anywhere, no checkpoints
+    model: str = registry.DEFAULT_MODEL  # toy: bundled weights, runs anywhere, no checkpoints
     ckpt_dir: Path | None = None
     steps: int = 50  # sampler steps
     solver: str = "unipc"
@@ -273,110 +258,23 @@ def _kinds(value: Any) -> list[str]:
     return kinds
 
 
-def _capture_index_set(noun: str) -> Callable[[Any], Any]:
-    """Syntax check of capture.layers / capture.steps; ranges are checked later against the
-    model (layers) or the sampler (steps)."""
-
-    def check(value: Any) -> Any:
-        _index_set(value, None, noun)
-        return value
-
-    return check
-
-
-# ---------------------------------------------------------------------------- index sets
-
-_EVERY_RE = re.compile(r"every\s+(\d+)")
-_RANGE_RE = re.compile(r"(\d+)\s*-\s*(\d+)")
-_SLICE_RE = re.compile(r"(\d*)\s*:\s*(\d*)(?:\s*:\s*(\d*))?")
-
-
-def _index_set(value: Any, count: int | None, noun: str) -> list[int]:
-    """Indices 0..count-1 named by `value`: all, N, [N, ...], "a-b,c", "a:b:s", "::s",
-    "every s", {every: s}. With count=None only the syntax is checked (returns [])."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
-        return list(range(count or 0))
-    if isinstance(value, dict):
-        if set(value) != {"every"}:
-            raise _Bad(f"as a mapping must be {{every: N}}, got keys {', '.join(map(str, value))}")
-        return _every(value["every"], count)
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        raise _Bad(f"is an empty list; write all or list some {noun}")
-    chosen: set[int] = set()
-    for item in items:
-        if _is_int(item):
-            chosen.add(_in_range(item, count, noun))
-        elif isinstance(item, str):
-            for part in item.split(","):
-                chosen.update(_index_part(part.strip(), count, noun))
-        else:
-            raise _Bad(f"must be all, a number, a list or a range such as \"0:30:2\", got {_show(item)}")
-    if count is not None and not chosen:
-        raise _Bad(f"selects no {noun}")
-    return sorted(chosen)
-
-
-def _every(stride: Any, count: int | None) -> list[int]:
-    if not _is_int(stride) or stride < 1:
-        raise _Bad(f"needs a whole number of at least 1 after every, got {_show(stride)}")
-    return list(range(0, count or 0, stride))
-
-
-def _in_range(index: int, count: int | None, noun: str) -> int:
-    if index < 0 or (count is not None and index >= count):
-        valid = f"there are {count} {noun}, numbered 0 to {count - 1}" if count else "indices start at 0"
-        raise _Bad(f"selects {index}, which is out of range; {valid}")
-    return index
-
-
-def _index_part(part: str, count: int | None, noun: str) -> list[int]:
-    """One comma-separated part: N, a-b (inclusive), start:stop[:step] (stop exclusive), every s, all."""
-    if part == "":
-        return []
-    if part.lower() == "all":
-        return list(range(count or 0))
-    if part.isdigit():
-        return [_in_range(int(part), count, noun)]
-    if m := _EVERY_RE.fullmatch(part.lower()):
-        return _every(int(m.group(1)), count)
-    if m := _RANGE_RE.fullmatch(part):
-        first, last = int(m.group(1)), int(m.group(2))
-        if last < first:
-            raise _Bad(f"has the range '{part}' backwards; write {last}-{first}")
-        _in_range(first, count, noun)
-        _in_range(last, count, noun)
-        return list(range(first, last + 1))
-    if m := _SLICE_RE.fullmatch(part):
-        start = int(m.group(1)) if m.group(1) else 0
-        stride = int(m.group(3)) if m.group(3) else 1
-        if stride < 1:
-            raise _Bad(f"has the step 0 in '{part}'; write a step of at least 1, e.g. ::5")
-        stop = int(m.group(2)) if m.group(2) else count
-        if count is None:
-            return []
-        if stop > count:
-            raise _Bad(f"'{part}' runs to {stop}, past the {count} {noun} (numbered 0 to {count - 1}); write :{count} or leave the stop out")
-        _in_range(start, count, noun)
-        return list(range(start, stop, stride))
-    raise _Bad(f"cannot read '{part}'; write all, 5, 0-9, 0:30:2, ::5 or a list like [0, 10, 29]")
-
-
-def parse_layers(value: Any, num_layers: int) -> list[int]:
-    """Block indices named by capture.layers: all | [0, 5, 10] | "10-19,25" | "0:30:2" | 7."""
+def _selection_syntax(value: Any) -> Any:
+    """Syntax check of capture.layers / capture.steps (contract/selection.py's grammar); the
+    values are checked later against the model (layers) or the sampler (steps)."""
     try:
-        return _index_set(value, num_layers, "layers")
-    except _Bad as bad:
-        raise UserError(f"capture.layers {bad}") from None
+        selection.parse(value)
+    except selection.SelectionError as bad:
+        raise _Bad(str(bad).rstrip(".").replace(f"; write {selection.GRAMMAR_HINT}", "")) from None
+    return value
 
 
-def parse_steps(value: Any, num_steps: int) -> list[int]:
-    """Sampler step indices named by capture.steps: all | {every: 5} | "::5" | "every 5" |
-    [0, 10, 49] | "0:50:5"."""
+def _selected(spec: "RunSpec", key: str, available: range, what: str) -> list[int]:
+    """The values capture.steps / capture.layers select from `available`; a UserError naming
+    the key's line (or flag) and what is available otherwise."""
     try:
-        return _index_set(value, num_steps, "sampler steps")
-    except _Bad as bad:
-        raise UserError(f"capture.steps {bad}") from None
+        return [available[i] for i in selection.select(getattr(spec.capture, key.split(".")[1]), available, what)]
+    except selection.SelectionError as bad:
+        raise spec.error(key, str(bad)) from None
 
 
 # ---------------------------------------------------------------------------- the keys
@@ -384,84 +282,110 @@ def parse_steps(value: Any, num_steps: int) -> list[int]:
 
 @dataclass(frozen=True)
 class _Key:
+    """One prompt-file key and its CLI flag: the one table both are made from (commands.py
+    builds `ovi-attn capture`'s options from it)."""
+
     name: str  # dotted path: "seed", "capture.tokens"
     default: Any  # None: the key may be null ("unset")
     check: Callable[[Any], Any]
     example: str  # a valid line, for "write e.g. ..." hints
     cli_scalar: bool = False  # CLI strings are read as YAML scalars ("5" -> 5, "true" -> True)
+    help: str = ""  # the flag's help text
+    flag: str = ""  # the CLI flag; "": --<last part of the name>, underscores as dashes
+    cli_type: type = str  # what the flag takes: str, int, float or bool (an --x/--no-x switch)
+    metavar: str = "<text>"
+    shown_default: str | None = None  # the [default: ...] text; None: the default itself
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.split(".")[-1].replace("_", "-")
+
+    @property
+    def example_value(self) -> str:
+        """The example's value alone ("seed: 100" -> "100"), for flag hints."""
+        return self.example.split(":", 1)[1].strip()
+
+    @property
+    def default_text(self) -> str:
+        if self.shown_default is not None:
+            return self.shown_default
+        if isinstance(self.default, bool):
+            return "on" if self.default else "off"
+        if isinstance(self.default, str) and " " in self.default:
+            return f'"{self.default}"'
+        return str(self.default)
 
 
 _KEY_LIST = [
-    _Key("prompt", "", _text, 'prompt: "A man runs in a park."'),
-    _Key("video_negative_prompt", VIDEO_NEGATIVE_PROMPT, _text, f'video_negative_prompt: "{VIDEO_NEGATIVE_PROMPT}"'),
-    _Key("audio_negative_prompt", AUDIO_NEGATIVE_PROMPT, _text, f'audio_negative_prompt: "{AUDIO_NEGATIVE_PROMPT}"'),
-    _Key("seed", 100, _integer(0, 2**63 - 1), "seed: 100", True),
-    _Key("height", None, _integer(32, 4096), "height: 720", True),
-    _Key("width", None, _integer(32, 4096), "width: 720", True),
-    _Key("model", "toy", _choice(MODELS), "model: 720x720_5s"),
-    _Key("ckpt_dir", None, _path, "ckpt_dir: /data/ovi/ckpts"),
-    _Key("steps", 50, _integer(1, 1000), "steps: 50", True),
-    _Key("solver", "unipc", _choice(SOLVERS), "solver: unipc"),
-    _Key("shift", 5.0, _number(0, above=True), "shift: 5.0", True),
-    _Key("video_guidance_scale", 4.0, _number(0), "video_guidance_scale: 4.0", True),
-    _Key("audio_guidance_scale", 3.0, _number(0), "audio_guidance_scale: 3.0", True),
-    _Key("slg_layer", None, _integer(-1), "slg_layer: 11", True),
-    _Key("mode", None, _choice(MODES), "mode: t2v"),
-    _Key("image", None, _path, "image: first_frame.png"),
-    _Key("dtype", "bfloat16", _choice(DTYPES), "dtype: bfloat16"),
-    _Key("device", "auto", _device, "device: auto"),
-    _Key("cpu_offload", False, _boolean, "cpu_offload: false", True),
-    _Key("fp8", False, _boolean, "fp8: false", True),
-    _Key("output", None, _path, "output: run.h5"),
-    _Key("max_file_gb", 20.0, _number(0, above=True), "max_file_gb: 20", True),
-    _Key("seeds", None, _seeds, "seeds: [1, 2, 3]"),
-    _Key("sp_size", 1, _integer(1, 1024), "sp_size: 2", True),
-    _Key("capture.tokens", ["all"], _tokens, "tokens: [man, park]"),
-    _Key("capture.layers", "all", _capture_index_set("layers"), 'layers: "10-19"'),
-    _Key("capture.steps", "all", _capture_index_set("sampler steps"), "steps: {every: 5}"),
-    _Key("capture.kinds", list(KINDS), _kinds, "kinds: [text_video, text_audio]"),
-    _Key("capture.branch", "cond", _choice(BRANCHES), "branch: cond"),
-    _Key("capture.heads", "mean", _choice(HEADS), "heads: mean"),
-    _Key("capture.dtype", "int16", _choice(MAP_DTYPES), "dtype: int16"),
+    _Key("prompt", "", _text, 'prompt: "A man runs in a park."', help="Replace the prompt text.",
+         shown_default="the file's"),
+    _Key("video_negative_prompt", VIDEO_NEGATIVE_PROMPT, _text, f'video_negative_prompt: "{VIDEO_NEGATIVE_PROMPT}"',
+         help="Text of the video branch's unconditional (negative) pass; --branch uncond maps attend to it."),
+    _Key("audio_negative_prompt", AUDIO_NEGATIVE_PROMPT, _text, f'audio_negative_prompt: "{AUDIO_NEGATIVE_PROMPT}"',
+         help="Text of the audio branch's negative pass."),
+    _Key("seed", 100, _integer(0, 2**63 - 1), "seed: 100", True, help="Random seed.", cli_type=int, metavar="<int>"),
+    _Key("height", None, _integer(32, 4096), "height: 720", True, cli_type=int, metavar="<int>",
+         help="Video height (rescaled to the model's area, multiples of 32).", shown_default="the model's"),
+    _Key("width", None, _integer(32, 4096), "width: 720", True, help="Video width.", cli_type=int, metavar="<int>",
+         shown_default="the model's"),
+    _Key("model", registry.DEFAULT_MODEL, _choice(MODELS), "model: 720x720_5s", metavar="<name>",
+         help=f"{', '.join(MODELS[:-1])} or {MODELS[-1]}; overriding the file's model drops its "
+              "model-only keys (ckpt_dir, fp8, size, slg_layer, layers)."),
+    _Key("ckpt_dir", None, _path, "ckpt_dir: /data/ovi/ckpts", help="Ovi's checkpoint folder (released models).",
+         metavar="<path>", shown_default="none"),
+    _Key("steps", 50, _integer(1, 1000), "steps: 50", True, help="Denoising steps.", flag="--num-steps",
+         cli_type=int, metavar="<int>"),
+    _Key("solver", "unipc", _choice(SOLVERS), "solver: unipc", help=f"{', '.join(SOLVERS[:-1])} or {SOLVERS[-1]}.",
+         metavar="<name>"),
+    _Key("shift", 5.0, _number(0, above=True), "shift: 5.0", True, help="Sigma shift of the schedule.",
+         cli_type=float, metavar="<float>"),
+    _Key("video_guidance_scale", 4.0, _number(0), "video_guidance_scale: 4.0", True, cli_type=float,
+         metavar="<float>", help="Classifier-free guidance strength of the video (cond - uncond, scaled)."),
+    _Key("audio_guidance_scale", 3.0, _number(0), "audio_guidance_scale: 3.0", True, cli_type=float,
+         metavar="<float>", help="Classifier-free guidance strength of the audio."),
+    _Key("slg_layer", None, _integer(-1), "slg_layer: 11", True, help="Block skipped in the negative pass (-1: none).",
+         cli_type=int, metavar="<int>", shown_default="the model's, 11 for released models"),
+    _Key("mode", None, _choice(MODES), "mode: t2v", help="t2v or i2v.", metavar="<mode>",
+         shown_default="t2v, i2v with --image"),
+    _Key("image", None, _path, "image: first_frame.png", help="First frame for i2v.", metavar="<path>",
+         shown_default="none"),
+    _Key("dtype", "bfloat16", _choice(DTYPES), "dtype: bfloat16", help="Compute dtype: bfloat16 or float32.",
+         metavar="<dtype>"),
+    _Key("device", "auto", _device, "device: auto", help="auto, cpu, cuda or cuda:N.", metavar="<dev>"),
+    _Key("cpu_offload", False, _boolean, "cpu_offload: false", True, cli_type=bool,
+         help="Keep each component on the GPU only while used."),
+    _Key("fp8", False, _boolean, "fp8: false", True, cli_type=bool,
+         help=f"Use the float8 checkpoint ({', '.join(registry.fp8_models())} only)."),
+    _Key("output", None, _path, "output: run.h5", metavar="<path>",
+         help="Output .h5; for a batch, the folder of its files.",
+         shown_default="the file's output:, else <prompt-file>.h5 here"),
+    _Key("max_file_gb", 20.0, _number(0, above=True), "max_file_gb: 20", True, cli_type=float, metavar="<GB>",
+         help="Refuse captures larger than this (1 GB = 10^9 bytes).", shown_default="20"),
+    _Key("seeds", None, _seeds, "seeds: [1, 2, 3]", help="A seed sweep, comma separated: 1,2,3 (one file per seed).",
+         metavar="<list>", shown_default="the file's seeds:, else one run with --seed"),
+    _Key("sp_size", 1, _integer(1, 1024), "sp_size: 2", True, cli_type=int, metavar="<int>",
+         help="Sequence parallel: processes per prompt (under torchrun)."),
+    _Key("capture.tokens", ["all"], _tokens, "tokens: [man, park]", metavar="<list>",
+         help="Token selections, comma separated: man,park,man#2,all.", shown_default="all"),
+    _Key("capture.layers", "all", _selection_syntax, 'layers: "10-19"', metavar="<sel>",
+         help="Layers to capture: all, 10-19,25 or 0:30:2."),
+    _Key("capture.steps", "all", _selection_syntax, "steps: {every: 5}", flag="--capture-steps",
+         metavar="<sel>", help="Steps to capture: all, 0:50:5, every 5."),
+    _Key("capture.kinds", list(KINDS), _kinds, "kinds: [text_video, text_audio]", metavar="<list>",
+         help=f"Maps to capture, comma separated: {', '.join(KINDS)}.", shown_default="all four"),
+    _Key("capture.branch", "cond", _choice(BRANCHES), "branch: cond", metavar="<name>",
+         help="Guidance pass to capture: cond (the prompt), uncond (the negative prompts) or both."),
+    _Key("capture.heads", "mean", _choice(HEADS), "heads: mean", help="mean over heads, or all heads.",
+         metavar="<mode>"),
+    _Key("capture.dtype", "int16", _choice(MAP_DTYPES), "dtype: int16", flag="--map-dtype", metavar="<enc>",
+         help="Map encoding: int16 (CF-packed), float32, float32-deflate or float16."),
 ]
 KEYS: dict[str, _Key] = {k.name: k for k in _KEY_LIST}
 _PATH_KEYS = ("ckpt_dir", "image", "output")
 
 # CLI flag -> key. `steps` (sampler) and `capture.steps` (which steps to record) would clash
 # as --steps, so they are --num-steps and --capture-steps; the map dtype is --map-dtype.
-OVERRIDABLE: dict[str, str] = {
-    "--prompt": "prompt",
-    "--video-negative-prompt": "video_negative_prompt",
-    "--audio-negative-prompt": "audio_negative_prompt",
-    "--seed": "seed",
-    "--height": "height",
-    "--width": "width",
-    "--model": "model",
-    "--ckpt-dir": "ckpt_dir",
-    "--num-steps": "steps",
-    "--solver": "solver",
-    "--shift": "shift",
-    "--video-guidance-scale": "video_guidance_scale",
-    "--audio-guidance-scale": "audio_guidance_scale",
-    "--slg-layer": "slg_layer",
-    "--mode": "mode",
-    "--image": "image",
-    "--dtype": "dtype",
-    "--device": "device",
-    "--cpu-offload": "cpu_offload",
-    "--fp8": "fp8",
-    "--output": "output",
-    "--max-file-gb": "max_file_gb",
-    "--seeds": "seeds",
-    "--sp-size": "sp_size",
-    "--tokens": "capture.tokens",
-    "--layers": "capture.layers",
-    "--capture-steps": "capture.steps",
-    "--kinds": "capture.kinds",
-    "--branch": "capture.branch",
-    "--heads": "capture.heads",
-    "--map-dtype": "capture.dtype",
-}
+OVERRIDABLE: dict[str, str] = {k.cli_flag: k.name for k in _KEY_LIST}
 _FLAG_OF = {key: flag for flag, key in OVERRIDABLE.items()}
 
 # Names from Ovi's own inference yaml, so a pasted upstream key gets a precise hint.
@@ -668,11 +592,11 @@ def _drop_other_models_keys(values: dict[str, Any], origins: dict[str, _Origin],
     if not origins["model"].flag or not isinstance(file_model, str) or file_model.strip().lower() == new:
         return []
     old = file_model.strip().lower()
-    released_old, released_new = old in RELEASED_MODELS, new in RELEASED_MODELS
+    released_old, released_new = _is_released(old), _is_released(new)
     drop = []
     if released_old != released_new:  # released <-> toy/tiny: other sizes, depths, no checkpoints
         drop = ["height", "width", "slg_layer", "capture.layers"] + ([] if released_new else ["ckpt_dir"])
-    if new not in FP8_MODELS:
+    if not registry.get(new).has_fp8:
         drop.append("fp8")
     dropped = []
     for name in drop:
@@ -762,11 +686,14 @@ def _check_together(spec: RunSpec, origins: dict[str, _Origin], item_lines: list
     _check_size(spec, origins)
     _check_image(spec, origins)
     _check_model(spec, origins)
-    _check_index_set(spec.capture.steps, spec.steps, "sampler steps", "capture.steps", origins)
-    released = RELEASED_MODELS.get(spec.model)
-    if released is not None:  # the tiny model's depth is checked by resolve_model_defaults
-        _check_index_set(spec.capture.layers, released.num_layers, "layers", "capture.layers", origins)
+    _selected(spec, "capture.steps", range(spec.steps), "sampler steps")
+    if _is_released(spec.model):  # the toy and tiny models' depth is checked by resolve_model_defaults
+        _selected(spec, "capture.layers", range(registry.num_layers(spec.model)), f"{spec.model} layers")
     _check_tokens(spec, origins["capture.tokens"], item_lines)
+
+
+def _is_released(model: str) -> bool:
+    return model in registry.MODELS and registry.MODELS[model].released
 
 
 def _check_prompt(spec: RunSpec, where: _Origin) -> None:
@@ -810,8 +737,8 @@ def _check_image(spec: RunSpec, o: dict[str, _Origin]) -> None:
 
 
 def _check_model(spec: RunSpec, o: dict[str, _Origin]) -> None:
-    released = RELEASED_MODELS.get(spec.model)
-    if released is not None and spec.ckpt_dir is None:
+    released = _is_released(spec.model)
+    if released and spec.ckpt_dir is None:
         raise o["model"].error(
             "model",
             f"is {spec.model}, which needs ckpt_dir (the folder Ovi's download_weights.py makes); add "
@@ -821,23 +748,17 @@ def _check_model(spec: RunSpec, o: dict[str, _Origin]) -> None:
         raise o["ckpt_dir"].error(
             "ckpt_dir", f"names {spec.ckpt_dir}, which is not a folder; point it at the folder Ovi's download_weights.py made"
         )
-    if spec.fp8 and spec.model not in FP8_MODELS:
+    if spec.fp8 and not registry.get(spec.model).has_fp8:  # the one fp8 check
+        fp8 = registry.fp8_models()
         raise o["fp8"].error(
-            "fp8", f"is only available for {', '.join(FP8_MODELS)}, not {spec.model}; set fp8: false or model: 720x720_5s"
+            "fp8", f"is only available for {', '.join(fp8)}, not {spec.model}; set fp8: false or model: {fp8[0]}"
         )
-    if released is not None and spec.slg_layer is not None and spec.slg_layer >= released.num_layers:
+    if released and spec.slg_layer is not None and spec.slg_layer >= registry.num_layers(spec.model):
         raise o["slg_layer"].error(
             "slg_layer",
-            f"is {spec.slg_layer}, but {spec.model} has layers 0 to {released.num_layers - 1}; "
+            f"is {spec.slg_layer}, but {spec.model} has layers 0 to {registry.num_layers(spec.model) - 1}; "
             "use 11 (the default) or -1 to turn skip-layer guidance off",
         )
-
-
-def _check_index_set(value: Any, count: int, noun: str, key: str, origins: dict[str, _Origin]) -> None:
-    try:
-        _index_set(value, count, noun)
-    except _Bad as bad:
-        raise origins[key].error(key, str(bad)) from None
 
 
 def _check_tokens(spec: RunSpec, origin: _Origin, item_lines: list[_Origin]) -> None:
@@ -863,11 +784,11 @@ def resolve_model_defaults(
     and capture.steps into sorted index lists. Released models know their facts; for the
     tiny model pass them in. Raises UserError (naming the key's line) for layers the model
     lacks."""
-    facts = RELEASED_MODELS.get(spec.model)
-    if facts is not None:
-        num_layers = num_layers if num_layers is not None else facts.num_layers
-        native_size = native_size or facts.native_size
-        default_slg_layer = facts.slg_layer if default_slg_layer is None else default_slg_layer
+    if _is_released(spec.model):
+        facts = registry.default_facts(spec.model)
+        num_layers = num_layers if num_layers is not None else facts["num_layers"]
+        native_size = native_size or facts["native_size"]
+        default_slg_layer = facts["default_slg_layer"] if default_slg_layer is None else default_slg_layer
     if num_layers is None or native_size is None or default_slg_layer is None:
         raise ValueError(f"model {spec.model!r}: pass num_layers, native_size and default_slg_layer")
     slg = default_slg_layer if spec.slg_layer is None else spec.slg_layer
@@ -877,14 +798,8 @@ def resolve_model_defaults(
             f"is {slg}, but the {spec.model} model has layers 0 to {num_layers - 1}; "
             "pick one of those or -1 to turn skip-layer guidance off",
         )
-    try:
-        layers = _index_set(spec.capture.layers, num_layers, "layers")
-    except _Bad as bad:
-        raise spec.error("capture.layers", str(bad)) from None
-    try:
-        steps = _index_set(spec.capture.steps, spec.steps, "sampler steps")
-    except _Bad as bad:
-        raise spec.error("capture.steps", str(bad)) from None
+    layers = _selected(spec, "capture.layers", range(num_layers), f"{spec.model} layers")
+    steps = _selected(spec, "capture.steps", range(spec.steps), "sampler steps")
     height, width = (spec.height, spec.width) if spec.height is not None else native_size
     capture = replace(spec.capture, layers=layers, steps=steps)
     return replace(spec, height=height, width=width, slg_layer=slg, capture=capture)

@@ -1,4 +1,7 @@
-"""The capture probe: sits in every cross-attention and turns (q, k, lse) into maps.
+"""The capture probe: the cross-attention processor that turns (q, k, lse) into maps.
+
+Installed with `model.set_processor(probe)`; it runs the same kernel call as the plain
+processor (model/processors.py) and reads the maps off its q, k and log-sum-exp.
 
 The sampler tells the probe which step and branch the next model pass belongs to
 (`begin_pass`); the probe ignores layers, steps and kinds that were not asked for, reduces
@@ -12,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ovi_attn_capture.model.processors import AttnProcessor
 from ovi_attn_capture.probe import maps
 
 
@@ -63,7 +67,7 @@ class CapturePlan:
     groups: dict = field(default_factory=dict)  # (branch, tower) -> KeyGroups
 
 
-class CaptureProbe:
+class CaptureProbe(AttnProcessor):
     def __init__(self, plan: CapturePlan, sink, sp=None):
         self.plan = plan
         self.sink = sink  # None: compute and reduce but keep nothing (a sequence-parallel rank that does not write)
@@ -74,6 +78,19 @@ class CaptureProbe:
         self.active: tuple[int, int, str] | None = None  # (step pos, branch pos, branch name)
         self.maps_written = 0
         self.stop_check = None  # called at every cross-attention: raises to stop at a layer boundary
+
+    def __call__(self, attn, kind: str, q, k, v, k_lens=None, key_bias=None):
+        """The plain kernel call (the output is the plain processor's, bit for bit), then the maps."""
+        if key_bias is not None:  # refused, as the plain processor does
+            return super().__call__(attn, kind, q, k, v, k_lens, key_bias)
+        out, lse = self.attend(q, k, v, k_lens)
+        if kind == "text":
+            self.on_text_attention(attn.where, q, k, lse)
+        elif kind == "fusion":
+            self.on_fusion_attention(attn.where, q, k, lse, k_lens)
+        else:
+            self.on_self_attention(attn.where, q, k, lse, k_lens)
+        return out
 
     def begin_pass(self, step: int, branch: str) -> bool:
         """Called before each model evaluation; returns whether this pass is captured."""
@@ -153,3 +170,6 @@ class CaptureProbe:
             per_frame, spatial = maps.audio_to_video_maps(q, k, lse, k_lens, grid, keep)
             self._emit("audio_video", branch_pos, step_pos, layer_pos, self._heads(per_frame[0]))  # [Hd, La, F]
             self._emit("audio_video_spatial", branch_pos, step_pos, layer_pos, self._heads(spatial[0]))  # [Hd, F, h, w]
+
+    def on_self_attention(self, where, q, k, lse, k_lens) -> None:
+        """Self-attention (q, k roped as the kernel saw them, lse its own): nothing is captured from it yet."""

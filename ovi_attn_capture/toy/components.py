@@ -10,48 +10,24 @@ The codecs are fixed (codec.py), so they have no weights. The model runs in floa
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ovi_attn_render.common.errors import UserError
 
+from ovi_attn_capture.model import registry
 from ovi_attn_capture.toy import TOY_DIR
 from ovi_attn_capture.toy.codec import AudioCodec, VideoCodec
-from ovi_attn_capture.toy.world import LATENT_FRAMES
 
-NATIVE_SIZE = (128, 128)  # pixels; latent 8 x 8, token grid 8 x 8 per latent frame (video patch 1)
-# LATENT_FRAMES (5, 17 pixel frames): the toy world's, toy/world.py
-AUDIO_LATENTS = 22  # 0.704 s
-DEFAULT_SLG_LAYER = -1  # trained without layer skipping: skip-layer guidance would only hurt
+FACTS = registry.get("toy")  # sizes, skip layer: the registry's (native 128 x 128: a token grid 8 x 8, video patch 1)
 VIDEO_NEGATIVE_PROMPT = ""  # what text dropout trained as "no caption" (the upstream negatives work too)
 AUDIO_NEGATIVE_PROMPT = ""
 
 
-def model_facts() -> dict:
-    """What prompt_file.resolve_model_defaults needs to know about the toy model (read from its file)."""
-    from safetensors import safe_open
-
-    with safe_open(str(toy_files()["fusion"]), framework="pt") as f:
-        layers = json.loads((f.metadata() or {})["video_config"])["num_layers"]
-    return {"num_layers": layers, "native_size": NATIVE_SIZE, "default_slg_layer": DEFAULT_SLG_LAYER}
-
-
 def toy_configs(folder: Path = TOY_DIR) -> tuple[dict, dict]:
     """The towers' configs from the fusion file's metadata (the weights are not read)."""
-    from safetensors import safe_open
-
-    path = toy_files(folder)["fusion"]
-    if not path.is_file():
-        raise UserError(f"the toy model's file {path} is missing; train it with "
-                        f"`python -m ovi_attn_capture.toy.train` or restore data/toy/ from the repository.")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if "video_config" not in meta or "audio_config" not in meta:
-        raise UserError(f"{path} has no tower configs in its metadata; retrain it with "
-                        f"`python -m ovi_attn_capture.toy.train`.")
-    return json.loads(meta["video_config"]), json.loads(meta["audio_config"])
+    return registry.configs_in_file(toy_files(folder)["fusion"])
 
 
 def toy_files(folder: Path = TOY_DIR) -> dict[str, Path]:
@@ -61,16 +37,9 @@ def toy_files(folder: Path = TOY_DIR) -> dict[str, Path]:
 
 def load_toy_model(path: Path, device="cpu", compute_dtype=torch.float32):
     """FusionModel at the configs stored in the file's metadata, weights cast to the compute dtype."""
-    from safetensors import safe_open
-
     from ovi_attn_capture.model.fusion import load_checkpoint
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if "video_config" not in meta or "audio_config" not in meta:
-        raise UserError(f"{path} has no tower configs in its metadata; retrain it with "
-                        f"`python -m ovi_attn_capture.toy.train`.")
-    video_config, audio_config = json.loads(meta["video_config"]), json.loads(meta["audio_config"])
+    video_config, audio_config = registry.configs_in_file(path)
     return load_checkpoint(path, video_config, audio_config, device=device, compute_dtype=compute_dtype)
 
 
@@ -105,11 +74,11 @@ def load_toy_components(run, device: torch.device, say=print, folder: Path = TOY
     model = load_toy_model(files["fusion"], device)
     text = load_toy_text_encoder(folder, device)
     video, audio = VideoCodec(device), AudioCodec(device)
-    H, W = _pixel_size(run, NATIVE_SIZE[0] * NATIVE_SIZE[1])
-    comp = Components(model, text, video, audio, device, clean_text(run.prompt), (H, W), LATENT_FRAMES,
-                      AUDIO_LATENTS, _slg(run, DEFAULT_SLG_LAYER, model.num_layers),
+    H, W = _pixel_size(run, FACTS.area)
+    comp = Components(model, text, video, audio, device, clean_text(run.prompt), (H, W), FACTS.video_latent_frames,
+                      FACTS.audio_latents, _slg(run, FACTS.default_slg_layer, model.num_layers),
                       files={k: p.name for k, p in files.items()})
     if run.mode == "i2v":
-        _use_first_frame(comp, run, NATIVE_SIZE[0] * NATIVE_SIZE[1])
+        _use_first_frame(comp, run, FACTS.area)
     say(f"model: toy ({model.num_layers} layers, trained on the shapes world, data/toy/) on {device}")
     return comp

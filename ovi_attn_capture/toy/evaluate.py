@@ -307,7 +307,7 @@ def evaluate(prompts: list[str], weights: str | Path = TOY_DIR, steps: int = 30,
     import h5py
 
     from ovi_attn_capture.pipeline.capture import resolve_device, run_capture
-    from ovi_attn_capture.pipeline.prompt_file import parse_layers, parse_steps
+    from ovi_attn_render.contract.selection import resolve
     from ovi_attn_capture.components.text_encoder import clean_text
 
     from ovi_attn_capture.toy.components import load_toy_components
@@ -340,7 +340,8 @@ def evaluate(prompts: list[str], weights: str | Path = TOY_DIR, steps: int = 30,
                         comp=replace(comp, prompt_text=clean_text(prompt)))
             files.append(score_file(path, geometry))
             progress.update(i + 1)
-    table = build_table(files, parse_steps("all", steps), parse_layers(layers, comp.model.num_layers),
+    table = build_table(files, list(range(steps)), resolve(layers, range(comp.model.num_layers), "layers",
+                                                          what="toy layers", option="capture.layers"),
                         settings.final_steps)
     summary = table.to_json()
     (out / "eval.json").write_text(json.dumps(summary, indent=1) + "\n")

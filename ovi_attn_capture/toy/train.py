@@ -7,11 +7,12 @@ dropped (empty text, or Ovi's default negative prompts) so classifier-free guida
 an unconditional model to push against. A curriculum starts with one object per clip.
 Everything is seeded; on a CPU it runs in float32.
 
-The training forward is `forward_batch`: the model's own modules over a batch, with one
+The training forward is `forward_batch`: the model's own forward over a batch, with one
 shortcut that changes no value: the zero-padded text rows up to 512 are identical, so
 one padded key with weight (512 - n) stands for all of them (softmax over n + 1 keys
-with log(512 - n) added to the padded key's logit). tests/test_toy.py checks it against
-`FusionModel.forward` sample by sample.
+with log(512 - n) added to the padded key's logit; `Tower.embed_text`), attended through
+a processor with a backward pass (`TrainingProcessor`). tests/test_toy.py checks it
+against `FusionModel.forward` sample by sample.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovi_attn_capture.model.fusion import FusionModel, build_random, sinusoidal_embedding
+from ovi_attn_capture.model.fusion import FusionModel, build_random
+from ovi_attn_capture.model.processors import TrainingProcessor
 
 from ovi_attn_capture.toy import TOY_DIR
 from ovi_attn_capture.toy.codec import AudioCodec, VideoCodec
@@ -115,93 +117,20 @@ class TextCache:
 # ----------------------------------------------------------------------------- batched forward
 
 
-@dataclass
-class TextKeys:
-    """A batch of prompts for one tower: embedded real rows, the one padded row, and masks."""
-
-    states: torch.Tensor  # [B, n_max, C] text_embedding of the real rows (zeros past each length)
-    pad_state: torch.Tensor  # [1, 1, C] text_embedding of a zero row
-    bias: torch.Tensor  # [B, n_max + 1] additive logits: 0 real, -inf absent, log(512 - n) for the pad key
-
-
-def embed_texts(tower, texts: list[torch.Tensor]) -> TextKeys:
-    B, n_max = len(texts), max(t.shape[0] for t in texts)
-    dev, cd = tower.text_embedding[0].weight.device, tower.compute_dtype
-    rows = torch.zeros(B, n_max, texts[0].shape[1], device=dev, dtype=cd)
-    bias = torch.full((B, n_max + 1), float("-inf"), device=dev)
-    for b, t in enumerate(texts):
-        rows[b, : t.shape[0]] = t.to(dev, cd)
-        bias[b, : t.shape[0]] = 0.0
-        if t.shape[0] < tower.text_len:
-            bias[b, n_max] = math.log(tower.text_len - t.shape[0])
-    states = tower.text_embedding(rows)
-    pad_state = tower.text_embedding(torch.zeros(1, 1, rows.shape[2], device=dev, dtype=cd))
-    return TextKeys(states, pad_state, bias)
-
-
-def cross_attention(ca, x, text: TextKeys, own_rope, target):
-    """CrossAttention.forward for a batch, with the padded text keys folded into one."""
-    B = x.shape[0]
-    q = ca.heads(ca.norm_q(ca.q(x)))  # [B, L, H, D]
-    ctx = torch.cat([text.states, text.pad_state.expand(B, 1, -1)], dim=1)  # [B, n_max + 1, C]
-    k, v = ca.heads(ca.norm_k(ca.k(ctx))), ca.heads(ca.v(ctx))
-    mask = text.bias[:, None, None, :].to(q.dtype)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                         attn_mask=mask).transpose(1, 2)
-    states, target_rope = target
-    t = ca.pre_attn_norm_fusion(states)
-    k_t = target_rope(ca.heads(ca.norm_k_fusion(ca.k_fusion(t))))
-    v_t = ca.heads(ca.v_fusion(t))
-    fused = F.scaled_dot_product_attention(own_rope(q).transpose(1, 2), k_t.transpose(1, 2),
-                                           v_t.transpose(1, 2)).transpose(1, 2)
-    return ca.o((out + fused).flatten(2))
-
-
-def cross_ffn(block, x, mod, text: TextKeys, rope, target):
-    """Block.cross_ffn_part with the batched cross-attention above."""
-    x = x + cross_attention(block.cross_attn, block.norm3(x), text, rope, target)
-    shift, scale, gate = mod[3], mod[4], mod[5]
-    y = block.ffn(block.norm2(x).to(block.compute_dtype) * (1 + scale) + shift)
-    return x + y * gate
-
-
-def time_embeddings(tower, t: torch.Tensor):
-    """t [B] -> e [B, 1, C], e0 [B, 1, 6, C] (one timestep per sample, broadcast over tokens)."""
-    sin = sinusoidal_embedding(tower.freq_dim, t).to(tower.compute_dtype)
-    e = tower.time_embedding(sin).unsqueeze(1)
-    return e, tower.time_projection(e).unflatten(2, (6, tower.dim))
+TRAINING = TrainingProcessor()
 
 
 def forward_batch(model: FusionModel, video, audio, t, video_texts: list[torch.Tensor],
                   audio_texts: list[torch.Tensor]):
-    """FusionModel.forward over a batch: video [B, 48, F, h, w], audio [B, La, 20], t [B] ->
-    velocities of the same shapes. Text lists hold each sample's [n, text_dim] embedding."""
-    vm, am = model.video_model, model.audio_model
-    cd = model.compute_dtype
-    y = vm.patch_embedding(video.to(cd))  # [B, C, F, h, w]
-    grid_v = tuple(y.shape[2:])
-    xv = y.flatten(2).transpose(1, 2)  # [B, Lv, C], raster order f, y, x
-    xa = am.patch_embedding(audio.to(cd))  # [B, La, C]
-    grid_a = (xa.shape[1],)
-    B = xv.shape[0]
-    ev, e0v = time_embeddings(vm, t)
-    ea, e0a = time_embeddings(am, t)
-    text_v, text_a = embed_texts(vm, video_texts), embed_texts(am, audio_texts)
-    lens_v = torch.full((B,), xv.shape[1], device=xv.device)
-    lens_a = torch.full((B,), xa.shape[1], device=xa.device)
-    rope_v, rope_a = vm.rope_fn(grid_v, xv.device), am.rope_fn(grid_a, xa.device)
-    for bv, ba in zip(vm.blocks, am.blocks):
-        mod_a, mod_v = ba.modulation(e0a), bv.modulation(e0v)
-        xa = ba.self_attention_part(xa, mod_a, lens_a, rope_a)
-        xv = bv.self_attention_part(xv, mod_v, lens_v, rope_v)
-        audio_after_self = xa
-        xa = cross_ffn(ba, xa, mod_a, text_a, rope_a, (xv, rope_v))
-        xv = cross_ffn(bv, xv, mod_v, text_v, rope_v, (audio_after_self, rope_a))
-    f, h, w = grid_v
-    p, q, r = vm.patch_size
-    out_v = vm.head(xv, ev).view(B, f, h, w, p, q, r, vm.out_dim)
-    out_v = torch.einsum("bfhwpqrc->bcfphqwr", out_v).reshape(B, vm.out_dim, f * p, h * q, w * r)
-    return out_v, am.head(xa, ea)
+    """The model's forward over a batch: video [B, 48, F, h, w], audio [B, La, 20], t [B] ->
+    velocities of the same shapes. Text lists hold each sample's [n, text_dim] embedding.
+    The padded text rows are folded into one key, and the cross-attention runs through the
+    differentiable TrainingProcessor (the plain one is put back afterwards)."""
+    model.set_processor(TRAINING)
+    try:
+        return model(video, audio, t, video_texts, audio_texts, fold_text_padding=True)
+    finally:
+        model.set_processor(None)
 
 
 # ----------------------------------------------------------------------------- training

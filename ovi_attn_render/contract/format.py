@@ -33,6 +33,7 @@ import numpy as np
 from ovi_attn_render.contract.geometry import PIXEL_FRAME_STRIDE, audio_token_seconds, latent_frame_of
 from ovi_attn_render.contract.kinds import MAP_KINDS, variables_of
 from ovi_attn_render.contract.liveness import process_start_ticks
+from ovi_attn_render.contract.token_groups import Token
 
 FORMAT_NAME = "ovi-attn-capture"
 FORMAT_VERSION = 2
@@ -130,19 +131,6 @@ def decode(attrs, stored: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class TokenRow:
-    """One row of the prompt's token table (the positive prompt, cleaned text)."""
-
-    index: int
-    id: int
-    piece: str
-    start: int  # character span in the cleaned prompt; EOS has start == end == len(text)
-    end: int
-    word: str  # the word this token belongs to ("" for EOS)
-    word_index: int  # -1 for EOS
-
-
-@dataclass
 class CaptureLayout:
     """Everything needed to create a capture file before the first step is generated."""
 
@@ -153,7 +141,7 @@ class CaptureLayout:
     groups: Sequence[str]  # token group labels, `<eos>` and `<pad>` included
     group_kinds: Sequence[str]  # "word", "phrase", "span", "index", "eos", "pad"
     group_members: np.ndarray  # [G, T] uint8, 1 where text token t is in group g (cond prompt)
-    tokens: Sequence[TokenRow]
+    tokens: Sequence[Token]  # the positive prompt's token table (token_groups.TokenTable.tokens)
     kinds: Sequence[str]  # capture kinds (kinds.CAPTURE_KINDS)
     branches: Sequence[str] = ("cond",)
     heads: int = 1  # 1 for head-mean, else the number of heads kept

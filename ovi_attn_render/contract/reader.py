@@ -15,7 +15,7 @@ Fletcher-32 checksum fails is named in a UserError, never returned.
 
 from __future__ import annotations
 
-import difflib
+import functools
 import json
 import os
 import warnings
@@ -36,6 +36,7 @@ from ovi_attn_render.contract.geometry import (Geometry, latent_frame_of, pixel_
 from ovi_attn_render.contract.kinds import MAP_KINDS, capture_kind_of
 from ovi_attn_render.contract.liveness import describe_writer
 from ovi_attn_render.contract.selection import describe_values
+from ovi_attn_render.contract.token_groups import TEXT_LEN, Token, TokenGroup, TokenTable
 
 
 if TYPE_CHECKING:
@@ -285,20 +286,10 @@ class Capture:
     def variables(self) -> list[str]:
         return [v for v in MAP_KINDS if v in self.f]
 
-    def token_index(self, selector: str) -> int:
-        """'man', 'man#2', '#5', an exact label, or a bare text-token index '5' -> group position."""
-        sel = str(selector).strip()
-        if sel in self.groups:
-            return self.groups.index(sel)
-        lower = [g.lower() for g in self.groups]
-        if sel.lower() in lower:
-            return lower.index(sel.lower())
-        if sel.isdigit() and f"#{sel}" in self.groups:
-            return self.groups.index(f"#{sel}")
-        close = difflib.get_close_matches(sel, self.groups, n=3, cutoff=0.5)
-        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-        shown = ", ".join(repr(g) for g in self.groups[:40]) + (" ..." if len(self.groups) > 40 else "")
-        raise UserError(f"token '{sel}' was not captured{hint}; captured groups: {shown}.")
+    def token_index(self, selector: str | int) -> int:
+        """Any token selection capture accepts ('man', 'man#2', 'man#1', '#5', '#3-4', an exact
+        label) -> the position of the captured group (token_groups.TokenTable.find)."""
+        return self.table.find(selector)
 
     def branch_index(self, branch: str | int) -> int:
         if isinstance(branch, int) or str(branch).isdigit():
@@ -358,25 +349,26 @@ class Capture:
         except OSError as e:
             raise self._damaged(e, "decoded audio") from None
 
-    def token_table(self) -> list[dict]:
+    @functools.cached_property
+    def table(self) -> TokenTable:
+        """The token table of the positive prompt, with the captured groups."""
         f = self.f
         n = f["token_id"].shape[0]
         members = np.asarray(f["group_members"][...]) if n else np.zeros((len(self.groups), 0), np.uint8)
         cols = {k: f[k][...] for k in ("token_id", "token_word_index", "token_start", "token_end")}
         cols |= {k: read_strings(f[k]) for k in ("token_piece", "token_word")}
-        rows = []
-        for t in range(n):
-            rows.append({
-                "index": t,
-                "id": int(cols["token_id"][t]),
-                "piece": _text(cols["token_piece"][t]),
-                "word": _text(cols["token_word"][t]),
-                "word_index": int(cols["token_word_index"][t]),
-                "start": int(cols["token_start"][t]),
-                "end": int(cols["token_end"][t]),
-                "groups": [self.groups[g] for g in np.flatnonzero(members[:, t])],
-            })
-        return rows
+        tokens = [Token(t, int(cols["token_id"][t]), _text(cols["token_piece"][t]), int(cols["token_start"][t]),
+                        int(cols["token_end"][t]), _text(cols["token_word"][t]), int(cols["token_word_index"][t]))
+                  for t in range(n)]
+        text_len = max(TEXT_LEN, n)
+        groups = [TokenGroup(label, kind, list(range(n, text_len)) if kind == "pad" else
+                             [int(t) for t in np.flatnonzero(members[g])])
+                  for g, (label, kind) in enumerate(zip(self.groups, self.group_kinds))]
+        return TokenTable(str(self.attrs.get("prompt", "") or ""), tokens, groups, text_len)
+
+    def token_table(self) -> list[dict]:
+        """The token table as one dict a token (TokenTable.rows)."""
+        return self.table.rows()
 
     def settings(self) -> dict:
         try:

@@ -2,10 +2,13 @@
 
 Pure Python (no torch), so `ovi-attn tokens` and prompt-file validation run anywhere.
 
-A token is any object with `.index, .id, .piece, .start, .end`: `start, end` is its
-character span in the cleaned prompt, and the last token is EOS with
+A token is a `Token` (or any object with `.index, .id, .piece, .start, .end`): `start, end`
+is its character span in the cleaned prompt, and the last token is EOS with
 `start == end == len(text)`. Pieces are sentencepiece pieces: "▁" marks a leading space,
 and a lone "▁" piece (empty span, or a span of only whitespace) belongs to the word after it.
+`TokenTable` is the one token-table type: the cleaned text, its tokens (each with the word
+that owns it) and the groups; capture builds it from the tokenizer, the reader from the
+file, and `TokenTable.find` resolves a name at render with the grammar below.
 
 Words: a tag (`<S>`, `<E>`, `<AUDCAP>`, `<ENDAUDCAP>`) is one word; a maximal run of
 letters/digits (apostrophes allowed inside: "don't") is one word; every other non-space
@@ -29,13 +32,14 @@ from __future__ import annotations
 import difflib
 import html
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from ovi_attn_render.common.errors import UserError
 
 SPAN_NAMES = ("speech", "audio_caption")
 EOS_LABEL, PAD_LABEL = "<eos>", "<pad>"
+TEXT_LEN = 512  # umT5 keys per prompt: the real tokens, then zero padding
 
 # Tags first so "<S>" is one word; [^\W_] is a letter or digit; apostrophes only inside.
 _WORD_RE = re.compile(r"<S>|<E>|<AUDCAP>|<ENDAUDCAP>|[^\W_]+(?:['’][^\W_]+)*|\S")
@@ -76,6 +80,20 @@ class TokenGroup:
     label: str  # the `token` coordinate in the capture file
     kind: str  # "word", "phrase", "span", "index", "eos", "pad" or "all-word"
     token_indices: list[int]  # text keys summed for this group (pad: the padding keys)
+    occurrence: int = 1  # which occurrence of its words (man#2: 2), to find it in another prompt
+
+
+@dataclass
+class Token:
+    """One text token of the cleaned prompt (the last one is EOS)."""
+
+    index: int
+    id: int
+    piece: str  # sentencepiece piece, "▁" marks a leading space
+    start: int  # character span in the cleaned prompt; EOS has start == end == len(text)
+    end: int
+    word: str = ""  # the word that owns it ("" for EOS and for pieces no word owns)
+    word_index: int = -1  # that word's position among the prompt's words (-1: none)
 
 
 # ---------------------------------------------------------------------------- words
@@ -215,8 +233,8 @@ def _unknown_text_error(sel: _Selection, words: list[Word]) -> UserError:
     )
 
 
-def _match_text(sel: _Selection, words: list[Word], text: str) -> tuple[list[Word], str]:
-    """The words a word/phrase selection names, and its canonical label."""
+def _match_text(sel: _Selection, words: list[Word], text: str) -> tuple[list[Word], str, int]:
+    """The words a word/phrase selection names, its canonical label and occurrence number."""
     starts = _occurrences(words, sel.words)
     if not starts:
         raise _unknown_text_error(sel, words)
@@ -229,7 +247,7 @@ def _match_text(sel: _Selection, words: list[Word], text: str) -> tuple[list[Wor
         )
     chosen = words[starts[n - 1] : starts[n - 1] + len(sel.words)]
     label = text[chosen[0].start : chosen[-1].end] + (f"#{n}" if n > 1 else "")
-    return chosen, label
+    return chosen, label, n
 
 
 def _match_span(sel: _Selection, words: list[Word], text: str) -> tuple[list[Word], str] | None:
@@ -260,22 +278,28 @@ def _no_span_error(sel: _Selection) -> UserError:
     )
 
 
-def _match_words(sel: _Selection, words: list[Word], text: str) -> tuple[list[Word], str, str]:
-    """Words, label and kind of a text or span selection."""
+def _match_words(sel: _Selection, words: list[Word], text: str) -> tuple[list[Word], str, str, int]:
+    """Words, label, kind and occurrence of a text or span selection (a span counts as 1:
+    in another prompt it is found by its words)."""
     if sel.what == "span":
         found = _match_span(sel, words, text)
         if found is not None:
-            return found[0], found[1], "span"
+            return found[0], found[1], "span", 1
         # No speech span: `speech` may be the plain word "speech".
         if sel.name == "speech" and _occurrences(words, ["speech"]):
             sel = _Selection(sel.raw, "text", words=["speech"], occurrence=sel.occurrence)
         else:
             raise _no_span_error(sel)
-    chosen, label = _match_text(sel, words, text)
-    return chosen, label, "word" if len(chosen) == 1 else "phrase"
+    chosen, label, n = _match_text(sel, words, text)
+    return chosen, label, "word" if len(chosen) == 1 else "phrase", n
 
 
-def check_selection(sel: str | int, text: str, *, text_len: int = 512) -> None:
+def is_index_selection(sel: str | int) -> bool:
+    """`#5`, `5`, `#3-6`: a selection by token index (checked once the prompt is tokenized)."""
+    return _parse_selection(sel).what == "index"
+
+
+def check_selection(sel: str | int, text: str, *, text_len: int = TEXT_LEN) -> None:
     """Raise the UserError `resolve_groups` would raise, from the text alone (before the
     tokenizer is loaded): unknown words, missing spans, occurrences, malformed indices.
     Index ranges are checked later, against the tokenized prompt."""
@@ -296,7 +320,7 @@ def _all_word_groups(words: list[Word]) -> list[TokenGroup]:
     for w in words:
         n = seen[w.text.lower()] = seen.get(w.text.lower(), 0) + 1
         if w.token_indices:  # a word swallowed by the previous piece has nothing of its own
-            groups.append(TokenGroup(w.text + (f"#{n}" if n > 1 else ""), "all-word", list(w.token_indices)))
+            groups.append(TokenGroup(w.text + (f"#{n}" if n > 1 else ""), "all-word", list(w.token_indices), n))
     return groups
 
 
@@ -314,7 +338,7 @@ def _add(merged: dict[str, TokenGroup], group: TokenGroup) -> None:
 
 
 def resolve_groups(
-    selections: Sequence[str | int], text: str, tokens: Sequence[Any], *, text_len: int = 512
+    selections: Sequence[str | int], text: str, tokens: Sequence[Any], *, text_len: int = TEXT_LEN
 ) -> list[TokenGroup]:
     """Turn the user's selections into token groups for the prompt `text` and its token
     table; the result ends with `<eos>` and `<pad>`. Raises UserError for selections that
@@ -339,13 +363,13 @@ def resolve_groups(
             label = f"#{sel.first}" if sel.first == sel.last else f"#{sel.first}-{sel.last}"
             _add(merged, TokenGroup(label, "index", list(range(sel.first, sel.last + 1))))
         else:
-            chosen, label, kind = _match_words(sel, words, text)
+            chosen, label, kind, occurrence = _match_words(sel, words, text)
             indices = _tokens_of_words(chosen, tokens)
             if not indices:
                 raise UserError(
                     f"'{sel.raw}' lies beyond the {text_len}-token limit, so the model never sees it; shorten the prompt or pick an earlier word"
                 )
-            _add(merged, TokenGroup(label, kind, indices))
+            _add(merged, TokenGroup(label, kind, indices, occurrence))
     _add(merged, TokenGroup(EOS_LABEL, "eos", [n - 1]))
     _add(merged, TokenGroup(PAD_LABEL, "pad", list(range(n, text_len))))
     return list(merged.values())
@@ -360,60 +384,102 @@ def group_words(group: TokenGroup, words: Sequence[Word]) -> list[str]:
 
 
 def group_for_other_text(
-    group: TokenGroup, group_words: list[str], text: str, tokens: Sequence[Any], *, text_len: int = 512
+    group: TokenGroup, group_words: list[str], text: str, tokens: Sequence[Any], *, text_len: int = TEXT_LEN
 ) -> TokenGroup | None:
     """The same group in another prompt (the negative prompt of the `uncond` branch),
-    found by its words and occurrence number. `<eos>` and `<pad>` always exist; a token
+    found by its words and its occurrence number (`group.occurrence`). `<eos>` and `<pad>` always exist; a token
     index group, or words the other text lacks, give None (the map stays NaN)."""
     n = len(tokens)
     if group.kind == "eos":
-        return TokenGroup(group.label, group.kind, [n - 1])
+        return replace(group, token_indices=[n - 1])
     if group.kind == "pad":
-        return TokenGroup(group.label, group.kind, list(range(n, text_len)))
+        return replace(group, token_indices=list(range(n, text_len)))
     if group.kind == "index" or not group_words:
         return None
-    occurrence = 1
-    m = _OCCURRENCE_RE.fullmatch(group.label)
-    if m and group.kind != "span":
-        occurrence = int(m.group(2))
     words = words_of(text, tokens)
     starts = _occurrences(words, group_words)
-    if len(starts) < occurrence:
+    if len(starts) < group.occurrence:
         return None
-    chosen = words[starts[occurrence - 1] : starts[occurrence - 1] + len(group_words)]
+    chosen = words[starts[group.occurrence - 1] : starts[group.occurrence - 1] + len(group_words)]
     indices = _tokens_of_words(chosen, tokens)
-    return TokenGroup(group.label, group.kind, indices) if indices else None
+    return replace(group, token_indices=indices) if indices else None
 
 
 # ---------------------------------------------------------------------------- the table
 
 
-def token_table_rows(text: str, tokens: Sequence[Any], groups: Sequence[TokenGroup]) -> list[dict]:
-    """One dict per token (EOS included) for `ovi-attn tokens` and the capture file's
-    token table: index, id, piece, text, word, word_index, start, end, groups."""
-    words = words_of(text, tokens)
-    owner = {i: w for w in words for i in w.token_indices}
-    hits: dict[int, list[str]] = {}
-    for g in groups:
-        for i in g.token_indices:
-            hits.setdefault(i, []).append(g.label)
-    rows = []
-    for tok in tokens:
-        w = owner.get(tok.index)
-        rows.append(
-            {
-                "index": tok.index,
-                "id": tok.id,
-                "piece": tok.piece,
-                "text": text[tok.start : tok.end],
-                "word": w.text if w else "",
-                "word_index": w.index if w else -1,
-                "start": tok.start,
-                "end": tok.end,
-                "groups": hits.get(tok.index, []),
-            }
-        )
-    return rows
+@dataclass
+class TokenTable:
+    """The one token table: the cleaned prompt, its tokens (EOS last) and the token groups.
+
+    Capture builds it with `TokenTable.of(text, tokens, selections)`; the reader from the
+    file's token variables. `find` resolves any selection (`man#1`, `#3-4`, `PARK`, an exact
+    label) to a group position, with the grammar capture used."""
+
+    text: str
+    tokens: list[Token]
+    groups: list[TokenGroup] = field(default_factory=list)
+    text_len: int = TEXT_LEN
+
+    @classmethod
+    def of(cls, text: str, tokens: Sequence[Any], selections: Sequence[str | int], *, text_len: int = TEXT_LEN) -> "TokenTable":
+        """The table of a tokenized prompt: each token gets the word that owns it, and the
+        selections become groups (ending with `<eos>` and `<pad>`)."""
+        groups = resolve_groups(selections, text, tokens, text_len=text_len)
+        owner = {i: w for w in words_of(text, tokens) for i in w.token_indices}
+        rows = [Token(t.index, t.id, t.piece, t.start, t.end, owner[t.index].text if t.index in owner else "",
+                      owner[t.index].index if t.index in owner else -1) for t in tokens]
+        return cls(text, rows, groups, text_len)
+
+    @property
+    def labels(self) -> list[str]:
+        return [g.label for g in self.groups]
+
+    def find(self, selector: str | int) -> int:
+        """Position of the group a selection names: its exact label, its label in any case,
+        or the captured group holding exactly the tokens the selection resolves to in this
+        prompt (`man#1` is `man`, `#4` is the word at token 4, `#3-4` a phrase over 3-4)."""
+        sel = str(selector).strip()
+        labels = self.labels
+        if sel in labels:
+            return labels.index(sel)
+        lower = [g.lower() for g in labels]
+        if sel.lower() in lower:
+            return lower.index(sel.lower())
+        wanted = self._resolve(selector)
+        if wanted is not None and wanted.label in labels:  # `man#1` -> man, `5` -> #5
+            return labels.index(wanted.label)
+        for i, g in enumerate(self.groups):
+            if wanted is not None and g.kind not in ("eos", "pad") and g.token_indices == wanted.token_indices:
+                return i
+        close = difflib.get_close_matches(sel, labels, n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        shown = ", ".join(repr(g) for g in labels[:40]) + (" ..." if len(labels) > 40 else "")
+        raise UserError(f"token '{sel}' was not captured{hint}; captured groups: {shown}.")
+
+    def _resolve(self, selector: str | int) -> TokenGroup | None:
+        """The group a selection makes in this prompt, or None (no prompt text, `all`, or a
+        selection that does not fit the prompt)."""
+        if not self.text or not self.tokens:
+            return None
+        try:
+            if _parse_selection(selector).what in ("all", "eos", "pad"):
+                return None
+            return resolve_groups([selector], self.text, self.tokens, text_len=max(self.text_len, len(self.tokens)))[0]
+        except UserError:
+            return None
+
+    def rows(self) -> list[dict]:
+        """One JSON-able dict per token (EOS included), for `ovi-attn tokens`, `info`, the viewer
+        and the API: index, id, piece, text, word, word_index, start, end, groups."""
+        hits: dict[int, list[str]] = {}
+        for g in self.groups:
+            if g.kind != "pad":
+                for i in g.token_indices:
+                    hits.setdefault(i, []).append(g.label)
+        return [{"index": t.index, "id": t.id, "piece": t.piece, "text": self.text[t.start:t.end], "word": t.word,
+                 "word_index": t.word_index, "start": t.start, "end": t.end, "groups": hits.get(t.index, [])}
+                for t in self.tokens]
 
 
 def render_token_table(rows: Sequence[dict], console: Any) -> None:

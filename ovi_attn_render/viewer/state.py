@@ -12,11 +12,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from ovi_attn_render.contract import selection
 from ovi_attn_render.views.video import NORMS
 
 BRANCH_CHOICES = ("cond", "uncond", "diff")
 REDUCE_CHOICES = ("mean", "max")
-_SPEC = re.compile(r"^[0-9,:\- ]{1,200}$")  # the selection grammar's alphabet (selection.parse_spec)
 _CMAP = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
 
 
@@ -70,8 +70,12 @@ def _spec(q: Mapping, name: str) -> str | None:
     v = _one(q, name)
     if v is None or v == "all":
         return None
-    if not _SPEC.fullmatch(v):
-        raise BadParameter(f"parameter {name}={v[:40]!r} is not a selection like 5, 10-19 or 0:30:2.")
+    if len(v) > 200:
+        raise BadParameter(f"parameter {name} is {len(v)} characters long; give a selection like 10-19.")
+    try:  # the syntax here (selection.py); the values against the file when the state is drawn
+        selection.parse(v)
+    except selection.SelectionError as bad:
+        raise BadParameter(f"parameter {name} is not a valid selection: {bad}") from None
     return v
 
 
