@@ -402,13 +402,16 @@ STEP_MAJOR_DIMS = ("branch", "step", "layer", "token", "head", "frame", "y", "x"
 
 def set_text_video_dims(dims: Sequence[str]) -> tuple[str, ...]:
     """Write or read text_video in another dimension order (a layout experiment): patches
-    format.MAP_DIMS, which the writer and the reader both follow. Returns the old order."""
-    from ovi_attn_render.contract import format as fmt
+    the map kinds registry, which the writer follows (the reader reads the order from the
+    file). Returns the old order."""
+    from dataclasses import replace
 
-    saved = fmt.MAP_DIMS["text_video"]
+    from ovi_attn_render.contract.kinds import MAP_KINDS
+
+    saved = MAP_KINDS["text_video"].dims
     if sorted(dims) != sorted(saved) or tuple(dims[-2:]) != ("y", "x"):
         raise BenchFailure(f"{dims} is not a permutation of {saved} ending in y, x")
-    fmt.MAP_DIMS["text_video"] = tuple(dims)
+    MAP_KINDS["text_video"] = replace(MAP_KINDS["text_video"], dims=tuple(dims))
     return saved
 
 

@@ -69,7 +69,8 @@ def encoding_error(path: str, spec: C.SyntheticSpec) -> float:
     with open_capture(path) as cap:
         for g in range(spec.groups):
             _, exact = C.expected_map(spec, g, spec.steps - 1, spec.layers - 1)
-            got = cap.text_video(g, steps=[spec.steps - 1], layers=[spec.layers - 1])[0, 0, 0]
+            got = cap.text_video(g, steps=[spec.steps - 1], layers=[spec.layers - 1]).isel(step=0, layer=0, head=0)
+            got = got.transpose("frame", "y", "x").values  # [F, h, w]
             worst = max(worst, float(np.abs(got - exact).max()))
     return worst
 

@@ -40,7 +40,8 @@ def check_readback(stats: C.WriteStats, spec: C.SyntheticSpec) -> float:
     with open_capture(stats.path) as cap:
         if cap.status != "complete" or cap.steps_done != spec.steps:
             raise C.BenchFailure(f"the written file is {cap.status} with {cap.steps_done} steps")
-        got = cap.text_video(0, steps=[spec.steps - 1], layers=[spec.layers - 1])[0, 0, 0]  # [F, h, w]
+        got = cap.text_video(0, steps=[spec.steps - 1], layers=[spec.layers - 1]).isel(step=0, layer=0, head=0)
+        got = got.transpose("frame", "y", "x").values  # [F, h, w]
     if not np.array_equal(got, expected):
         raise C.BenchFailure(f"read-back of the last map differs from what was written by "
                              f"{float(np.abs(got - expected).max())}")

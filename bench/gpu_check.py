@@ -306,17 +306,18 @@ def file_matches_copies(watch: _Watch) -> tuple[int, int]:
     import h5py
     import numpy as np
 
-    from ovi_attn_render.contract.format import MAP_DIMS, MAP_ENCODINGS, VALUE_DIMS, decode
+    from ovi_attn_render.contract.format import MAP_ENCODINGS, decode
+    from ovi_attn_render.contract.kinds import MAP_KINDS
 
     same = 0
     with h5py.File(watch.path, "r") as f:
         encoding = MAP_ENCODINGS[str(f.attrs["map_dtype"])]
         for (var, branch, step, layer), values in watch.copies.items():
-            file_dims = [d for d in MAP_DIMS[var] if d not in ("branch", "step", "layer")]
-            where = tuple({"branch": branch, "step": step, "layer": layer}.get(d, slice(None)) for d in MAP_DIMS[var])
+            file_dims = [d for d in MAP_KINDS[var].dims if d not in ("branch", "step", "layer")]
+            where = tuple({"branch": branch, "step": step, "layer": layer}.get(d, slice(None)) for d in MAP_KINDS[var].dims)
             attrs = f[var].attrs
             stored = decode(attrs, f[var][where])  # dims file_dims
-            expected = np.transpose(values, [VALUE_DIMS[var].index(d) for d in file_dims])
+            expected = np.transpose(values, [MAP_KINDS[var].value_dims.index(d) for d in file_dims])
             expected = decode(attrs, encoding.for_variable(var).encode(var, expected))  # as the writer stores it
             same += bool(np.array_equal(stored, expected, equal_nan=True))
     return same, len(watch.copies)

@@ -108,9 +108,9 @@ def steps_equal(path: Path, ref: Path, done: int) -> bool:
         for var in MAP_VARS:
             if var not in r:
                 continue
-            from ovi_attn_render.contract.format import MAP_DIMS
+            from ovi_attn_render.contract.kinds import MAP_KINDS
 
-            sl = (slice(None),) * MAP_DIMS[var].index("step") + (slice(0, done),)
+            sl = (slice(None),) * MAP_KINDS[var].dims.index("step") + (slice(0, done),)
             if not np.array_equal(f[var][sl], r[var][sl], equal_nan=True):
                 return False
     return True

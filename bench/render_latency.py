@@ -249,9 +249,9 @@ def compare_layout(spec: C.SyntheticSpec, cmds: list[Command], results: list[Res
 
 
 def MAP_DIMS_TEXT_VIDEO() -> tuple[str, ...]:  # noqa: N802 - reads like the constant it returns
-    from ovi_attn_render.contract.format import MAP_DIMS
+    from ovi_attn_render.contract.kinds import MAP_KINDS
 
-    return MAP_DIMS["text_video"]
+    return MAP_KINDS["text_video"].dims
 
 
 def profile(cmd: Command, top: int = 30) -> None:

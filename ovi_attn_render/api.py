@@ -26,7 +26,8 @@ import xarray as xr
 
 from ovi_attn_render.contract import reader
 from ovi_attn_render.common.errors import UserError
-from ovi_attn_render.contract.format import MAP_DESCRIPTIONS, latent_frame_of, pixel_frames_of
+from ovi_attn_render.contract.geometry import Geometry, latent_frame_of
+from ovi_attn_render.contract.kinds import MAP_KINDS
 from ovi_attn_render.contract.selection import resolve
 
 REDUCTIONS = ("mean", "max", None)  # over heads; None keeps the `head` dimension
@@ -46,7 +47,8 @@ class Capture:
 
     Attributes: path, status ('complete', 'running', ...), partial, groups (token-group names),
     tokens (the token table, one dict a text token), steps (readable sampler step numbers),
-    layers (captured block indices), heads, branches, kinds, attrs (every file attribute).
+    layers (captured block indices), heads, branches, kinds, attrs (every file attribute),
+    geometry (grid, decoded frames, latent frame of each decoded frame, audio time axis).
     """
 
     def __init__(self, file: reader.Capture):
@@ -80,6 +82,7 @@ class Capture:
     heads = property(lambda self: np.asarray(self.file.heads))
     grid = property(lambda self: tuple(self.file.grid))  # (latent frames, rows, cols) of the video tokens
     num_pixel_frames = property(lambda self: self.file.num_pixel_frames)
+    geometry = property(lambda self: self.file.geometry)  # Geometry: frames, grid, audio time axis
 
     @property
     def tokens(self) -> list[dict]:
@@ -95,7 +98,8 @@ class Capture:
         return self.file.latent_frame(pixel_frame)
 
     def pixel_frames_of(self, latent_frame: int) -> list[int]:
-        return [n for n in pixel_frames_of(int(latent_frame), self.file.stride) if n < self.num_pixel_frames]
+        """The decoded frames of latent frame `latent_frame` that the clip holds."""
+        return self.file.pixel_frames_of(latent_frame)
 
     # ----------------------------------------------------------------- decoded clip
     def frame(self, pixel_frame: int) -> xr.DataArray:
@@ -119,48 +123,42 @@ class Capture:
         frame: a decoded (pixel) frame; its latent frame is selected and the `frame` dim
         dropped (kept as coordinates `frame` and `pixel_frame`). renorm: divide by the mass
         on real tokens, 1 - <eos> - <pad>, so groups compare across maps whose padding differs."""
-        t = self.file.token_index(token)
-        latents = list(range(self.grid[0])) if frame is None else [self.latent_frame_of(frame)]
-        pos = self._positions(steps, layers, heads, branch)
-        read = lambda g: self.file.text_video(g, pos["step"], pos["layer"], pos["branch"], pos["head"], latents)
-        x = self._renormalised(read, t, renorm)  # [S, L, Hd, F', h, w]
-        da = self._array(x, ("step", "layer", "head", "frame", "y", "x"), pos, token, "text_video", reduce,
-                         frame=np.asarray(latents))
-        if frame is not None:
-            da = da.isel(frame=0).assign_coords(pixel_frame=int(frame))
-        return da
+        return self._maps("text_video", token, frame, steps, layers, heads, branch, reduce, renorm)
 
     def text_audio(self, token: str, steps=None, layers=None, heads=None, branch: str = "cond",
                    reduce: str | None = "mean", renorm: bool = False) -> xr.DataArray:
         """How much each audio token looks at one token group: (step, layer[, head], audio_time)."""
-        t = self.file.token_index(token)
-        pos = self._positions(steps, layers, heads, branch)
-        read = lambda g: self.file.text_audio(g, pos["step"], pos["layer"], pos["branch"], pos["head"])
-        x = self._renormalised(read, t, renorm)  # [S, L, Hd, La]
-        return self._array(x, ("step", "layer", "head", "audio_time"), pos, token, "text_audio", reduce)
+        return self._maps("text_audio", token, None, steps, layers, heads, branch, reduce, renorm)
 
-    def video_audio(self, steps=None, layers=None, heads=None, branch: str = "cond",
+    def video_audio(self, frame: int | None = None, steps=None, layers=None, heads=None, branch: str = "cond",
                     reduce: str | None = "mean") -> xr.DataArray:
         """Each latent frame's attention over the audio tokens: (step, layer[, head], frame, audio_time)."""
-        pos = self._positions(steps, layers, heads, branch)
-        x = self.file.video_audio(pos["step"], pos["layer"], pos["branch"], pos["head"])
-        return self._array(x, ("step", "layer", "head", "frame", "audio_time"), pos, None, "video_audio", reduce)
+        return self._maps("video_audio", None, frame, steps, layers, heads, branch, reduce)
 
-    def audio_video(self, steps=None, layers=None, heads=None, branch: str = "cond",
+    def audio_video(self, frame: int | None = None, steps=None, layers=None, heads=None, branch: str = "cond",
                     reduce: str | None = "mean") -> xr.DataArray:
         """Each audio token's attention mass per latent frame: (step, layer[, head], audio_time, frame)."""
-        pos = self._positions(steps, layers, heads, branch)
-        x = self.file.audio_video(pos["step"], pos["layer"], pos["branch"], pos["head"])
-        return self._array(x, ("step", "layer", "head", "audio_time", "frame"), pos, None, "audio_video", reduce)
+        return self._maps("audio_video", None, frame, steps, layers, heads, branch, reduce)
 
     def audio_video_spatial(self, frame: int | None = None, steps=None, layers=None, heads=None,
                             branch: str = "cond", reduce: str | None = "mean") -> xr.DataArray:
         """Where the audio looks in the video: (step, layer[, head], frame, y, x)."""
-        latents = list(range(self.grid[0])) if frame is None else [self.latent_frame_of(frame)]
+        return self._maps("audio_video_spatial", None, frame, steps, layers, heads, branch, reduce)
+
+    def _maps(self, var: str, token: str | None, frame: int | None, steps, layers, heads, branch: str,
+              reduce: str | None, renorm: bool = False) -> xr.DataArray:
+        """One kind's maps: selections (values) -> positions -> the reader's DataArray, renormalised,
+        in the API's dim order, reduced over heads; `frame` picks a decoded frame's latent frame."""
+        group = None if token is None else self.file.token_index(token)
+        latents = None if frame is None else [self.latent_frame_of(frame)]
         pos = self._positions(steps, layers, heads, branch)
-        x = self.file.audio_video_spatial(pos["step"], pos["layer"], pos["branch"], pos["head"], latents)
-        da = self._array(x, ("step", "layer", "head", "frame", "y", "x"), pos, None, "audio_video_spatial",
-                         reduce, frame=np.asarray(latents))
+        f = self.file
+
+        def read(g):
+            return f.to_dataarray(f.maps(var, g, pos["step"], pos["layer"], pos["branch"], pos["head"], latents))
+
+        x = read(None) if group is None else self._renormalised(read, group, renorm)
+        da = self._array(x, pos, token, var, reduce)
         if frame is not None:
             da = da.isel(frame=0).assign_coords(pixel_frame=int(frame))
         return da
@@ -182,13 +180,14 @@ class Capture:
         query_x, query_pixel_y, query_pixel_x). frame: a decoded frame, as for text_video."""
         qi = self.file.query_index(query, "video")
         q = self.file.tower_queries("video")[qi]
-        latents = list(range(self.grid[0])) if frame is None else [self.latent_frame_of(frame)]
+        latents = None if frame is None else [self.latent_frame_of(frame)]
         pos = self._positions(steps, layers, heads, branch)
-        x = self.file.video_self(qi, pos["step"], pos["layer"], pos["branch"], pos["head"], latents)
-        da = self._array(x, ("step", "layer", "head", "frame", "y", "x"), pos, None, "video_self", reduce,
-                         frame=np.asarray(latents), query=q.label, query_frame=q.pixel_frame,
-                         query_latent_frame=q.latent_frame, query_y=q.y, query_x=q.x,
-                         query_pixel_y=q.pixel_y, query_pixel_x=q.pixel_x)
+        f = self.file
+        x = f.to_dataarray(f.maps("video_self", None, pos["step"], pos["layer"], pos["branch"], pos["head"], latents,
+                                  query=qi))
+        da = self._query_coords(self._array(x, pos, None, "video_self", reduce), q)
+        da = da.assign_coords(query_frame=q.pixel_frame, query_latent_frame=q.latent_frame, query_y=q.y,
+                              query_x=q.x, query_pixel_y=q.pixel_y, query_pixel_x=q.pixel_x)
         if frame is not None:
             da = da.isel(frame=0).assign_coords(pixel_frame=int(frame))
         return da
@@ -199,9 +198,17 @@ class Capture:
         qi = self.file.query_index(query, "audio")
         q = self.file.tower_queries("audio")[qi]
         pos = self._positions(steps, layers, heads, branch)
-        x = self.file.audio_self(qi, pos["step"], pos["layer"], pos["branch"], pos["head"])
-        return self._array(x, ("step", "layer", "head", "audio_time"), pos, None, "audio_self", reduce,
-                           query=q.label, query_audio_time=q.audio_token, query_time=q.time)
+        f = self.file
+        x = f.to_dataarray(f.maps("audio_self", None, pos["step"], pos["layer"], pos["branch"], pos["head"],
+                                  query=qi))
+        da = self._query_coords(self._array(x, pos, None, "audio_self", reduce), q)
+        return da.assign_coords(query_audio_token=q.audio_token, query_time=q.time)
+
+    @staticmethod
+    def _query_coords(da: xr.DataArray, q) -> xr.DataArray:
+        """The file's query coordinates as the API names them: `query` is the label."""
+        names = [c for c in da.coords if c.startswith(("query_", "audio_query")) or c == "query"]
+        return da.drop_vars(names).assign_coords(query=q.label)
 
     def track(self, query: str, method: str = "soft", steps=-1, layers=None, branch: str = "cond") -> xr.DataArray:
         """The query's point track: (frame, axis) positions in token cells (axis y, x), from its
@@ -241,7 +248,7 @@ class Capture:
             "branch": f.branch_index(branch),
         }
 
-    def _renormalised(self, read, group: int, renorm: bool) -> np.ndarray:
+    def _renormalised(self, read, group: int, renorm: bool) -> xr.DataArray:
         x = read(group)
         if not renorm:
             return x
@@ -253,34 +260,27 @@ class Capture:
 
         return renormalised(x, read(kinds.index("eos")), read(kinds.index("pad")))
 
-    def _array(self, x: np.ndarray, dims: tuple[str, ...], pos: dict, token: str | None, kind: str,
-               reduce: str | None, **extra_coords) -> xr.DataArray:
+    def _array(self, da: xr.DataArray, pos: dict, token: str | None, kind: str, reduce: str | None) -> xr.DataArray:
+        """The reader's DataArray (dims and coordinates from the file) as the API hands it out:
+        the audio start times as `time`, the file's labels dropped, reduced over heads."""
         f = self.file
-        heads = list(range(len(f.heads))) if pos["head"] is None else pos["head"]
-        coords = {
-            "step": f.steps[pos["step"]],
-            "timestep": ("step", f.timesteps[pos["step"]]),
-            "sigma": ("step", f.sigmas[pos["step"]]),
-            "layer": f.layers[pos["layer"]],
-            "head": f.heads[heads],
-            **extra_coords,
-        }
-        if "audio_time" in dims:
-            coords["audio_time"] = np.arange(x.shape[dims.index("audio_time")])
-            coords["time"] = ("audio_time", coords["audio_time"] * f.samples_per_token / f.sample_rate)
-        if "frame" in dims and "frame" not in coords:
-            coords["frame"] = np.arange(x.shape[dims.index("frame")])
+        if "audio_time_seconds" in da.coords:
+            da = da.rename({"audio_time_seconds": "time"})
+        da = da.drop_vars([c for c in ("token_label", "token_kind", "branch_label") if c in da.coords])
+        da = da.transpose("step", "layer", "head", ...)  # the file's order of the rest (frame, y, x...)
         attrs = {"kind": kind, "branch": f.branches[pos["branch"]], "units": "1",
-                 "long_name": MAP_DESCRIPTIONS.get(kind, kind)}
+                 "long_name": MAP_KINDS[kind].description if kind in MAP_KINDS else kind}
         if token is not None:
             attrs["token"] = f.groups[f.token_index(token)]
-        da = xr.DataArray(x, dims=dims, coords=coords, name=kind, attrs=attrs)
+        da = da.rename(kind)
+        da.attrs = attrs
         if reduce not in REDUCTIONS:
             raise UserError(f"unknown reduce {reduce!r}; use 'mean' or 'max' over heads, or None to keep them.")
         if reduce is not None:
+            heads = da["head"].values
             da = (da.max("head", skipna=True) if reduce == "max" else da.mean("head", skipna=True))
             over = "every head (the capture stored their mean)" if f.heads_mode == "mean" else \
-                f"heads {', '.join(str(int(h)) for h in f.heads[heads])}"
+                f"heads {', '.join(str(int(h)) for h in heads)}"
             da.attrs = {**attrs, "heads": f"{reduce} over {over}"}
         return da
 
@@ -346,4 +346,4 @@ def _read_picture(path: str) -> np.ndarray:
     return np.asarray(iio.imread(path))[..., :3]  # [H, W, 3]
 
 
-__all__ = ["Capture", "open_capture", "render", "REDUCTIONS", "latent_frame_of"]
+__all__ = ["Capture", "Geometry", "open_capture", "render", "REDUCTIONS", "latent_frame_of"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ovi_attn_render.contract.format import DEFAULT_MAP_ENCODING, CaptureFileWriter, CaptureLayout
+from ovi_attn_render.contract.geometry import pixel_frame_count
 from ovi_attn_render.contract.token_groups import Token
 
 GREY = 128
@@ -61,7 +62,7 @@ def synthetic_layout(s: Synth) -> CaptureLayout:
         tokens.append(Token(i, 100 + i, "▁" + wd, pos, pos + len(wd), wd, i))
         pos += len(wd) + 1
     tokens.append(Token(len(words), 1, "</s>", len(text), len(text), "", -1))
-    T_pix = 1 + 4 * (F - 1)
+    T_pix = pixel_frame_count(F)
     La = s.audio_tokens
     return CaptureLayout(
         grid=s.grid, audio_tokens=La, steps=list(range(s.steps)), layers=list(s.layers), groups=groups,

@@ -34,7 +34,10 @@ def test_text_video_dims_and_coordinates_come_from_the_file(toy_run):
         assert m.dims == ("step", "layer", "frame", "y", "x")
         assert list(m.step.values) == list(cap.steps) and list(m.layer.values) == list(cap.layers)
         assert m.sizes["frame"] == cap.grid[0]
-        raw = cap.file.text_video(cap.file.token_index("red"))  # [S, L, Hd, F', h, w] positions
+        raw = cap.file.text_video(cap.file.token_index("red"))  # the reader's: the file's dims, less token
+        assert raw.dims == tuple(d for d in cap.file.map_dims["text_video"] if d not in ("branch", "token"))
+        assert str(raw.token_label.values) == "red" and list(raw.step.values) == list(cap.steps)
+        raw = raw.transpose("step", "layer", "head", "frame", "y", "x").values
         np.testing.assert_array_equal(m.values, raw[:, :, 0])
         one = cap.text_video("red", frame=8, steps=-1, layers=[1])
         assert one.dims == ("step", "layer", "y", "x") and int(one.frame) == 2 and int(one.pixel_frame) == 8

@@ -10,7 +10,7 @@ import pytest
 
 from ovi_attn_render.views import audio as av
 from ovi_attn_render.common.errors import UserError
-from ovi_attn_render.contract.format import pixel_frames_of
+from ovi_attn_render.contract.geometry import pixel_frames_of
 
 SR, SPT, FPS, STRIDE = 16000, 512, 24.0, 4
 F, LA = 31, 157  # Ovi 5 s clip: 121 pixel frames, 157 audio tokens

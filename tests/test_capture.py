@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ovi_attn_render.cli import main
-from ovi_attn_render.contract.format import MAP_DIMS
+from ovi_attn_render.contract.kinds import MAP_KINDS
 from ovi_attn_render.contract.reader import read_strings
 
 PROMPT = """\
@@ -161,7 +161,7 @@ def test_a_capture_killed_at_any_point_leaves_a_readable_partial_file(tmp_path):
             assert done >= target
             partial += status == "running"
             for var in ("text_video", "text_audio", "video_audio", "audio_video"):
-                step_axis = MAP_DIMS[var].index("step")
+                step_axis = MAP_KINDS[var].dims.index("step")
                 sl = (slice(None),) * step_axis + (slice(0, done),)
                 assert np.array_equal(f[var][sl], ref[var][sl], equal_nan=True), var
         import xarray as xr

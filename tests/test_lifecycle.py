@@ -11,7 +11,7 @@ import pytest
 from lifecycle_helpers import Proc, opens_everywhere, status_of, write_toy_prompt
 
 from ovi_attn_render.cli import main
-from ovi_attn_render.contract.format import MAP_DIMS
+from ovi_attn_render.contract.kinds import MAP_KINDS
 
 
 def _digest(path) -> str:
@@ -32,7 +32,7 @@ def reference(tmp_path_factory):
 def _same_steps(path, ref, done: int) -> None:
     with h5py.File(path, "r", locking=False) as f, h5py.File(ref, "r") as r:
         for var in ("text_video", "text_audio"):
-            sl = (slice(None),) * MAP_DIMS[var].index("step") + (slice(0, done),)
+            sl = (slice(None),) * MAP_KINDS[var].dims.index("step") + (slice(0, done),)
             assert np.array_equal(f[var][sl], r[var][sl], equal_nan=True), var
 
 

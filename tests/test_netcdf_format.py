@@ -15,12 +15,13 @@ import pytest
 from synthetic import Synth, synthetic_layout, write_synthetic
 from ovi_attn_render.cli import main
 from ovi_attn_render.common.errors import UserError
-from ovi_attn_render.contract.format import (DASK_CHUNKS, MAP_DIMS, MAP_ENCODINGS, CaptureFileWriter, decode,
+from ovi_attn_render.contract.format import (DASK_CHUNKS, MAP_ENCODINGS, CaptureFileWriter, decode,
                                     estimate_bytes)
+from ovi_attn_render.contract.kinds import MAP_KINDS
 from ovi_attn_render.contract.reader import open_capture, read_strings
 
 FORMAT1 = Path(__file__).parent / "data" / "format1_toy.h5"
-MAP_VARS = tuple(MAP_DIMS)
+MAP_VARS = tuple(MAP_KINDS)
 
 PROMPT = """\
 prompt: "a red circle moves left. <AUDCAP>the circle beeps<ENDAUDCAP>"
@@ -117,7 +118,8 @@ def test_xarray_default_engine_opens_it_with_coordinates(toy_capture):
         labelled = ds.swap_dims(token="token_label", branch="branch_label")
         got = labelled.text_video.sel(token_label="circle", branch_label="uncond").transpose("step", "layer", "head",
                                                                                            "frame", "y", "x")
-        np.testing.assert_array_equal(got.values, cap.text_video(cap.token_index("circle"), branch="uncond"))
+        mine = cap.text_video(cap.token_index("circle"), branch="uncond")
+        np.testing.assert_array_equal(got.values, mine.transpose(*got.dims).values)
         for name in ds.variables:
             ds[name].values  # every variable decodes
 
@@ -272,7 +274,7 @@ def test_dask_recipe_makes_one_token_at_one_frame_a_single_task(tmp_path):
             "branch": 1, "token": 1, "frame": 1, "step": 4, "layer": 3, "head": 1, "y": 8, "x": 8}
         one = tv.isel(branch=0, token=0, frame=1)  # what the steps GIF draws: [step, layer, head, y, x]
         assert one.data.npartitions == 1
-        np.testing.assert_array_equal(one.values, cap.text_video(0, frames=[1])[:, :, :, 0])
+        np.testing.assert_array_equal(one.values, cap.text_video(0, frames=[1]).isel(frame=0).transpose(*one.dims))
     with xr.open_dataset(path, chunks={}) as ds:  # the on-disk chunks: one task per map
         assert ds.text_video.isel(branch=0, token=0, frame=1).data.npartitions == 4 * 3
 
@@ -287,7 +289,8 @@ def test_format_1_fixture_still_reads_and_info_says_its_version(capsys):
         m = cap.text_video(cap.token_index("circle"), branch="uncond")
         with h5py.File(FORMAT1, "r", locking=False) as f:
             raw = f["text_video"][1, 0]  # float16 [frame, step, layer, head, y, x]
-        np.testing.assert_array_equal(m, raw.transpose(1, 2, 3, 0, 4, 5).astype(np.float32))
+        assert m.dims == ("frame", "step", "layer", "head", "y", "x")  # format 1's order, read from the file
+        np.testing.assert_array_equal(m.values, raw.astype(np.float32))
         assert cap.token_table()[2]["piece"] == "▁circle"
     assert main(["info", str(FORMAT1)]) == 0
     assert "version 1 (HDF5, float16 maps, no checksums)" in capsys.readouterr().out

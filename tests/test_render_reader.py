@@ -42,7 +42,10 @@ def test_token_index(run):
 
 def test_text_video_values_and_shape(run):
     with open_capture(run) as cap:
-        m = cap.text_video(0, steps=[1, 4, 5], layers=[0, 3], heads=[1], frames=[1])
+        da = cap.text_video(0, steps=[1, 4, 5], layers=[0, 3], heads=[1], frames=[1])
+        assert da.dims == ("frame", "step", "layer", "head", "y", "x")  # the file's order, token read
+        assert list(da.step.values) == [int(cap.steps[i]) for i in (1, 4, 5)] and list(da.frame.values) == [1]
+        m = da.transpose("step", "layer", "head", "frame", "y", "x").values
         assert m.shape == (3, 2, 1, 1, 8, 8) and m.dtype == np.float32
         assert np.allclose(m[:, :, 0, 0, 2, 5], np.array([hot_value(s) for s in (1, 4, 5)])[:, None])
         m[:, :, :, :, 2, 5] = BASE

@@ -21,7 +21,8 @@ from ovi_attn_render.views import draw
 
 from ovi_attn_render.views import video as views
 from ovi_attn_render.cli import main
-from ovi_attn_render.contract.format import MAP_DIMS, MAP_ENCODINGS, decode
+from ovi_attn_render.contract.format import MAP_ENCODINGS, decode
+from ovi_attn_render.contract.kinds import MAP_KINDS
 from ovi_attn_render.contract.reader import open_capture
 from ovi_attn_render.viewer.process import CHROMIUM, CHROMIUM_ARGS, ViewerProcess as Server
 
@@ -258,7 +259,7 @@ def _grow(partial, ref, steps_done: int) -> None:
     with h5py.File(partial, "r+", locking=False) as f, h5py.File(ref, "r") as r:
         for var in ("text_video", "text_audio", "video_audio", "audio_video", "audio_video_spatial"):
             if var in f:
-                axis = MAP_DIMS[var].index("step")
+                axis = MAP_KINDS[var].dims.index("step")
                 sl = (slice(None),) * axis + (slice(0, steps_done),)
                 f[var][sl] = r[var][sl]
         f.attrs["steps_done"] = steps_done

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.contract.geometry import PATCH, latent_size, pixel_frame_count, token_grid
 
 from ovi_attn_capture.sampling.generate import Texts
 from ovi_attn_capture.model import registry
@@ -42,13 +43,12 @@ class Components:
 
     @property
     def latent_size(self) -> tuple[int, int]:
-        return self.pixel_size[0] // 16, self.pixel_size[1] // 16
+        return latent_size(self.pixel_size)
 
     @property
     def video_grid(self) -> tuple[int, int, int]:
-        h, w = self.latent_size
-        p = self.model.video_model.patch_size if self.model.video_model is not None else (1, 2, 2)
-        return self.video_latent_frames, h // p[1], w // p[2]
+        p = self.model.video_model.patch_size if self.model.video_model is not None else PATCH
+        return token_grid(self.video_latent_frames, self.pixel_size, p)
 
     @property
     def video_latent_shape(self) -> tuple[int, int, int, int]:
@@ -60,7 +60,7 @@ class Components:
 
     @property
     def pixel_frames(self) -> int:
-        return 1 + 4 * (self.video_latent_frames - 1)
+        return pixel_frame_count(self.video_latent_frames)
 
     def clean(self, text: str) -> str:
         from ovi_attn_capture.components.text_encoder import clean_text

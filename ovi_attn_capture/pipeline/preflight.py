@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.contract.geometry import pixel_frame_count, token_grid
 
 from ovi_attn_capture.model import registry
 
@@ -69,9 +70,9 @@ def preflight_shapes(run, text=None) -> Shapes:
     frames, audio_tokens, area = facts.video_latent_frames, facts.audio_latents, facts.area
     H, W = _image_size(run, area) if run.mode == "i2v" else _pixel_size(run, area)
     p = video_config["patch_size"]
-    grid = (frames, H // 16 // p[1], W // 16 // p[2])
+    grid = token_grid(frames, (H, W), p)
     return Shapes(text if text is not None else tokenizer_for(run), formatted_prompt(run), grid, audio_tokens,
-                  video_config["num_heads"], video_config["num_layers"], 1 + 4 * (frames - 1), (H, W),
+                  video_config["num_heads"], video_config["num_layers"], pixel_frame_count(frames), (H, W),
                   audio.samples_per_latent, audio.sample_rate)
 
 

@@ -27,6 +27,8 @@ from typing import Any, Callable
 import yaml
 
 from ovi_attn_render.contract import selection
+from ovi_attn_render.contract.format import MAP_ENCODINGS
+from ovi_attn_render.contract.kinds import CAPTURE_KINDS
 from ovi_attn_render.contract.token_groups import TEXT_LEN, check_selection, clean_prompt_text
 from ovi_attn_render.common.errors import UserError
 
@@ -37,10 +39,10 @@ MODELS = tuple(registry.MODELS)  # every model fact lives in model/registry.py
 SOLVERS = ("unipc", "euler", "dpm++")
 MODES = ("t2v", "i2v")
 DTYPES = ("bfloat16", "float32")
-KINDS = ("text_video", "text_audio", "video_audio", "audio_video")  # == format.KIND_VARIABLES keys
+KINDS = CAPTURE_KINDS  # the map kinds registry's capture kinds
 BRANCHES = ("cond", "uncond", "both")
 HEADS = ("mean", "all")
-MAP_DTYPES = ("int16", "float32", "float32-deflate", "float16")  # == format.MAP_ENCODINGS keys
+MAP_DTYPES = tuple(MAP_ENCODINGS)  # the file format's map encodings
 
 VIDEO_NEGATIVE_PROMPT = "jitter, bad hands, blur, distortion"  # upstream yaml defaults
 AUDIO_NEGATIVE_PROMPT = "robotic, muffled, echo, distorted"

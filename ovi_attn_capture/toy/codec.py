@@ -22,16 +22,14 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ovi_attn_render.contract.geometry import PIXEL_FRAME_STRIDE, pixel_frames_of
+
 SUB = 4  # sub-cells per latent cell side: 16 px latent cell / 4 px sub-cell
 # Pixel statistics of the world (black background, a few bright objects), measured on 300
 # random clips: pooled pixels have mean -0.91 to -0.94 and std 0.24 to 0.33 per colour. One
 # scale for all colours keeps them comparable; latents come out with std ~0.8, objects at ~+5.
 VIDEO_MEAN = (-0.9, -0.9, -0.9)
 VIDEO_STD = (0.35, 0.35, 0.35)
-
-
-def pixel_frames_of(latent_frames: int) -> int:
-    return 1 + 4 * (latent_frames - 1)
 
 
 class VideoCodec:
@@ -62,7 +60,8 @@ class VideoCodec:
         """[..., T, H, W] pixel frames -> [..., F, H, W]: frame 0 alone, then means of 4."""
         first, rest = video[..., :1, :, :], video[..., 1:, :, :]
         *lead, t, h, w = rest.shape
-        rest = rest.reshape(*lead, t // 4, 4, h, w).mean(-3)
+        k = PIXEL_FRAME_STRIDE
+        rest = rest.reshape(*lead, t // k, k, h, w).mean(-3)
         return torch.cat([first, rest], -3)
 
     @torch.no_grad()
@@ -83,7 +82,7 @@ class VideoCodec:
         z = z.reshape(3, SUB, SUB, f, h, w).permute(0, 3, 4, 1, 5, 2).reshape(3, f, h * SUB, w * SUB)
         pooled = z * self.std.to(z) + self.mean.to(z)  # [3, F, H/4, W/4]
         frames = F.interpolate(pooled, scale_factor=SUB, mode="bilinear", align_corners=False)  # [3, F, H, W]
-        repeat = torch.tensor([1] + [4] * (f - 1), device=frames.device)
+        repeat = torch.tensor([len(pixel_frames_of(i)) for i in range(f)], device=frames.device)  # 1, 4, 4, ...
         return frames.repeat_interleave(repeat, dim=1).clamp(-1, 1)
 
 

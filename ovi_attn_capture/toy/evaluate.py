@@ -134,7 +134,8 @@ def score_file(path: str | Path, geometry: Geometry = Geometry()) -> FileScores:
             for word in (obj.shape, obj.colour):
                 if word not in cap.groups:
                     continue
-                maps = cap.text_video(cap.token_index(word))[:, :, 0]  # [S, L, F, h, w]
+                maps = cap.text_video(cap.token_index(word)).isel(head=0).transpose(
+                    "step", "layer", "frame", "y", "x").values  # [S, L, F, h, w]
                 out.video[word] = _score_video(cap, maps, masks, (h, w), geometry)
         if "video_self" in cap.variables():
             for obj in objects:
@@ -149,7 +150,8 @@ def score_file(path: str | Path, geometry: Geometry = Geometry()) -> FileScores:
                 if "beeps" not in obj.sounds or phrase not in cap.groups:
                     continue
                 truth = beep_latents(waveform, obj.shape)
-                maps = cap.text_audio(cap.token_index(phrase))[:, :, 0]  # [S, L, La]
+                maps = cap.text_audio(cap.token_index(phrase)).isel(head=0).transpose(
+                    "step", "layer", "audio_time").values  # [S, L, La]
                 peak = maps.argmax(-1)
                 out.audio[phrase] = {"hit": truth[peak].astype(float) if truth.any() else np.zeros(peak.shape),
                                      "chance": float(truth.mean()), "found": float(truth.any())}

@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-FRAMES = 17  # pixel frames: 1 + 4 * (5 latent frames - 1)
+from ovi_attn_render.contract.geometry import pixel_frame_count
+
+LATENT_FRAMES = 5
+FRAMES = pixel_frame_count(LATENT_FRAMES)  # 17 pixel frames
 FPS = 24
 AUDIO_LATENTS = 22  # 22 * 512 samples at 16 kHz = 0.704 s
 SAMPLE_RATE = 16000

@@ -30,6 +30,8 @@ from typing import Sequence
 import h5py
 import numpy as np
 
+from ovi_attn_render.contract.geometry import PIXEL_FRAME_STRIDE, audio_token_seconds, latent_frame_of
+from ovi_attn_render.contract.kinds import MAP_KINDS, SELF_KINDS, variables_of
 from ovi_attn_render.contract.liveness import process_start_ticks
 from ovi_attn_render.contract.queries import PlacedQuery
 from ovi_attn_render.contract.token_groups import Token
@@ -39,68 +41,9 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # format 1: float16/float32 maps, string coordinates, no checksums
 CONVENTIONS = "CF-1.11"
 
-# Kinds of map and the dimensions of their variables, outermost first. One token's maps
-# at one latent frame come first (token, frame outside step and layer) so that render's
-# commonest read, a token at a frame across steps and layers, walks adjacent chunks of
-# HDF5's chunk index instead of one index node per map.
-MAP_DIMS: dict[str, tuple[str, ...]] = {
-    "text_video": ("branch", "token", "frame", "step", "layer", "head", "y", "x"),
-    "text_audio": ("branch", "token", "step", "layer", "head", "audio_time"),
-    "video_audio": ("branch", "step", "layer", "head", "frame", "audio_time"),
-    "audio_video": ("branch", "step", "layer", "head", "audio_time", "frame"),
-    "audio_video_spatial": ("branch", "frame", "step", "layer", "head", "y", "x"),
-    # Self-attention of query points: one chunk holds one query's map over the whole clip.
-    "video_self": ("branch", "query", "step", "layer", "head", "frame", "y", "x"),
-    "audio_self": ("branch", "audio_query", "step", "layer", "head", "audio_time"),
-}
-# The dims of the values capture hands to `write_map` for one (branch, step, layer).
-VALUE_DIMS: dict[str, tuple[str, ...]] = {
-    "text_video": ("token", "head", "frame", "y", "x"),
-    "text_audio": ("token", "head", "audio_time"),
-    "video_audio": ("head", "frame", "audio_time"),
-    "audio_video": ("head", "audio_time", "frame"),
-    "audio_video_spatial": ("head", "frame", "y", "x"),
-    "video_self": ("query", "head", "frame", "y", "x"),
-    "audio_self": ("audio_query", "head", "audio_time"),
-}
-# Capture kinds as users name them -> the variables each one writes.
-KIND_VARIABLES: dict[str, tuple[str, ...]] = {
-    "text_video": ("text_video",),
-    "text_audio": ("text_audio",),
-    "video_audio": ("video_audio",),
-    "audio_video": ("audio_video", "audio_video_spatial"),
-}
-# Self-attention kinds: written when the prompt file lists query points of their tower
-# (`queries:`), not chosen through capture.kinds. Kind -> (its variable, the tower).
-SELF_KINDS: dict[str, str] = {"video_self": "video", "audio_self": "audio"}
-# How many trailing dims one chunk spans (the rest are 1 per chunk).
-_CHUNK_TRAILING = {  # after moving token/frame outwards, a chunk is still one 2-D map
-    "text_video": 2,
-    "text_audio": 1,
-    "video_audio": 2,
-    "audio_video": 2,
-    "audio_video_spatial": 2,
-    "video_self": 3,  # a query's map over all latent frames: what --view query and track read
-    "audio_self": 1,
-}
-MAP_DESCRIPTIONS = {
-    "text_video": "softmax probability each video token puts on the token group (sum over the group's keys)",
-    "text_audio": "softmax probability each audio token puts on the token group",
-    "video_audio": "for each video latent frame, its attention over audio tokens (mean over the frame's spatial tokens)",
-    "audio_video": "for each audio token, its attention mass on each video latent frame (sum over spatial tokens)",
-    "audio_video_spatial": "where the audio looks: attention of all audio tokens summed, per video token",
-    "video_self": "video self-attention of the query point: its softmax probability on every video token",
-    "audio_self": "audio self-attention of the query time: its softmax probability on every audio token",
-}
 BRANCHES = ("cond", "uncond")
 HEAD_MEAN = -1  # the `head` coordinate value of a head-mean map
-
-# Largest value a map variable can hold: probabilities are <= 1, but the spatial fusion map
-# sums the attention of all audio tokens (up to La), so it has no fixed range to pack into.
-MAP_VALUE_MAX: dict[str, float | None] = {
-    "text_video": 1.0, "text_audio": 1.0, "video_audio": 1.0, "audio_video": 1.0, "audio_video_spatial": None,
-    "video_self": 1.0, "audio_self": 1.0,
-}
+# Map variables, their dims and meaning: contract/kinds.py (MAP_KINDS).
 
 
 @dataclass(frozen=True)
@@ -123,7 +66,7 @@ class MapEncoding:
 
     def for_variable(self, var: str) -> "MapEncoding":
         """A packed encoding falls back to float32 for a variable without a fixed range."""
-        if self.packed and MAP_VALUE_MAX[var] is None:
+        if self.packed and MAP_KINDS[var].value_max is None:
             return MAP_ENCODINGS["float32"]
         return self
 
@@ -134,7 +77,7 @@ class MapEncoding:
 
     def scale_factor(self, var: str) -> np.float32:
         # 65535 levels span [0, max]: absolute error <= scale / 2 = 7.6e-6 for probabilities
-        return np.float32(MAP_VALUE_MAX[var] / 65534)
+        return np.float32(MAP_KINDS[var].value_max / 65534)
 
     def add_offset(self, var: str) -> np.float32:
         # -(scale * -32767) exactly, so code -32767 decodes to exactly 0 in float32 (no -1e-9)
@@ -200,7 +143,7 @@ class CaptureLayout:
     group_kinds: Sequence[str]  # "word", "phrase", "span", "index", "eos", "pad"
     group_members: np.ndarray  # [G, T] uint8, 1 where text token t is in group g (cond prompt)
     tokens: Sequence[Token]  # the positive prompt's token table (token_groups.TokenTable.tokens)
-    kinds: Sequence[str]  # capture kinds (keys of KIND_VARIABLES)
+    kinds: Sequence[str]  # capture kinds (kinds.CAPTURE_KINDS)
     branches: Sequence[str] = ("cond",)
     heads: int = 1  # 1 for head-mean, else the number of heads kept
     map_dtype: str = DEFAULT_MAP_ENCODING  # a key of MAP_ENCODINGS
@@ -228,24 +171,9 @@ class CaptureLayout:
         return [k for k, tower in SELF_KINDS.items() if self.tower_queries(tower)]
 
 
-def latent_frame_of(pixel_frame: int | np.ndarray, stride: int = 4):
-    """Latent frame of a decoded pixel frame: the causal VAE keeps frame 0 alone, then
-    packs `stride` frames per latent frame (1..4 -> 1, 5..8 -> 2, ...)."""
-    n = np.asarray(pixel_frame)
-    out = np.where(n <= 0, 0, (n + stride - 1) // stride)
-    return int(out) if np.ndim(out) == 0 else out
-
-
-def pixel_frames_of(latent_frame: int, stride: int = 4) -> range:
-    """The decoded pixel frames a latent frame covers (0 -> [0], f -> 4f-3 .. 4f)."""
-    if latent_frame == 0:
-        return range(0, 1)
-    return range(stride * latent_frame - stride + 1, stride * latent_frame + 1)
-
-
 def map_shape(var: str, layout: CaptureLayout) -> tuple[int, ...]:
     sizes = dimension_sizes(layout)
-    return tuple(sizes[d] for d in MAP_DIMS[var])
+    return tuple(sizes[d] for d in MAP_KINDS[var].dims)
 
 
 def dimension_sizes(layout: CaptureLayout) -> dict[str, int]:
@@ -272,7 +200,7 @@ def dimension_sizes(layout: CaptureLayout) -> dict[str, int]:
 
 
 def chunk_shape(var: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    k = _CHUNK_TRAILING[var]
+    k = MAP_KINDS[var].chunk_trailing
     return (1,) * (len(shape) - k) + tuple(max(1, s) for s in shape[-k:])
 
 
@@ -305,12 +233,12 @@ def map_encoding(layout: CaptureLayout, var: str) -> MapEncoding:
 
 def big_variables(L: CaptureLayout) -> list[BigVariable]:
     out = []
-    for var in [v for kind in L.kinds for v in KIND_VARIABLES[kind]] + L.self_kinds:
+    for var in [v for kind in list(L.kinds) + L.self_kinds for v in variables_of(kind)]:
         shape = map_shape(var, L)
         if 0 in shape:
             continue
         enc = map_encoding(L, var)
-        out.append(BigVariable(var, MAP_DIMS[var], shape, chunk_shape(var, shape), enc.dtype, enc.deflate,
+        out.append(BigVariable(var, MAP_KINDS[var].dims, shape, chunk_shape(var, shape), enc.dtype, enc.deflate,
                                L.checksums, enc.fill, enc.fixed_size, _map_attrs(var, enc)))
     if L.video_frames:
         H, W = L.video_size
@@ -351,9 +279,9 @@ def estimate_bytes(layout: CaptureLayout) -> int:
 
 
 def _map_attrs(var: str, enc: MapEncoding) -> dict:
-    dims = MAP_DIMS[var]
+    dims = MAP_KINDS[var].dims
     aux = [c for d, cs in _AUX_COORDS.items() if d in dims for c in cs]
-    return {"long_name": MAP_DESCRIPTIONS[var], "units": "1", "coordinates": " ".join(aux),
+    return {"long_name": MAP_KINDS[var].description, "units": "1", "coordinates": " ".join(aux),
             "encoding": enc.name} | enc.attrs(var)
 
 
@@ -514,7 +442,7 @@ class CaptureFileWriter:
         f.attrs["audio_sample_rate"] = L.audio_sample_rate
         f.attrs["audio_samples_per_token"] = L.audio_samples_per_token
         f.attrs["fps"] = L.fps
-        f.attrs["pixel_frame_stride"] = 4
+        f.attrs["pixel_frame_stride"] = PIXEL_FRAME_STRIDE
         f.attrs["heads"] = "mean" if L.heads == 1 else "all"
         f.attrs["kinds"] = ",".join(list(L.kinds) + L.self_kinds)
         f.attrs["map_dtype"] = L.map_dtype
@@ -556,7 +484,7 @@ class CaptureFileWriter:
                   data=np.asarray(L.group_members, dtype=np.uint8).reshape(len(L.groups), len(L.tokens)),
                   attrs={"long_name": "1 where the text token belongs to the group", **one})
         self._var("audio_time_seconds", ["audio_time"],
-                  data=np.arange(L.audio_tokens) * L.audio_samples_per_token / L.audio_sample_rate,
+                  data=audio_token_seconds(L.audio_tokens, L.audio_samples_per_token, L.audio_sample_rate),
                   attrs={"long_name": "start time of the audio token", "units": "s"})
 
         # Token table of the positive prompt.
@@ -634,12 +562,13 @@ class CaptureFileWriter:
     def write_map(self, var: str, branch: int, step: int, layer: int, values: np.ndarray) -> None:
         """Write all maps of one (branch, captured step index, captured layer index).
 
-        values has dims VALUE_DIMS[var], e.g. text_video: [G, heads, F, h, w], float
+        values has dims MAP_KINDS[var].value_dims, e.g. text_video: [G, heads, F, h, w], float
         probabilities with NaN where never computed; they are stored in the layout's encoding."""
-        file_dims = [d for d in MAP_DIMS[var] if d not in ("branch", "step", "layer")]
-        values = np.transpose(values, [VALUE_DIMS[var].index(d) for d in file_dims])
+        kind = MAP_KINDS[var]
+        file_dims = [d for d in kind.dims if d not in ("branch", "step", "layer")]
+        values = np.transpose(values, [kind.value_dims.index(d) for d in file_dims])
         values = map_encoding(self.layout, var).encode(var, values)
-        where = tuple({"branch": branch, "step": step, "layer": layer}.get(d, slice(None)) for d in MAP_DIMS[var])
+        where = tuple({"branch": branch, "step": step, "layer": layer}.get(d, slice(None)) for d in kind.dims)
         self.f[var][where] = values
 
     def set_timestep(self, step: int, timestep: float, sigma: float) -> None:

@@ -1,4 +1,10 @@
-"""Read a capture file (format versions 1 and 2, see docs/FORMAT.md) without torch or xarray.
+"""Read a capture file (format versions 1 and 2, see docs/FORMAT.md) without torch.
+
+Maps come back as xarray DataArrays in named dimensions: their dims are the names of the
+dimension scales the file attaches to the variable (netCDF-4's dims), their coordinates
+the file's coordinate variables (step values, layer indices, heads, frames...) and the
+auxiliary coordinates the variable's CF `coordinates` attribute lists (token_label,
+timestep, sigma, audio_time_seconds...), so callers select by name, never by axis number.
 
 Everything here reads lazily: opening a file touches only its attributes and small
 coordinate arrays; map reads are h5py hyperslabs over exactly the chunks asked for (one
@@ -13,19 +19,30 @@ import difflib
 import functools
 import json
 import os
+import warnings
+from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Sequence
 
 import h5py
 import numpy as np
 
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from ovi_attn_render.common.errors import UserError
-from ovi_attn_render.contract.format import BRANCHES, FORMAT_NAME, FORMAT_VERSION, MAP_DIMS, READABLE_VERSIONS, decode, latent_frame_of
+from ovi_attn_render.contract.format import BRANCHES, FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS, decode
+from ovi_attn_render.contract.geometry import (Geometry, latent_frame_of, pixel_frame_count, pixel_frames_of,
+                                               token_cell_pixels)
+from ovi_attn_render.contract.kinds import MAP_KINDS, capture_kind_of
 from ovi_attn_render.contract.liveness import describe_writer
 from ovi_attn_render.contract.queries import PlacedQuery
 from ovi_attn_render.contract.selection import describe_values
 from ovi_attn_render.contract.token_groups import TEXT_LEN, Token, TokenGroup, TokenTable
+
+
+if TYPE_CHECKING:
+    import xarray as xr  # imported where maps are read: `info` and the viewer's start need not pay for it
 
 
 class Damaged(ValueError):
@@ -96,6 +113,53 @@ def read_hyperslab(ds: h5py.Dataset, sels: Sequence[Sequence[int]]) -> np.ndarra
     return decode(ds.attrs, ds[tuple(picks)])
 
 
+@dataclass(frozen=True)
+class Maps:
+    """Maps read from the file with their dims named as the file names them: what the views
+    select and reduce by name (`m.reduce("head", "mean")`, `m.order("step", "y", "x")`)
+    without xarray's import on the CLI's path. `Capture.to_dataarray` turns them into an
+    xarray DataArray with the file's coordinates (the reader's text_video & co. and the API)."""
+
+    values: np.ndarray  # float32, NaN where never computed
+    dims: tuple[str, ...]
+    var: str  # the map variable read
+    picks: dict  # dim -> the positions read (branch and token included)
+
+    def reduce(self, dim: str, how: str) -> "Maps":
+        """nanmean (or nanmax for how="max") over `dim`: maps never computed are skipped."""
+        f = np.nanmax if how == "max" else np.nanmean
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices stay NaN
+            values = f(self.values, axis=self.dims.index(dim))
+        return replace(self, values=values, dims=tuple(d for d in self.dims if d != dim))
+
+    def with_values(self, values: np.ndarray) -> "Maps":
+        """The same dims holding other values (e.g. renormalised maps)."""
+        return replace(self, values=np.asarray(values))
+
+    def order(self, *dims: str) -> np.ndarray:
+        """The values with their dims in the order named (every dim named once)."""
+        if sorted(dims) != sorted(self.dims):
+            raise ValueError(f"order {dims} names other dims than {self.dims}")
+        return np.transpose(self.values, [self.dims.index(d) for d in dims])
+
+
+def _is_bare_dim(ds: h5py.Dataset) -> bool:
+    """A netCDF dimension without a coordinate variable (netCDF-4 marks its scale so)."""
+    return _text(ds.attrs.get("NAME", b"")).startswith("This is a netCDF dimension but not a netCDF variable")
+
+
+def _dims_of(ds: h5py.Dataset, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The names of a variable's dims from the dimension scales attached to it (netCDF-4's
+    dims); `default` for a file without them."""
+    names = []
+    for axis in ds.dims:
+        if len(axis) == 0:
+            return default
+        names.append(axis[0].name.rsplit("/", 1)[-1])
+    return tuple(names)
+
+
 class Capture:
     """An open capture file. Use `open_capture(path)`; close it or use `with`."""
 
@@ -129,11 +193,51 @@ class Capture:
         self.sample_rate: int = _scalar(self.attrs, "audio_sample_rate", default=16000, minimum=1)
         self.samples_per_token: int = _scalar(self.attrs, "audio_samples_per_token", default=512, minimum=1)
         F = self.grid[0]
-        self.num_pixel_frames: int = int(f["video"].shape[0]) if self.has_video else 1 + self.stride * (F - 1)
+        self.num_pixel_frames: int = int(f["video"].shape[0]) if self.has_video else pixel_frame_count(F, self.stride)
+        self.latent_frame_of_pixel: np.ndarray = self._latent_frame_table()  # [T] int64
         # The decoded clip is written after the last step; before that it is all zeros.
         self.clip_written: bool = self.status == "complete"
         self.queries: list[PlacedQuery] = _read_queries(f)  # video queries first, then audio ones
+        # Each map variable's dims, outermost first, as the file's dimension scales name them.
+        self.map_dims: dict[str, tuple[str, ...]] = {v: _dims_of(f[v], MAP_KINDS[v].dims) for v in self.variables()}
         self._check_shapes()
+
+    @cached_property
+    def coords(self) -> dict[str, tuple[str, np.ndarray]]:
+        """name -> (its dim, values): the 1-D coordinates of the maps' dims, from the file
+        (read at the first map read): each dim's coordinate variable (none for a bare dim
+        such as `token`), then the auxiliary coordinates the maps' CF `coordinates`
+        attributes list (labels, timestep, sigma, audio_time_seconds)."""
+        f, out = self.f, {}
+        dims = {d for v in self.variables() for d in self.map_dims[v]}
+        for d in sorted(dims):
+            if d in f and not _is_bare_dim(f[d]):
+                data = f[d][...]
+                out[d] = (d, np.asarray(read_strings(f[d]) if data.dtype.kind in ("S", "O") else data))
+        listed = {c for v in self.variables() for c in _text(f[v].attrs.get("coordinates", "")).split()}
+        for c in sorted(listed):
+            if c in f and c not in out:
+                ds = f[c]
+                dim = _dims_of(ds, ())[:1]
+                if dim and dim[0] in dims:
+                    data = ds[...]
+                    out[c] = (dim[0], np.asarray(read_strings(ds) if data.dtype.kind == "S" else data))
+        return out
+
+    def _latent_frame_table(self) -> np.ndarray:
+        """[T] the latent frame of each decoded frame, as the file stores it (computed from the
+        stride for files without decoded video), checked: from 0, never falling, within the grid."""
+        T, F = self.num_pixel_frames, self.grid[0]
+        if "latent_frame_of_pixel" not in self.f:
+            return np.asarray(latent_frame_of(np.arange(T), self.stride), np.int64).reshape(T)
+        table = np.asarray(self.f["latent_frame_of_pixel"][...])
+        if table.shape != (T,) or table.dtype.kind not in ("i", "u"):
+            raise Damaged(f"latent_frame_of_pixel has shape {table.shape} and type {table.dtype}, not {T} whole "
+                          f"numbers (one per decoded frame)")
+        table = table.astype(np.int64)
+        if T and (table[0] != 0 or (np.diff(table) < 0).any() or table.max() >= F):
+            raise Damaged(f"latent_frame_of_pixel should rise from 0 to at most {F - 1}, not {table.tolist()}"[:200])
+        return table
 
     def _check_shapes(self) -> None:
         """Every map variable's shape must match the coordinates and the grid it is read by."""
@@ -143,7 +247,10 @@ class Capture:
                  "audio_time": self.audio_tokens, "query": len(self.tower_queries("video")),
                  "audio_query": len(self.tower_queries("audio"))}
         for var in self.variables():
-            want = tuple(sizes[d] for d in MAP_DIMS[var])
+            dims = self.map_dims[var]
+            if sorted(dims) != sorted(MAP_KINDS[var].dims):
+                raise Damaged(f"{var} has dims {dims}, not {MAP_KINDS[var].dims} in some order")
+            want = tuple(sizes.get(d, n) for d, n in zip(dims, self.f[var].shape))  # a new kind's own dims: as stored
             if tuple(self.f[var].shape) != want:
                 raise Damaged(f"{var} has shape {tuple(self.f[var].shape)}, but its coordinates and video_grid "
                               f"say {want}")
@@ -156,6 +263,12 @@ class Capture:
         if self.status != "running":
             return self.status
         return describe_writer(self.attrs)[1]
+
+    @property
+    def geometry(self) -> Geometry:
+        """How decoded frames, latent frames, video tokens and audio tokens line up."""
+        return Geometry(self.grid, self.num_pixel_frames, self.frame_size, self.fps, self.stride, self.audio_tokens,
+                        self.sample_rate, self.samples_per_token, self.latent_frame_of_pixel)
 
     # ----------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -175,8 +288,7 @@ class Capture:
         return self.steps[: self.steps_done]
 
     def variables(self) -> list[str]:
-        return [v for v in ("text_video", "text_audio", "video_audio", "audio_video", "audio_video_spatial",
-                            "video_self", "audio_self") if v in self.f]
+        return [v for v in MAP_KINDS if v in self.f]
 
     def tower_queries(self, tower: str) -> list[PlacedQuery]:
         return [q for q in self.queries if q.tower == tower]
@@ -223,7 +335,16 @@ class Capture:
         return n
 
     def latent_frame(self, pixel_frame: int) -> int:
-        return int(latent_frame_of(self.check_frame(pixel_frame), self.stride))
+        """The latent frame holding decoded frame `pixel_frame` (the file's latent_frame_of_pixel)."""
+        return int(self.latent_frame_of_pixel[self.check_frame(pixel_frame)])
+
+    def latent_frames_of(self, pixel_frames) -> list[int]:
+        """The latent frames holding some decoded frames, ascending, each once."""
+        return sorted({self.latent_frame(n) for n in pixel_frames})
+
+    def pixel_frames_of(self, latent_frame: int) -> list[int]:
+        """The decoded frames of a latent frame that the clip holds."""
+        return [n for n in pixel_frames_of(int(latent_frame), self.stride) if n < self.num_pixel_frames]
 
     def frame(self, pixel_frame: int) -> np.ndarray:
         """Decoded frame n as uint8 [H, W, 3] (one chunk read)."""
@@ -237,10 +358,11 @@ class Capture:
 
     @property
     def frame_size(self) -> tuple[int, int]:
-        """(H, W) of decoded frames; without video, 32 pixels per token cell."""
+        """(H, W) of decoded frames; without video, the pixels the token grid stands for."""
         if self.has_video:
             return tuple(int(s) for s in self.f["video"].shape[1:3])
-        return self.grid[1] * 32, self.grid[2] * 32
+        cell = token_cell_pixels()
+        return self.grid[1] * cell[0], self.grid[2] * cell[1]
 
     def waveform(self) -> np.ndarray:
         if not self.has_audio:
@@ -280,7 +402,7 @@ class Capture:
     # ----------------------------------------------------------------- maps
     def _need(self, var: str) -> h5py.Dataset:
         if var not in self.f:
-            kind = "audio_video" if var.startswith("audio_video") else var
+            kind = capture_kind_of(var)
             raise UserError(f"this capture has no {var} maps (captured kinds: {', '.join(self.kinds) or 'none'}); "
                             f"capture again with kinds including {kind}.")
         return self.f[var]
@@ -300,9 +422,9 @@ class Capture:
 
     def _read(self, var: str, picks: dict, out_dims: tuple[str, ...]) -> np.ndarray:
         """Read `var` at the positions `picks[dim]` (every dim of the file listed), returned
-        with its dims in `out_dims` order: the file's dim order is format.MAP_DIMS'."""
+        with its dims in `out_dims` order (the file's own order is `map_dims[var]`)."""
         ds = self._need(var)
-        file_dims = MAP_DIMS[var]
+        file_dims = self.map_dims[var]
         try:
             data = read_hyperslab(ds, [picks[d] for d in file_dims])
         except OSError as e:
@@ -324,7 +446,7 @@ class Capture:
         import itertools
 
         ds = self.f[var]
-        dims = MAP_DIMS[var]
+        dims = self.map_dims[var]
         lead = [d for d, c in zip(dims, ds.chunks) if c == 1]  # one position per chunk
         for pos in itertools.product(*[picks[d] for d in lead]):
             at = dict(zip(lead, pos))
@@ -358,54 +480,73 @@ class Capture:
     def _frames(self, frames) -> list[int]:
         return list(range(self.grid[0])) if frames is None else [int(x) for x in frames]
 
-    def text_video(self, token: int, steps=None, layers=None, branch=0, heads=None, frames=None) -> np.ndarray:
-        """[S, L, Hd, F', h, w] float32: one token's video maps (positions, not values)."""
-        F, h, w = self.grid
+    def maps(self, var: str, token: int | None = None, steps=None, layers=None, branch=0, heads=None,
+             frames=None, query: int | None = None) -> Maps:
+        """`var`'s maps at positions (not values) per dim, float32, in the file's dim order less
+        branch, token and query (one of each is read). None selects everything readable."""
+        if token is None and "token" in MAP_KINDS[var].dims:
+            raise ValueError(f"{var} maps are per token group: give the group's position")
+        query_dim = next((d for d in ("query", "audio_query") if d in MAP_KINDS[var].dims), None)
+        if query is None and query_dim is not None:
+            raise ValueError(f"{var} maps are per query point: give the query's position")
+        h_, w_ = self.grid[1:]
         picks = self._picks(steps, layers, branch, heads) | {
-            "token": [int(token)], "frame": self._frames(frames), "y": list(range(h)), "x": list(range(w))}
-        out = self._read("text_video", picks, ("branch", "token", "step", "layer", "head", "frame", "y", "x"))
-        return out[0, 0]
+            "token": [0 if token is None else int(token)], "frame": self._frames(frames), "y": list(range(h_)), "x": list(range(w_)),
+            "audio_time": list(range(self.audio_tokens))}
+        if query_dim is not None:
+            picks[query_dim] = [int(query)]
+        dims = self.map_dims[var] if var in self.map_dims else MAP_KINDS[var].dims
+        if var in self.f:  # a dim of a newer kind (a self-attention `query`, say): all of it
+            picks |= {d: list(range(n)) for d, n in zip(dims, self.f[var].shape) if d not in picks}
+        data = self._read(var, picks, dims)
+        one = ("branch", "token", "query", "audio_query")  # one of each is read: dropped
+        lead = tuple(i for i, d in enumerate(dims) if d in one)
+        kept = tuple(d for d in dims if d not in one)
+        return Maps(data.reshape([n for i, n in enumerate(data.shape) if i not in lead]), kept, var,
+                    {d: picks[d] for d in dims})
 
-    def text_audio(self, token: int, steps=None, layers=None, branch=0, heads=None) -> np.ndarray:
-        """[S, L, Hd, La] float32."""
-        picks = self._picks(steps, layers, branch, heads) | {
-            "token": [int(token)], "audio_time": list(range(self.audio_tokens))}
-        out = self._read("text_audio", picks, ("branch", "token", "step", "layer", "head", "audio_time"))
-        return out[0, 0]
+    def to_dataarray(self, m: Maps) -> "xr.DataArray":
+        """Maps as an xarray DataArray: the file's dims, its coordinates at the positions read
+        (step values, layers, heads, frames, timestep, sigma, audio_time_seconds...) and the
+        read token's and branch's labels as scalar coordinates."""
+        import xarray as xr
 
-    def video_audio(self, steps=None, layers=None, branch=0, heads=None) -> np.ndarray:
-        """[S, L, Hd, F, La] float32: each latent frame's attention over audio tokens."""
-        picks = self._picks(steps, layers, branch, heads) | {
-            "frame": self._frames(None), "audio_time": list(range(self.audio_tokens))}
-        return self._read("video_audio", picks, ("branch", "step", "layer", "head", "frame", "audio_time"))[0]
+        coords = {}
+        for name, (dim, values) in self.coords.items():
+            if dim in m.picks:
+                at = values[m.picks[dim]]
+                coords[name] = (dim, at) if dim in m.dims else at[0]
+        return xr.DataArray(m.values, dims=m.dims, coords=coords, name=m.var,
+                            attrs={"long_name": MAP_KINDS[m.var].description, "units": "1"})
 
-    def audio_video(self, steps=None, layers=None, branch=0, heads=None) -> np.ndarray:
-        """[S, L, Hd, La, F] float32: each audio token's mass per latent frame."""
-        picks = self._picks(steps, layers, branch, heads) | {
-            "frame": self._frames(None), "audio_time": list(range(self.audio_tokens))}
-        return self._read("audio_video", picks, ("branch", "step", "layer", "head", "audio_time", "frame"))[0]
+    def text_video(self, token: int, steps=None, layers=None, branch=0, heads=None, frames=None) -> "xr.DataArray":
+        """One token group's video maps: float32 DataArray in the file's dims (frame, step,
+        layer, head, y, x); arguments are positions, not values."""
+        return self.to_dataarray(self.maps("text_video", token, steps, layers, branch, heads, frames))
 
-    def video_self(self, query: int, steps=None, layers=None, branch=0, heads=None, frames=None) -> np.ndarray:
-        """[S, L, Hd, F', h, w] float32: one video query's self-attention over the clip."""
-        F, h, w = self.grid
-        picks = self._picks(steps, layers, branch, heads) | {
-            "query": [int(query)], "frame": self._frames(frames), "y": list(range(h)), "x": list(range(w))}
-        out = self._read("video_self", picks, ("branch", "query", "step", "layer", "head", "frame", "y", "x"))
-        return out[0, 0]
+    def video_self(self, query: int, steps=None, layers=None, branch=0, heads=None, frames=None) -> "xr.DataArray":
+        """One video query's self-attention over the clip: (step, layer, head, frame, y, x); positions."""
+        return self.to_dataarray(self.maps("video_self", None, steps, layers, branch, heads, frames, query=query))
 
-    def audio_self(self, query: int, steps=None, layers=None, branch=0, heads=None) -> np.ndarray:
-        """[S, L, Hd, La] float32: one audio query's self-attention over the audio tokens."""
-        picks = self._picks(steps, layers, branch, heads) | {
-            "audio_query": [int(query)], "audio_time": list(range(self.audio_tokens))}
-        out = self._read("audio_self", picks, ("branch", "audio_query", "step", "layer", "head", "audio_time"))
-        return out[0, 0]
+    def audio_self(self, query: int, steps=None, layers=None, branch=0, heads=None) -> "xr.DataArray":
+        """One audio query's self-attention over the audio: (step, layer, head, audio_time); positions."""
+        return self.to_dataarray(self.maps("audio_self", None, steps, layers, branch, heads, query=query))
 
-    def audio_video_spatial(self, steps=None, layers=None, branch=0, heads=None, frames=None) -> np.ndarray:
-        """[S, L, Hd, F', h, w] float32: where the audio looks in the video."""
-        F, h, w = self.grid
-        picks = self._picks(steps, layers, branch, heads) | {
-            "frame": self._frames(frames), "y": list(range(h)), "x": list(range(w))}
-        return self._read("audio_video_spatial", picks, ("branch", "step", "layer", "head", "frame", "y", "x"))[0]
+    def text_audio(self, token: int, steps=None, layers=None, branch=0, heads=None) -> "xr.DataArray":
+        """One token group's audio maps: (step, layer, head, audio_time)."""
+        return self.to_dataarray(self.maps("text_audio", token, steps, layers, branch, heads))
+
+    def video_audio(self, steps=None, layers=None, branch=0, heads=None) -> "xr.DataArray":
+        """Each latent frame's attention over audio tokens: (step, layer, head, frame, audio_time)."""
+        return self.to_dataarray(self.maps("video_audio", None, steps, layers, branch, heads))
+
+    def audio_video(self, steps=None, layers=None, branch=0, heads=None) -> "xr.DataArray":
+        """Each audio token's mass per latent frame: (step, layer, head, audio_time, frame)."""
+        return self.to_dataarray(self.maps("audio_video", None, steps, layers, branch, heads))
+
+    def audio_video_spatial(self, steps=None, layers=None, branch=0, heads=None, frames=None) -> "xr.DataArray":
+        """Where the audio looks in the video: (frame, step, layer, head, y, x)."""
+        return self.to_dataarray(self.maps("audio_video_spatial", None, steps, layers, branch, heads, frames))
 
 
 def _read_queries(f: h5py.File) -> list[PlacedQuery]:
@@ -489,4 +630,4 @@ def reading(path: str):
                         f"truncated: capture it again or restore it.") from None
 
 
-__all__ = ["Capture", "open_capture", "read_hyperslab", "reading", "BRANCHES"]
+__all__ = ["Capture", "Maps", "open_capture", "read_hyperslab", "reading", "BRANCHES"]

@@ -26,8 +26,6 @@ from ovi_attn_render.views import draw
 
 from ovi_attn_render.views import video as views
 from ovi_attn_render.common.errors import UserError
-from ovi_attn_render.contract.format import MAP_DIMS
-from ovi_attn_render.contract.reader import read_hyperslab
 from ovi_attn_render.contract.selection import resolve
 from ovi_attn_render.viewer.sources import Source
 from ovi_attn_render.viewer.state import ViewState
@@ -186,9 +184,7 @@ def grid_png(src: Source, s: ViewState, token: str) -> tuple[bytes, int, int, in
 # ---------------------------------------------------------------------- a clicked patch
 def _point_read(src: Source, var: str, picks: dict, out_dims: tuple[str, ...]) -> np.ndarray:
     """`var` at picks[dim] (every dim of the file), returned in out_dims order (size-1 dims kept)."""
-    file_dims = MAP_DIMS[var]
-    data = read_hyperslab(src.cap.f[var], [picks[d] for d in file_dims])
-    return np.transpose(data, [file_dims.index(d) for d in out_dims])
+    return src.cap._read(var, picks, out_dims)
 
 
 def patch(src: Source, s: ViewState) -> dict:
@@ -248,12 +244,12 @@ def audio_strips(src: Source, s: ViewState, token: str) -> np.ndarray:
             if "text_audio" not in cap.f:
                 raise UserError(f"{src.name} has no text_audio maps; capture with kinds including text_audio.")
             t = _group(src, token)
-            x = cap.text_audio(t, None, layers, branch, heads)  # [S, L, Hd, La]
+            read = lambda g: cap.maps("text_audio", g, None, layers, branch, heads)  # noqa: E731
+            x = read(t)  # Maps (step, layer, head, audio_time)
             if s.renorm:
-                eos = cap.text_audio(views._special_group(cap, "eos"), None, layers, branch, heads)
-                pad = cap.text_audio(views._special_group(cap, "pad"), None, layers, branch, heads)
-                x = x / np.maximum(1.0 - eos - pad, 1e-6)
-            x = views._reduce(views._reduce(x, 2, s.reduce), 1, s.reduce)
+                x = x.with_values(views.renormalised(x.values, read(views._special_group(cap, "eos")).values,
+                                                     read(views._special_group(cap, "pad")).values))
+            x = x.reduce("head", s.reduce).reduce("layer", s.reduce).order("step", "audio_time")
         return np.ascontiguousarray(np.nan_to_num(x, nan=0.0), np.float32)
 
     return CACHE.get(key, make)
@@ -268,14 +264,12 @@ def sync_map(src: Source, s: ViewState) -> np.ndarray:
     heads = _head_positions(src, s)
     branch = cap.branch_index("cond" if s.branch == "diff" else s.branch)
     with src.lock:
-        if "video_audio" in cap.f:
-            x = cap.video_audio([i], layers, branch, heads)[0]  # [L, Hd, F, La]
-        elif "audio_video" in cap.f:
-            x = np.swapaxes(cap.audio_video([i], layers, branch, heads)[0], -1, -2)
-        else:
+        var = next((v for v in ("video_audio", "audio_video") if v in cap.f), None)  # either holds the sync
+        if var is None:
             raise UserError(f"{src.name} has no fusion (sync) maps; capture with kinds including video_audio.")
-    x = views._reduce(views._reduce(x, 1, s.reduce), 0, s.reduce)
-    return np.ascontiguousarray(np.nan_to_num(x, nan=0.0), np.float32)
+        x = cap.maps(var, None, [i], layers, branch, heads)  # Maps (step, layer, head, frame / audio_time)
+    x = x.reduce("head", s.reduce).reduce("layer", s.reduce).reduce("step", "mean")  # one step
+    return np.ascontiguousarray(np.nan_to_num(x.order("frame", "audio_time"), nan=0.0), np.float32)
 
 
 def waveform_envelope(src: Source, columns: int) -> np.ndarray:

@@ -55,6 +55,7 @@ def file_meta(src: Source) -> dict:
         "grid": [F, h, w], "frame_size": list(cap.frame_size),
         "display_size": list(draw.display_size(*cap.frame_size, compute.DISPLAY_SIDE)),
         "num_pixel_frames": cap.num_pixel_frames, "fps": cap.fps, "stride": cap.stride,
+        "latent_frame_of_pixel": cap.latent_frame_of_pixel.tolist(),  # the file's table: the page never re-derives it
         "audio_tokens": cap.audio_tokens, "sample_rate": cap.sample_rate, "samples_per_token": cap.samples_per_token,
         "variables": cap.variables(), "has_audio": bool(cap.has_audio),
         "clip_written": cap.clip_written, "status": src.status(),

@@ -20,30 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.contract.geometry import PIXEL_FRAME_STRIDE, audio_token_edges, latent_frame_edges
 
 FIGURE_SUFFIXES = (".png", ".svg")  # what savefig writes for these views
 PROBABILITY_LABEL = "attention probability"
 NOT_COMPUTED_COLOUR = "#808080"  # NaN cells: a map never computed (e.g. SLG-skipped layer)
 
 
-# ---------------------------------------------------------------------------------------
-# Time grids
-
-
-def audio_token_edges(num_tokens: int, sample_rate: int = 16000, samples_per_token: int = 512) -> np.ndarray:
-    """[La + 1] start times in seconds of audio tokens 0..La-1, plus the end of the last."""
-    return np.arange(num_tokens + 1) * (samples_per_token / sample_rate)
-
-
-def latent_frame_edges(num_frames: int, fps: float = 24.0, stride: int = 4) -> np.ndarray:
-    """[F + 1] start times in seconds of latent frames 0..F-1, plus the end of the last.
-
-    Frame 0 is pixel frame 0 alone: [0, 1/fps). Frame f >= 1 is pixel frames
-    stride*f-stride+1 .. stride*f: it starts at (stride*f - stride + 1)/fps.
-    """
-    f = np.arange(1, num_frames + 1)
-    return np.concatenate([[0.0], (stride * f - stride + 1) / fps])
-
+# Time grids (audio_token_edges, latent_frame_edges): contract/geometry.py.
 
 def agg_figure(**kwargs):
     """A matplotlib Figure with its own Agg canvas, outside pyplot: no global backend
@@ -250,23 +234,17 @@ def render_audio_strip(
     strips: np.ndarray,
     strip_labels: list[str],
     *,
-    samples_per_token: int = 512,
-    title: str = "",
-    background: str = "waveform",
-    cmap: str = "inferno",
-    norm: str = "global",
-    caption: str = "",
     out_path: str | Path,
     dpi: int = 120,
+    **figure_options,
 ) -> Path:
     """Write the text-to-audio view: waveform (or spectrogram) on top, one heat strip per
     row of `strips` [R, La] below, sharing the time axis in seconds. PNG or SVG by suffix.
-    `waveform` may be None or empty (a partial file): the top panel says so."""
+    `waveform` may be None or empty (a partial file): the top panel says so.
+    figure_options: those of `audio_strip_figure` (title, background, cmap, norm, ...)."""
     out_path = Path(out_path)
     _check_figure_suffix(out_path, "audio")
-    fig, *_ = audio_strip_figure(waveform, sample_rate, strips, strip_labels,
-                                 samples_per_token=samples_per_token, title=title,
-                                 background=background, cmap=cmap, norm=norm, caption=caption)
+    fig, *_ = audio_strip_figure(waveform, sample_rate, strips, strip_labels, **figure_options)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=dpi)
     return out_path
@@ -280,7 +258,7 @@ def alignment_offset(
     video_audio: np.ndarray,
     *,
     fps: float = 24.0,
-    stride: int = 4,
+    stride: int = PIXEL_FRAME_STRIDE,
     sample_rate: int = 16000,
     samples_per_token: int = 512,
 ) -> float:
@@ -329,7 +307,7 @@ def sync_figure(
     audio_video: np.ndarray | None,
     *,
     fps: float = 24.0,
-    stride: int = 4,
+    stride: int = PIXEL_FRAME_STRIDE,
     sample_rate: int = 16000,
     samples_per_token: int = 512,
     title: str = "",
@@ -396,22 +374,17 @@ def render_sync(
     video_audio: np.ndarray | None,
     audio_video: np.ndarray | None,
     *,
-    fps: float = 24.0,
-    stride: int = 4,
-    sample_rate: int = 16000,
-    samples_per_token: int = 512,
-    title: str = "",
-    cmap: str = "inferno",
     out_path: str | Path,
     dpi: int = 120,
+    **figure_options,
 ) -> Path:
     """Write the sync view: video_audio [F, La] and/or audio_video [La, F] as heat maps of
     video time (y) against audio time (x), the diagonal audio time = video time dashed,
-    each panel titled with its alignment_offset. PNG or SVG by suffix."""
+    each panel titled with its alignment_offset. PNG or SVG by suffix.
+    figure_options: those of `sync_figure` (fps, stride, sample_rate, title, cmap, ...)."""
     out_path = Path(out_path)
     _check_figure_suffix(out_path, "sync")
-    fig, _ = sync_figure(video_audio, audio_video, fps=fps, stride=stride, sample_rate=sample_rate,
-                         samples_per_token=samples_per_token, title=title, cmap=cmap)
+    fig, _ = sync_figure(video_audio, audio_video, **figure_options)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=dpi)
     return out_path

@@ -264,7 +264,6 @@ def mask(cap, token: str, threshold=None, *, steps=None, layers=None, frames=Non
     import xarray as xr
 
     from ovi_attn_render.views import video as views
-    from ovi_attn_render.contract.format import latent_frame_of
     from ovi_attn_render.contract.selection import describe_values, parse_threshold, resolve
 
     text = None if threshold is None else str(threshold)
@@ -274,12 +273,12 @@ def mask(cap, token: str, threshold=None, *, steps=None, layers=None, frames=Non
     views.check_options(o)
     p = views.pick(cap, o, default_steps=views.default_steps(cap, "mask", export=True))
     pixel = [int(n) for n in resolve(frames, np.arange(cap.num_pixel_frames), "frames", what="decoded frames")]
-    latents = sorted({int(latent_frame_of(n, cap.stride)) for n in pixel})
+    latents = cap.latent_frames_of(pixel)
     m = views._reduce(views.token_maps(cap, p, o, p.tokens[0], latents, check=True), 0, "mean")  # [F', h, w]
     lo, hi = views.limits(m[None], "global" if norm == "step" else norm)  # ([1, F'], [1, F'])
     normed = np.where(np.isnan(m), np.nan, views.draw.normalise(m, lo[0][:, None, None], hi[0][:, None, None]))
     binary, used = binarise_steps(normed, value)  # [F', h, w] bool, [F']
-    at = [latents.index(int(latent_frame_of(n, cap.stride))) for n in pixel]
+    at = [latents.index(cap.latent_frame(n)) for n in pixel]
     return xr.DataArray(
         binary[at], dims=("pixel_frame", "y", "x"),
         coords={"pixel_frame": pixel, "latent_frame": ("pixel_frame", [latents[i] for i in at]),

@@ -22,7 +22,6 @@ import numpy as np
 
 from ovi_attn_render.views import draw
 from ovi_attn_render.common.errors import UserError
-from ovi_attn_render.contract.format import latent_frame_of
 from ovi_attn_render.contract.reader import Capture
 from ovi_attn_render.contract.selection import describe_values, parse_threshold, resolve
 
@@ -179,7 +178,7 @@ def pick(cap: Capture, o: Options, need_tokens: bool = True, default_steps: str 
         shown = ", ".join(repr(g) for g in cap.groups[:30])
         raise UserError(f"name the token to draw with --token; captured groups: {shown}.")
     n = cap.num_pixel_frames // 2 if o.frame is None else cap.check_frame(o.frame)
-    return Pick(steps, layers, heads, branch, tokens, n, int(latent_frame_of(n, cap.stride)), notes)
+    return Pick(steps, layers, heads, branch, tokens, n, cap.latent_frame(n), notes)
 
 
 def default_steps(cap: Capture, view: str, export: bool = False) -> str | None:
@@ -244,13 +243,14 @@ def canonical(cap: Capture, o: Options, ext: str) -> Options:
 
 # ---------------------------------------------------------------------- maps
 def _reduce(x: np.ndarray, axis: int, how: str) -> np.ndarray:
-    """nanmean / nanmax over an axis: NaN entries (maps never computed) are skipped."""
+    """nanmean / nanmax over an axis of drawn pixels: NaN entries (maps never computed) are
+    skipped. Maps read from the file reduce by dim name instead (reader.Maps.reduce)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices stay NaN
         return np.nanmax(x, axis=axis) if how == "max" else np.nanmean(x, axis=axis)
 
 
-def renormalised(x: np.ndarray, eos: np.ndarray, pad: np.ndarray) -> np.ndarray:
+def renormalised(x, eos, pad):  # arrays or DataArrays of the same dims
     """A group's maps divided by the mass on real tokens, 1 - <eos> - <pad> (`--renorm`, the API's renorm)."""
     return x / np.maximum(1.0 - eos - pad, 1e-6)
 
@@ -286,15 +286,17 @@ def token_maps(cap: Capture, p: Pick, o: Options, token: int, latents: list[int]
     check: refuse a map that was never computed (see check_computed), as the CLI's views do;
     False (the default, for callers that draw NaN themselves) returns the NaNs."""
     b = p.branch if branch is None else branch
-    x = cap.text_video(token, p.steps, p.layers, b, p.heads, latents)  # [S, L, Hd, F', h, w]
+    read = lambda g: cap.maps("text_video", g, p.steps, p.layers, b, p.heads, latents)  # noqa: E731
+    x = read(token)  # Maps in the file's dims: (frame, step, layer, head, y, x)
     if check:
-        check_computed(cap, x, token, b)
+        check_computed(cap, x.values, token, b)
     if o.renorm:
-        eos = cap.text_video(_special_group(cap, "eos"), p.steps, p.layers, b, p.heads, latents)
-        pad = cap.text_video(_special_group(cap, "pad"), p.steps, p.layers, b, p.heads, latents)
-        x = renormalised(x, eos, pad)
-    x = _reduce(x, 2, o.reduce)  # over heads
-    return x if keep_layers else _reduce(x, 1, o.reduce)  # over layers
+        x = x.with_values(renormalised(x.values, read(_special_group(cap, "eos")).values,
+                                       read(_special_group(cap, "pad")).values))
+    x = x.reduce("head", o.reduce)
+    if not keep_layers:
+        x = x.reduce("layer", o.reduce)
+    return x.order("step", *(("layer",) if keep_layers else ()), "frame", "y", "x")
 
 
 def limits(maps: np.ndarray, norm: str, signed: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -438,7 +440,7 @@ def view_frames(cap: Capture, o: Options, out: str) -> Drawn:
     names = _token_names(cap, p)
     frames = [int(n) for n in np.arange(cap.num_pixel_frames)[resolve(o.frames, np.arange(cap.num_pixel_frames),
                                                                       "frames", what="decoded frames")]]
-    latents = sorted({int(latent_frame_of(n, cap.stride)) for n in frames})
+    latents = cap.latent_frames_of(frames)
     maps = [_reduce(token_maps(cap, p, o, t, latents, check=True), 0, "mean") for t in p.tokens]  # each [F', h, w]
     lims = [limits(m[None], "global" if o.norm == "step" else o.norm) for m in maps]  # each ([1, F'], ...)
     lut = draw.colormap_lut(o.cmap or draw.DEFAULT_CMAP)
@@ -449,7 +451,7 @@ def view_frames(cap: Capture, o: Options, out: str) -> Drawn:
 
     def frame_at(i: int) -> np.ndarray:
         n = frames[i]
-        f = latents.index(int(latent_frame_of(n, cap.stride)))
+        f = latents.index(cap.latent_frame(n))
         vs = [draw.normalise(m[f], lo[0, f], hi[0, f]) for m, (lo, hi) in zip(maps, lims)]
         panel = draw_panel(background(cap, n, size, p.notes), vs, names,
                            [(float(lo[0, f]), float(hi[0, f])) for lo, hi in lims], o, lut)
@@ -553,7 +555,7 @@ def view_layers(cap: Capture, o: Options, out: str) -> Drawn:
         raise UserError("--view layers plots one token; give a single --token.")
     if o.frames is not None:
         frames = [int(n) for n in resolve(o.frames, np.arange(cap.num_pixel_frames), "frames", what="decoded frames")]
-        latents = sorted({int(latent_frame_of(n, cap.stride)) for n in frames})
+        latents = cap.latent_frames_of(frames)
     else:
         latents = [p.latent]
     plain = Options(**{**o.__dict__, "renorm": False})
@@ -620,17 +622,19 @@ def view_audio(cap: Capture, o: Options, out: str) -> Drawn:
     if len(p.tokens) > 1:
         raise UserError("--view audio draws one token; give a single --token.")
     t = p.tokens[0]
-    x = cap.text_audio(t, p.steps, p.layers, p.branch, p.heads)  # [S, L, Hd, La]
-    check_computed(cap, x, t, p.branch, tower="audio")
+    read = lambda g: cap.maps("text_audio", g, p.steps, p.layers, p.branch, p.heads)  # noqa: E731
+    x = read(t)  # Maps (step, layer, head, audio_time)
+    check_computed(cap, x.values, t, p.branch, tower="audio")
     if o.renorm:
-        eos = cap.text_audio(_special_group(cap, "eos"), p.steps, p.layers, p.branch, p.heads)
-        pad = cap.text_audio(_special_group(cap, "pad"), p.steps, p.layers, p.branch, p.heads)
-        x = x / np.maximum(1.0 - eos - pad, 1e-6)
-    x = _reduce(x, 2, o.reduce)  # [S, L, La]
+        x = x.with_values(renormalised(x.values, read(_special_group(cap, "eos")).values,
+                                       read(_special_group(cap, "pad")).values))
+    x = x.reduce("head", o.reduce)  # (step, layer, audio_time)
     if o.by == "step":
-        strips, labels = _reduce(x, 1, o.reduce), [f"step {int(s)}" for s in cap.steps[p.steps]]
+        strips, labels = x.reduce("layer", o.reduce).order("step", "audio_time"), \
+            [f"step {int(s)}" for s in cap.steps[p.steps]]
     else:
-        strips, labels = _reduce(x, 0, "mean"), [f"layer {int(v)}" for v in cap.layers[p.layers]]
+        strips, labels = x.reduce("step", "mean").order("layer", "audio_time"), \
+            [f"layer {int(v)}" for v in cap.layers[p.layers]]
     wave = None
     if cap.has_audio and cap.clip_written:
         wave = cap.waveform()
@@ -652,11 +656,14 @@ def view_sync(cap: Capture, o: Options, out: str) -> Drawn:
 
     p = pick(cap, o, need_tokens=False)
 
-    def collapse(x: np.ndarray) -> np.ndarray:  # [S, L, Hd, a, b] -> [a, b]
-        return _reduce(_reduce(_reduce(x, 2, o.reduce), 1, o.reduce), 0, "mean")
+    def collapse(var: str, a: str, b: str) -> np.ndarray | None:  # (step, layer, head, a, b) -> [a, b]
+        if var not in cap.f:
+            return None
+        x = cap.maps(var, None, p.steps, p.layers, p.branch, p.heads)
+        return x.reduce("head", o.reduce).reduce("layer", o.reduce).reduce("step", "mean").order(a, b)
 
-    va = collapse(cap.video_audio(p.steps, p.layers, p.branch, p.heads)) if "video_audio" in cap.f else None
-    av = collapse(cap.audio_video(p.steps, p.layers, p.branch, p.heads)) if "audio_video" in cap.f else None
+    va = collapse("video_audio", "frame", "audio_time")
+    av = collapse("audio_video", "audio_time", "frame")
     title = f"audio/video sync  {cap.branches[p.branch]}  {_steps_text(cap, p)}  {os.path.basename(cap.path)}"
     audio_views.render_sync(va, av, fps=cap.fps, stride=cap.stride, sample_rate=cap.sample_rate,
                             samples_per_token=cap.samples_per_token, title=title, cmap=o.cmap or draw.DEFAULT_CMAP,

@@ -140,7 +140,7 @@ function commonSteps() { return ovi.files.map((_, i) => readable(i)).reduce((a, 
 function syncControls() {
   const s = ovi.state, m = ovi.files[0], steps = commonSteps();
   $("frame").max = Math.min(...ovi.files.map((f) => f.num_pixel_frames)) - 1; $("frame").value = s.frame;
-  const latent = s.frame <= 0 ? 0 : Math.floor((s.frame + m.stride - 1) / m.stride);
+  const latent = m.latent_frame_of_pixel[s.frame] ?? 0;
   $("frame-label").textContent = `frame ${s.frame} (latent ${latent}) ${(s.frame / m.fps).toFixed(2)} s`;
   $("step").max = Math.max(0, steps.length - 1);
   const pos = Math.max(0, steps.indexOf(s.step));
@@ -357,7 +357,7 @@ async function drawSide(ticket, per) {
 
 function caption(i) {
   const s = ovi.state, m = ovi.files[i];
-  const latent = s.frame <= 0 ? 0 : Math.floor((s.frame + m.stride - 1) / m.stride);
+  const latent = m.latent_frame_of_pixel[s.frame] ?? 0;
   const what = s.branch === "diff" ? "cond - uncond" : s.branch;
   return s.tokens.length ? `step ${s.step}  frame ${s.frame} (latent ${latent})  ${what}  layers ${layersSpec()} (${s.reduce})  norm ${s.norm}${s.renorm ? " renorm" : ""}`
     : "pick a token to overlay its map";
@@ -513,7 +513,7 @@ async function drawAudio(i, ticket) {
       sg.fillStyle = `rgb(${table[k]},${table[k + 1]},${table[k + 2]})`;
       sg.fillRect(Math.floor(l * sc.width / La), 14 + f * rh, Math.ceil(sc.width / La), Math.ceil(rh));
     }
-    const latent = s.frame <= 0 ? 0 : Math.floor((s.frame + m.stride - 1) / m.stride);
+    const latent = m.latent_frame_of_pixel[s.frame] ?? 0;
     sg.strokeStyle = "#0ff"; sg.strokeRect(0, 14 + latent * rh, sc.width, rh);
     sg.beginPath(); sg.moveTo(t / dur * sc.width, 14); sg.lineTo(t / dur * sc.width, sc.height); sg.stroke();
     sg.fillStyle = "#aaa"; sg.font = "10px sans-serif"; sg.fillText(`sync: latent frames (rows) x audio time, step ${s.step}`, 2, 10);
