@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ovi_attn_render.common.errors import UserError
-from ovi_attn_render.contract.format import latent_frame_of
+from ovi_attn_render.contract.geometry import PIXEL_FRAME_STRIDE, latent_frame_of
 from ovi_attn_render.contract.queries import PlacedQuery
 
 VIDEO_KEYS = ("frame", "x", "y", "label")
@@ -162,7 +162,7 @@ def _cell(value: float | int, pixels: int, cells: int) -> tuple[float, int]:
 
 def resolve_queries(queries: list[QuerySpec], *, pixel_frames: int, pixel_size: tuple[int, int],
                     grid: tuple[int, int, int], audio_tokens: int, seconds_per_token: float,
-                    stride: int = 4) -> list[PlacedQuery]:
+                    stride: int = PIXEL_FRAME_STRIDE) -> list[PlacedQuery]:
     """Place each query on the clip's token grid (video) or audio tokens; out-of-range
     points are a UserError naming the query and what the clip has."""
     F_, h, w = grid
