@@ -46,8 +46,8 @@ def test_smoke_runs_every_section_without_the_packages_the_device_lacks(tmp_path
     for expected in ("sdpa (cpu flash), bfloat16, video->audio masked", "tiny: ours vs plain latents",
                      "tiny: ours+fusion maps in the file vs synchronous copies", "tiny ours_", "tiny_long"):
         assert expected in names
-    # Every mode ran at both sizes (the long one for its memory figures).
-    assert set(data["details"]["real"]["long_memory"]) == {"plain", "ours", "ours+fusion", "naive"}
+    # Every mode ran at both sizes (the long one for its memory figures), the query-point capture included.
+    assert set(data["details"]["real"]["long_memory"]) == {"plain", "ours", "ours+fusion", "naive", "queries"}
     assert "gpu_check: all checks passed" in proc.stdout
 
 
