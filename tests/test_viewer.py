@@ -238,6 +238,45 @@ def test_a_host_other_than_loopback_warns_and_needs_the_access_key(capture):
 
 
 
+@pytest.fixture(scope="module")
+def query_file(tmp_path_factory):
+    """A synthetic capture with two video query points and an audio one (tests/synthetic.py)."""
+    from ovi_attn_render.contract.queries import PlacedQuery
+
+    path = tmp_path_factory.mktemp("viewer_q") / "q.h5"
+    queries = (PlacedQuery("hand", "video", 4, 1, 2, 1, 80.0, 48.0), PlacedQuery("dog", "video", 0, 0, 5, 3, 176.0, 112.0),
+               PlacedQuery("bark", "audio", audio_token=4, time=0.128))
+    write_synthetic(path, Synth(queries=queries))
+    return path
+
+
+def test_the_query_routes_serve_the_maps_and_track_render_draws(query_file):
+    import ovi_attn_render as oa
+    from ovi_attn_render.views import query as Q
+
+    with oa.open_capture(query_file) as cap:
+        want = cap.video_self("hand", steps="2", layers="1-2").isel(step=0).mean("layer")  # (frame, y, x)
+        track = cap.track("dog", method="argmax")  # the last step, every layer
+    with Server([query_file]) as s:
+        meta = s.json("/api/files")["files"][0]
+        assert [(q["label"], q["pixel_frame"], q["y"], q["x"]) for q in meta["video_queries"]] == \
+            [("hand", 4, 2, 1), ("dog", 0, 5, 3)]  # the audio query is not drawn over frames
+        for frame in (0, 4, 8):
+            got, h = s.floats("/api/query_map", {"query": "hand", "frame": frame, "step": 2, "layers": "1-2"})
+            latent = int(h["X-Latent"])
+            np.testing.assert_allclose(got, want.isel(frame=latent).values, rtol=1e-6)
+            assert float(h["X-Hi"]) == pytest.approx(Q.colour_top(want), rel=1e-6) and float(h["X-Lo"]) == 0.0
+            assert (int(h["X-Query-Y"]), int(h["X-Query-X"]), int(h["X-Query-Frame"]), int(h["X-Step"])) == (2, 1, 4, 2)
+        got, _ = s.floats("/api/query_track", {"query": "dog", "track": "argmax"})
+        np.testing.assert_allclose(got, track.values, rtol=1e-6)
+        for params, fragment in (({"query": "cat"}, "video query 'cat' was not captured"), ({}, "query is missing"),
+                                 ({"query": "bark"}, "video query 'bark' was not captured"),
+                                 ({"query": "hand", "track": "mode"}, "track"),
+                                 ({"query": "hand", "branch": "diff"}, "one branch")):
+            status, _, body = s.get("/api/query_track" if "track" in params else "/api/query_map", params)
+            assert status == 400 and fragment in body.decode() and "\n" not in body.decode().strip(), body
+
+
 def test_the_server_works_where_torch_cannot_be_imported(capture):
     with Server([capture], program=BLOCK_TORCH) as s:
         for path, params in (("/api/files", {}), ("/api/map", {"token": "red"}), ("/api/grid", {"token": "red"}),

@@ -94,6 +94,12 @@ def mark_query(img: np.ndarray, xy: tuple[int, int], colour, on_its_frame: bool)
     cv2.drawMarker(img, xy, draw.WHITE, cv2.MARKER_CROSS, r, 1, cv2.LINE_AA)
 
 
+def colour_top(m: xr.DataArray) -> float:
+    """The top of a query map's colour scale: its largest probability anywhere (0 is the
+    bottom), so every frame or step drawn on it compares; 1 when nothing was computed."""
+    return float(np.nanmax(m.values)) if np.isfinite(m.values).any() else 1.0
+
+
 def _query_cell(m: xr.DataArray) -> tuple[float, float] | None:
     y, x = int(m.coords["query_y"]), int(m.coords["query_x"])
     return None if y < 0 or x < 0 else (y + 0.5, x + 0.5)
@@ -124,7 +130,7 @@ def view_query_gif(m: xr.DataArray, clip: Clip, out: str, *, cmap: str = draw.DE
     """GIF over the clip's pixel frames; m: (frame, y, x). One colour scale for the whole clip
     (the largest probability anywhere), so frames compare. Returns the frame count."""
     lut = draw.colormap_lut(cmap)
-    hi = float(np.nanmax(m.values)) if np.isfinite(m.values).any() else 1.0
+    hi = colour_top(m)
     size = _display(clip, max_side)
     frame_at = lambda n: query_frame_picture(m, clip, n, hi, lut, alpha, size, list(caption))  # noqa: E731
     draw.write_gif(out, frame_at, clip.pixel_frames, fps or clip.fps)
@@ -138,7 +144,7 @@ def view_query_steps_gif(m: xr.DataArray, clip: Clip, n: int, out: str, step_lin
     line per step. One colour scale over every step (steps that were never computed, an
     adaptive query's before it was found, draw as zero). Returns the step count."""
     lut = draw.colormap_lut(cmap)
-    hi = float(np.nanmax(m.values)) if np.isfinite(m.values).any() else 1.0
+    hi = colour_top(m)
     size = _display(clip, max_side)
     frame_at = lambda i: query_frame_picture(m.isel(step=i), clip, n, hi, lut, alpha, size,  # noqa: E731
                                              [step_lines[i]] + list(caption))
@@ -242,7 +248,7 @@ def clip_of(cap, size, notes: list[str]) -> Clip:
                 wav, cap.sample_rate)
 
 
-def _maps(cap, o, labels: list[str], keep_steps: bool = False) -> tuple[list[xr.DataArray], str]:
+def query_maps(cap, o, labels: list[str], keep_steps: bool = False) -> tuple[list[xr.DataArray], str]:
     """Each query's attention as (layer, frame, y, x), the mean over the selected steps (with
     keep_steps: (step, layer, frame, y, x)) with heads reduced as --reduce says; and the
     selection in words."""
@@ -295,7 +301,7 @@ def render_query(cap, o, out: str):
     if over_steps and out.endswith(".png"):
         raise UserError("--view query --over steps writes a GIF over the steps; pass --format gif or -o a .gif file "
                         "(the PNG is the grid of latent frames x layers).")
-    (m,), text = _maps(cap, o, labels[:1], keep_steps=over_steps)
+    (m,), text = query_maps(cap, o, labels[:1], keep_steps=over_steps)
     q = cap.tower_queries("video")[cap.query_index(labels[0])]
     where = (f"query {q.label}: frame {q.pixel_frame}, cell ({q.y}, {q.x})" if q.y >= 0 else
              f"query {q.label}: not found yet (adaptive, token {q.token} at step {q.step})")
@@ -332,7 +338,7 @@ def render_track(cap, o, out: str):
         raise UserError(f"--view track tells at most {len(draw.TOKEN_COLOURS)} queries apart by colour, got "
                         f"{len(labels)}; name some with --query.")
     notes: list[str] = []
-    maps, text = _maps(cap, o, labels)
+    maps, text = query_maps(cap, o, labels)
     text = text.replace("layers", "layers (averaged)")
     size = draw.display_size(*cap.frame_size, o.size)
     if out.endswith(".mp4") and cap.has_audio and not cap.clip_written:
