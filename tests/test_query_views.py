@@ -213,3 +213,4 @@ def test_api_render_returns_the_query_picture(query_capture):
     path, _ = query_capture
     frames = oa.render(str(path), "query", query="hand")
     assert frames.ndim == 4 and frames.shape[0] == 9
+    assert oa.render(str(path), "query", query="hand", over="steps").shape[0] == 4  # one picture per step
