@@ -25,7 +25,7 @@ err = Console(stderr=True, highlight=False)
 
 VIEW_HELP = ("steps (default: GIF over steps at one frame), frames, grid, layers, audio, sync, mask (-o x.npz: "
              "the masks as data), diff, sheet (every group side by side, one scale), query (where a query point "
-             "looks: GIF over frames, or PNG frames x layers), track (query points followed through the clip: MP4)")
+             "looks: GIF over frames, --over steps over steps, or PNG frames x layers), track (query points followed through the clip: MP4)")
 
 
 # ---------------------------------------------------------------------- output names
@@ -51,6 +51,8 @@ def output_name(stems: list[str], c) -> str:
         parts.append("q" + "+".join(_token_slug(q) for q in c.queries))
     if c.view == "track" and c.track != "soft":
         parts.append(c.track)
+    if c.view == "query" and c.over != "frames":
+        parts.append(f"over-{c.over}")
     if c.frame is not None:
         parts.append(f"f{c.frame}")
     for flag, value in (("fr", c.frames), ("s", c.steps), ("l", c.layers), ("h", c.heads)):
@@ -281,6 +283,8 @@ def _make_render_command(compare: bool):
         query: Optional[List[str]] = typer.Option(None, "--query", "-q",
                                                   help="Query point label (views query, track); repeat for several."),
         track: str = typer.Option("soft", "--track", help="Track view: soft (soft-argmax) or argmax."),
+        over: str = typer.Option("frames", "--over", help="Query view's GIF: over the clip's frames or over the "
+                                                          "sampler steps (at --frame, default the query's own)."),
         out: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder, or exact file (.gif/.mp4/.png/.svg)."),
         fmt: Optional[str] = typer.Option(None, "--format", help="gif, mp4, png or svg (default depends on the view)."),
         force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
@@ -298,7 +302,7 @@ def _make_render_command(compare: bool):
         opts = Options(view=view, tokens=list(token or []), frame=frame, frames=frames, steps=steps, layers=layers,
                        heads=heads, branch=branch, reduce=reduce, norm=norm, renorm=renorm, cmap=cmap, alpha=alpha,
                        upsample=upsample, layout=layout, threshold=threshold, size=size, fps=fps, by=by,
-                       background=background, queries=list(query or []), track=track)
+                       background=background, queries=list(query or []), track=track, over=over)
         run_render(paths, opts, out, fmt, force)
 
     command.__doc__ = ("Draw the same view of two runs side by side (different prompts, seeds or models)."

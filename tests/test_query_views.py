@@ -78,6 +78,23 @@ def test_query_gif_marks_the_point_and_overlays_every_frame(tmp_path):
     assert not np.array_equal(frames[0], frames[-1])  # the peak moves
 
 
+def test_query_steps_gif_has_a_frame_per_step_and_marks_the_point(tmp_path):
+    import imageio.v3 as iio
+
+    sharp, spread = _moving_peak(PATH, start=(1, 1)), _moving_peak(PATH, spread=0.5, start=(1, 1))
+    m = xr.concat([sharp, spread, sharp * np.nan], dim="step").assign_coords(step=[0, 5, 9])
+    out = str(tmp_path / "s.gif")
+    lines = [f"step {s}" for s in (0, 5, 9)]
+    assert Q.view_query_steps_gif(m, _clip(), 4, out, lines, alpha=1.0, max_side=128) == 3
+    frames = np.asarray(iio.imread(out, index=None))
+    assert frames.shape[0] == 3
+    assert not np.array_equal(frames[0], frames[1])  # the map changes between steps
+    # step 9 was never computed: the colour of zero everywhere (opaque overlay), only the marker on it
+    assert frames[2][100:120, 100:120].max() <= 8
+    # the point (cell 1,1 of 8x8 -> pixel 24,24 of 128) carries the marker, not the map
+    assert frames[2][24, 24].tolist() != frames[2][110, 110].tolist()
+
+
 def test_query_grid_is_frames_by_layers():
     m = xr.concat([_moving_peak(PATH), _moving_peak(PATH[::-1])], dim="layer").assign_coords(layer=[3, 7])
     img = Q.view_query_grid(m, _clip(), cell_side=64, caption=["query dot"])
@@ -162,6 +179,19 @@ def test_cli_draws_query_and_track_views(query_capture, tmp_path, capsys):
     assert mp4.name == "run_track.mp4"
     with av.open(str(mp4)) as f:
         assert sorted(s.type for s in f.streams) == ["audio", "video"]
+    out, _ = ok(capsys, "render", path, "--view", "query", "-q", "hand", "--over", "steps", "-o", tmp_path)
+    (gif,) = written(out)
+    assert gif.name == "run_query_qhand_over-steps.gif" and iio.imread(gif, index=None).shape[0] == 4  # every step
+    out, _ = ok(capsys, "render", path, "--view", "query", "-q", "hand", "--over", "steps", "--steps", "1:3",
+                "--frame", "0", "-o", tmp_path)
+    (gif,) = written(out)
+    assert gif.name == "run_query_qhand_over-steps_f0_s1-2.gif" and iio.imread(gif, index=None).shape[0] == 2
+    assert "add --over steps" in fails(capsys, "render", path, "--view", "query", "-q", "hand", "--frame", "0")
+    assert "writes a GIF over the steps" in fails(capsys, "render", path, "--view", "query", "-q", "hand", "--over",
+                                                 "steps", "--format", "png")
+    assert "unknown --over 'layers'" in fails(capsys, "render", path, "--view", "query", "--over", "layers")
+    assert "--over does not apply to --view track" in fails(capsys, "render", path, "--view", "track", "--over",
+                                                           "steps")
     assert "--view query draws one query point" in fails(capsys, "render", path, "--view", "query", "-q", "hand",
                                                          "-q", "dog")
     assert "--token does not apply to --view track" in fails(capsys, "render", path, "--view", "track", "-t", "man")
@@ -183,3 +213,4 @@ def test_api_render_returns_the_query_picture(query_capture):
     path, _ = query_capture
     frames = oa.render(str(path), "query", query="hand")
     assert frames.ndim == 4 and frames.shape[0] == 9
+    assert oa.render(str(path), "query", query="hand", over="steps").shape[0] == 4  # one picture per step

@@ -238,6 +238,45 @@ def test_a_host_other_than_loopback_warns_and_needs_the_access_key(capture):
 
 
 
+@pytest.fixture(scope="module")
+def query_file(tmp_path_factory):
+    """A synthetic capture with two video query points and an audio one (tests/synthetic.py)."""
+    from ovi_attn_render.contract.queries import PlacedQuery
+
+    path = tmp_path_factory.mktemp("viewer_q") / "q.h5"
+    queries = (PlacedQuery("hand", "video", 4, 1, 2, 1, 80.0, 48.0), PlacedQuery("dog", "video", 0, 0, 5, 3, 176.0, 112.0),
+               PlacedQuery("bark", "audio", audio_token=4, time=0.128))
+    write_synthetic(path, Synth(queries=queries))
+    return path
+
+
+def test_the_query_routes_serve_the_maps_and_track_render_draws(query_file):
+    import ovi_attn_render as oa
+    from ovi_attn_render.views import query as Q
+
+    with oa.open_capture(query_file) as cap:
+        want = cap.video_self("hand", steps="2", layers="1-2").isel(step=0).mean("layer")  # (frame, y, x)
+        track = cap.track("dog", method="argmax")  # the last step, every layer
+    with Server([query_file]) as s:
+        meta = s.json("/api/files")["files"][0]
+        assert [(q["label"], q["pixel_frame"], q["y"], q["x"]) for q in meta["video_queries"]] == \
+            [("hand", 4, 2, 1), ("dog", 0, 5, 3)]  # the audio query is not drawn over frames
+        for frame in (0, 4, 8):
+            got, h = s.floats("/api/query_map", {"query": "hand", "frame": frame, "step": 2, "layers": "1-2"})
+            latent = int(h["X-Latent"])
+            np.testing.assert_allclose(got, want.isel(frame=latent).values, rtol=1e-6)
+            assert float(h["X-Hi"]) == pytest.approx(Q.colour_top(want), rel=1e-6) and float(h["X-Lo"]) == 0.0
+            assert (int(h["X-Query-Y"]), int(h["X-Query-X"]), int(h["X-Query-Frame"]), int(h["X-Step"])) == (2, 1, 4, 2)
+        got, _ = s.floats("/api/query_track", {"query": "dog", "track": "argmax"})
+        np.testing.assert_allclose(got, track.values, rtol=1e-6)
+        for params, fragment in (({"query": "cat"}, "video query 'cat' was not captured"), ({}, "query is missing"),
+                                 ({"query": "bark"}, "video query 'bark' was not captured"),
+                                 ({"query": "hand", "track": "mode"}, "track"),
+                                 ({"query": "hand", "branch": "diff"}, "one branch")):
+            status, _, body = s.get("/api/query_track" if "track" in params else "/api/query_map", params)
+            assert status == 400 and fragment in body.decode() and "\n" not in body.decode().strip(), body
+
+
 def test_the_server_works_where_torch_cannot_be_imported(capture):
     with Server([capture], program=BLOCK_TORCH) as s:
         for path, params in (("/api/files", {}), ("/api/map", {"token": "red"}), ("/api/grid", {"token": "red"}),
@@ -510,4 +549,54 @@ def test_the_page_works_behind_the_access_key(browser, capture):
     with Server([capture], "--host", "0.0.0.0") as s:
         page = Page(browser, s.url.replace("0.0.0.0", "127.0.0.1"))
         assert page.state()["tokens"] and page.errors == [] and page.message() == ""
+        page.page.close()
+
+
+def test_the_page_shows_a_query_point_s_attention_its_point_and_track(browser, query_file):
+    import base64
+
+    import cv2
+
+    with Server([query_file]) as s:
+        page = Page(browser, s.url)
+        assert page.page.is_hidden("#query-panel") and not page.page.is_hidden("#query-box")
+        labels = page.page.eval_on_selector_all("#query option", "els => els.map(e => e.value)")
+        assert labels == ["", "hand", "dog"]
+        page.page.uncheck("#show-track")
+        page.slide("frame", 4)  # the query's own frame: the ring is filled
+        page.slide("query", "hand")
+        assert page.page.is_visible("#query-panel") and page.state()["query"] == "hand"
+        st = page.state()
+
+        def drawn() -> np.ndarray:
+            url = page.page.evaluate("document.getElementById('query-canvas').toDataURL('image/png')")
+            png = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
+            return cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+        got = drawn()
+        base = {"frame": 4, "step": st["step"]}
+        _, _, png = s.get("/api/frame", base)
+        bg = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        m, h = s.floats("/api/query_map", {**base, "query": "hand"})
+        want = draw.overlay(bg, draw.upsample(draw.normalise(m, 0.0, float(h["X-Hi"])), bg.shape[:2]),
+                            draw.colormap_lut("inferno"), float(st["alpha"]))
+        H, W = bg.shape[:2]
+        cy, cx = (2 + 0.5) * H / m.shape[0], (1 + 0.5) * W / m.shape[1]  # the query's cell 2,1
+        yy, xx = np.mgrid[:H, :W]
+        near = np.hypot(yy - cy, xx - cx) <= max(5, H // 40) + 5
+        diff = np.abs(got.astype(int) - want.astype(int))
+        assert diff[~near].max() <= 2 and m.max() > 0  # the map over the frame, as render overlays it
+        assert diff[near].max() > 50  # and the point on it
+        assert tuple(got[int(cy), int(cx) + 3]) == draw.TOKEN_COLOURS[0]  # filled on its own frame
+        page.page.check("#show-track")
+        page.idle()
+        track, _ = s.floats("/api/query_track", {**base, "query": "hand"})
+        np.testing.assert_allclose(page.page.evaluate("ovi.lastQuery.track"), track.ravel(), rtol=1e-6)
+        assert not np.array_equal(drawn(), got)  # the track is drawn
+        page.slide("frame", 8)  # another latent frame: another map, the ring open
+        later = page.page.evaluate("ovi.lastQuery")
+        assert later["latent"] == s.json("/api/files")["files"][0]["latent_frame_of_pixel"][8] != 1
+        assert tuple(drawn()[int(cy), int(cx) + 3]) != draw.TOKEN_COLOURS[0]
+        assert "query hand" in page.page.text_content("#query-caption")
+        assert page.errors == [] and page.message() == ""
         page.page.close()

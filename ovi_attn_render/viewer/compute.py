@@ -181,6 +181,61 @@ def grid_png(src: Source, s: ViewState, token: str) -> tuple[bytes, int, int, in
     return encode_png(np.ascontiguousarray(img)), S, L, h, w
 
 
+# ---------------------------------------------------------------------- query points
+def video_queries(src: Source) -> list[dict]:
+    """The file's video query points, for the page's selector (where each one is)."""
+    return [{"label": q.label, "pixel_frame": q.pixel_frame, "latent_frame": q.latent_frame, "y": q.y, "x": q.x,
+             "token": q.token or "", "step": -1 if q.step is None else q.step}
+            for q in src.cap.tower_queries("video")]
+
+
+def query_clip(src: Source, s: ViewState):
+    """The state's video query at the state's step over the whole clip, as `render --view
+    query --steps <step>` draws it: DataArray (frame, y, x), heads reduced as s.reduce says,
+    the selected layers averaged (views.query.query_maps, the one read path)."""
+    from ovi_attn_render.views import query as Q
+
+    cap = src.cap
+    if not s.query:
+        raise UserError("parameter query is missing; give a captured video query label.")
+    if s.branch == "diff":
+        raise UserError("a query point's map is drawn for one branch; pick cond or uncond.")
+    step = int(cap.steps[step_position(src, s)])
+    label = cap.tower_queries("video")[cap.query_index(s.query, "video")].label
+    key = ("query", src.index, src.generation, cap.steps_done, label, step, s.layers, s.heads, s.branch, s.reduce)
+
+    def make():
+        o = views.Options(view="query", queries=[label], steps=str(step), layers=s.layers, heads=s.heads,
+                          branch=s.branch, reduce=s.reduce)
+        with src.lock:
+            (m,), _ = Q.query_maps(cap, o, [label])  # (layer, frame, y, x), the one step
+        return m.mean("layer", keep_attrs=True).astype(np.float32)  # the cache counts its nbytes
+
+    return CACHE.get(key, make)
+
+
+def query_map(src: Source, s: ViewState) -> tuple[np.ndarray, dict]:
+    """(map [h, w] at the state's latent frame, what the page needs to draw it: the colour
+    range 0..top of the whole clip at this step, as the query GIF scales it, and the point)."""
+    from ovi_attn_render.views import query as Q
+
+    m = query_clip(src, s)
+    latent = src.cap.latent_frame(pixel_frame(src, s))
+    info = {"lo": 0.0, "hi": f"{Q.colour_top(m):.9g}", "query_y": int(m.coords["query_y"]),
+            "query_x": int(m.coords["query_x"]), "query_frame": int(m.coords["query_frame"]),
+            "query_latent_frame": int(m.coords["query_latent_frame"]), "latent": latent,
+            "step": int(src.cap.steps[step_position(src, s)])}
+    return np.ascontiguousarray(m.isel(frame=latent).values, np.float32), info
+
+
+def query_track(src: Source, s: ViewState) -> np.ndarray:
+    """[F, 2] float32: the query's track (y, x in token cells, NaN where never computed) per
+    latent frame, at the state's step and layers (views.query.track, as --view track finds it)."""
+    from ovi_attn_render.views import query as Q
+
+    return np.ascontiguousarray(Q.track(query_clip(src, s), s.track).transpose("frame", "axis").values, np.float32)
+
+
 # ---------------------------------------------------------------------- a clicked patch
 def _point_read(src: Source, var: str, picks: dict, out_dims: tuple[str, ...]) -> np.ndarray:
     """`var` at picks[dim] (every dim of the file), returned in out_dims order (size-1 dims kept)."""

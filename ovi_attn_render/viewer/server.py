@@ -58,7 +58,7 @@ def file_meta(src: Source) -> dict:
         "latent_frame_of_pixel": cap.latent_frame_of_pixel.tolist(),  # the file's table: the page never re-derives it
         "audio_tokens": cap.audio_tokens, "sample_rate": cap.sample_rate, "samples_per_token": cap.samples_per_token,
         "variables": cap.variables(), "has_audio": bool(cap.has_audio),
-        "clip_written": cap.clip_written, "status": src.status(),
+        "clip_written": cap.clip_written, "status": src.status(), "video_queries": compute.video_queries(src),
     }
 
 
@@ -109,6 +109,15 @@ def create_app(sources: list[Source], save_folder: str, access_key: str | None =
         return binary(m, lo=f"{lo:.9g}", hi=f"{hi:.9g}", signed=int(signed),
                       step=int(src.cap.steps[compute.step_position(src, s)]))
 
+    def query_map(request: Request) -> Response:
+        s, src = state_of(request)
+        m, info = compute.query_map(src, s)
+        return binary(m, **info)
+
+    def query_track(request: Request) -> Response:
+        s, src = state_of(request)
+        return binary(compute.query_track(src, s))
+
     def grid(request: Request) -> Response:
         s, src = state_of(request)
         png, S, L, h, w = compute.grid_png(src, s, first_token(s))
@@ -156,6 +165,7 @@ def create_app(sources: list[Source], save_folder: str, access_key: str | None =
     routes = [Route("/", page), Route("/static/{name}", static_file), Route("/api/files", files),
               Route("/api/status", status), Route("/api/frame", frame), Route("/api/map", map_),
               Route("/api/grid", grid), Route("/api/patch", patch), Route("/api/audio_strips", audio_strips),
+              Route("/api/query_map", query_map), Route("/api/query_track", query_track),
               Route("/api/sync", sync), Route("/api/waveform", waveform),
               Route("/api/spectrogram", spectrogram), Route("/api/audio", audio),
               Route("/api/lut", lut), Route("/api/command", command), Route("/api/save", save, methods=["POST"])]

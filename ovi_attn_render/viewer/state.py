@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from ovi_attn_render.contract import selection
+from ovi_attn_render.views.query import TRACK_METHODS
 from ovi_attn_render.views.video import NORMS
 
 BRANCH_CHOICES = ("cond", "uncond", "diff")
@@ -40,6 +41,8 @@ class ViewState:
     alpha: float = 0.5
     y: int | None = None  # a clicked token cell (patch queries)
     x: int | None = None
+    query: str | None = None  # a video query point's label (self-attention maps)
+    track: str = "soft"  # how its track is found: soft (soft-argmax) or argmax
 
 
 def _one(q: Mapping, name: str) -> str | None:
@@ -111,4 +114,8 @@ def parse_state(q: Mapping, files: int, tokens: Sequence[str] = ()) -> ViewState
             raise BadParameter(f"parameter alpha={s.alpha:g} is outside 0..1.")
     s.y = int_param(q, "y")
     s.x = int_param(q, "x")
+    s.query = _one(q, "query")
+    if s.query is not None and len(s.query) > 200:
+        raise BadParameter("parameter query is too long; give a captured query label.")
+    s.track = _choice(q, "track", TRACK_METHODS, "soft")
     return s

@@ -94,6 +94,12 @@ def mark_query(img: np.ndarray, xy: tuple[int, int], colour, on_its_frame: bool)
     cv2.drawMarker(img, xy, draw.WHITE, cv2.MARKER_CROSS, r, 1, cv2.LINE_AA)
 
 
+def colour_top(m: xr.DataArray) -> float:
+    """The top of a query map's colour scale: its largest probability anywhere (0 is the
+    bottom), so every frame or step drawn on it compares; 1 when nothing was computed."""
+    return float(np.nanmax(m.values)) if np.isfinite(m.values).any() else 1.0
+
+
 def _query_cell(m: xr.DataArray) -> tuple[float, float] | None:
     y, x = int(m.coords["query_y"]), int(m.coords["query_x"])
     return None if y < 0 or x < 0 else (y + 0.5, x + 0.5)
@@ -120,15 +126,30 @@ def query_frame_picture(m: xr.DataArray, clip: Clip, n: int, hi: float, lut, alp
 
 
 def view_query_gif(m: xr.DataArray, clip: Clip, out: str, *, cmap: str = draw.DEFAULT_CMAP, alpha: float = 0.6,
-                   max_side: int = 720, caption: list[str] = ()) -> int:
+                   max_side: int = 720, fps: float | None = None, caption: list[str] = ()) -> int:
     """GIF over the clip's pixel frames; m: (frame, y, x). One colour scale for the whole clip
     (the largest probability anywhere), so frames compare. Returns the frame count."""
     lut = draw.colormap_lut(cmap)
-    hi = float(np.nanmax(m.values)) if np.isfinite(m.values).any() else 1.0
+    hi = colour_top(m)
     size = _display(clip, max_side)
     frame_at = lambda n: query_frame_picture(m, clip, n, hi, lut, alpha, size, list(caption))  # noqa: E731
-    draw.write_gif(out, frame_at, clip.pixel_frames, clip.fps)
+    draw.write_gif(out, frame_at, clip.pixel_frames, fps or clip.fps)
     return clip.pixel_frames
+
+
+def view_query_steps_gif(m: xr.DataArray, clip: Clip, n: int, out: str, step_lines: list[str], *,
+                         cmap: str = draw.DEFAULT_CMAP, alpha: float = 0.6, max_side: int = 720, fps: float = 8.0,
+                         caption: list[str] = ()) -> int:
+    """GIF over sampler steps at pixel frame n; m: (step, frame, y, x), step_lines one caption
+    line per step. One colour scale over every step (steps that were never computed, an
+    adaptive query's before it was found, draw as zero). Returns the step count."""
+    lut = draw.colormap_lut(cmap)
+    hi = colour_top(m)
+    size = _display(clip, max_side)
+    frame_at = lambda i: query_frame_picture(m.isel(step=i), clip, n, hi, lut, alpha, size,  # noqa: E731
+                                             [step_lines[i]] + list(caption))
+    draw.write_gif(out, frame_at, m.sizes["step"], fps)
+    return m.sizes["step"]
 
 
 def view_query_grid(m: xr.DataArray, clip: Clip, *, cmap: str = draw.DEFAULT_CMAP, alpha: float = 0.6,
@@ -227,22 +248,31 @@ def clip_of(cap, size, notes: list[str]) -> Clip:
                 wav, cap.sample_rate)
 
 
-def _maps(cap, o, labels: list[str]) -> tuple[list[xr.DataArray], str]:
-    """Each query's attention as (layer, frame, y, x), the mean over the selected steps with
-    heads reduced as --reduce says; and the selection in words."""
+def query_maps(cap, o, labels: list[str], keep_steps: bool = False) -> tuple[list[xr.DataArray], str]:
+    """Each query's attention as (layer, frame, y, x), the mean over the selected steps (with
+    keep_steps: (step, layer, frame, y, x)) with heads reduced as --reduce says; and the
+    selection in words."""
     from ovi_attn_render.api import Capture as Api
 
     api = Api(cap)
     maps = [api.video_self(label, steps=_steps(cap, o), layers=o.layers, heads=o.heads, branch=o.branch,
                            reduce=o.reduce) for label in labels]
-    return [m.mean("step", keep_attrs=True) for m in maps], _selection_text(maps[0], cap, o)
+    text = _selection_text(maps[0], cap, o)
+    return (maps if keep_steps else [m.mean("step", keep_attrs=True) for m in maps]), text
 
 
 def _steps(cap, o) -> str | None:
-    """--steps, or the view's default: the last readable step."""
+    """--steps, or the view's default: the last readable step (--over steps: every one)."""
     from ovi_attn_render.views.video import default_steps
 
-    return o.steps if o.steps is not None else default_steps(cap, o.view)
+    return o.steps if o.steps is not None else default_steps(cap, o.view, over=getattr(o, "over", "frames"))
+
+
+def step_line(cap, step: int) -> str:
+    """A sampler step in words, as the text maps' steps view says it: step s/N, t, sigma."""
+    i = int(np.flatnonzero(cap.steps == step)[0])
+    N = int(cap.attrs.get("num_steps", len(cap.steps)))
+    return f"step {step}/{N - 1}  t={int(cap.timesteps[i])}  sigma={float(cap.sigmas[i]):.3f}"
 
 
 def _selection_text(m: xr.DataArray, cap, o) -> str:
@@ -267,12 +297,23 @@ def render_query(cap, o, out: str):
         raise UserError(f"--view query draws one query point, got {len(labels)} ({', '.join(labels)}); "
                         f"name one with --query, or follow several with --view track.")
     notes: list[str] = []
-    (m,), text = _maps(cap, o, labels[:1])
+    over_steps = o.over == "steps"
+    if over_steps and out.endswith(".png"):
+        raise UserError("--view query --over steps writes a GIF over the steps; pass --format gif or -o a .gif file "
+                        "(the PNG is the grid of latent frames x layers).")
+    (m,), text = query_maps(cap, o, labels[:1], keep_steps=over_steps)
     q = cap.tower_queries("video")[cap.query_index(labels[0])]
     where = (f"query {q.label}: frame {q.pixel_frame}, cell ({q.y}, {q.x})" if q.y >= 0 else
              f"query {q.label}: not found yet (adaptive, token {q.token} at step {q.step})")
     caption = [where, text]
     lut = o.cmap or draw.DEFAULT_CMAP
+    if over_steps:
+        n = q.pixel_frame if o.frame is None else cap.check_frame(o.frame)
+        size = draw.display_size(*cap.frame_size, o.size)
+        lines = [step_line(cap, int(s)) + f"  [{i + 1}/{m.sizes['step']}]" for i, s in enumerate(m.coords["step"].values)]
+        count = view_query_steps_gif(m.mean("layer", keep_attrs=True), clip_of(cap, size, notes), n, out, lines,
+                                     cmap=lut, alpha=o.alpha, max_side=o.size, fps=o.fps or 8.0, caption=caption)
+        return Drawn([out], f"{q.label}: {count} steps at frame {n}, {text} (layers averaged)", notes)
     if out.endswith(".png"):
         img = view_query_grid(m, clip_of(cap, draw.display_size(*cap.frame_size, 160), notes), cmap=lut,
                               alpha=o.alpha, cell_side=160, caption=caption)
@@ -281,7 +322,7 @@ def render_query(cap, o, out: str):
     else:
         size = draw.display_size(*cap.frame_size, o.size)
         n = view_query_gif(m.mean("layer", keep_attrs=True), clip_of(cap, size, notes), out, cmap=lut,
-                           alpha=o.alpha, max_side=o.size, caption=caption)
+                           alpha=o.alpha, max_side=o.size, fps=o.fps, caption=caption)
         summary = f"{q.label}: {n} frames, {text} (layers averaged)"
     return Drawn([out], summary, notes)
 
@@ -297,7 +338,7 @@ def render_track(cap, o, out: str):
         raise UserError(f"--view track tells at most {len(draw.TOKEN_COLOURS)} queries apart by colour, got "
                         f"{len(labels)}; name some with --query.")
     notes: list[str] = []
-    maps, text = _maps(cap, o, labels)
+    maps, text = query_maps(cap, o, labels)
     text = text.replace("layers", "layers (averaged)")
     size = draw.display_size(*cap.frame_size, o.size)
     if out.endswith(".mp4") and cap.has_audio and not cap.clip_written:

@@ -38,7 +38,7 @@ VIEW_FORMATS = {
     "sync": ("png", "svg"),
     "mask": ("gif", "png", "svg", "npz"),  # npz: the masks as data, with per-frame PNGs
     "sheet": ("png",),
-    "query": ("gif", "png"),  # gif: over the clip's frames; png: latent frames x layers
+    "query": ("gif", "png"),  # gif: over the clip's frames (--over steps: over the steps); png: latent frames x layers
     "track": ("mp4", "gif"),  # mp4 with the clip's audio
 }
 # Options that only some views use: option -> those views. Giving one to another view is an
@@ -48,7 +48,8 @@ APPLIES = {
     "tokens": tuple(v for v in VIEWS if v != "sync" and v not in QUERY_VIEWS),
     "queries": QUERY_VIEWS,
     "track": ("track",),
-    "frame": ("steps", "diff", "grid", "mask", "layers", "sheet"),
+    "over": ("query",),
+    "frame": ("steps", "diff", "grid", "mask", "layers", "sheet", "query"),  # query: with --over steps
     "frames": ("frames", "layers", "mask"),
     "threshold": ("mask",),
     "by": ("audio",),
@@ -57,13 +58,14 @@ APPLIES = {
     "alpha": _MAP_VIEWS + ("query",),
     "upsample": _MAP_VIEWS,
     "cmap": _MAP_VIEWS + ("audio", "sync", "query"),
-    "fps": ("steps", "diff", "frames", "mask"),
+    "fps": ("steps", "diff", "frames", "mask", "query"),
     "size": ("steps", "diff", "frames", "mask", "sheet", "query", "track"),
     "renorm": tuple(v for v in VIEWS if v != "sync" and v not in QUERY_VIEWS),
     "norm": ("steps", "diff", "frames", "grid", "audio", "mask", "sheet"),
 }
 _FLAG = {"tokens": "--token", "queries": "--query"}
 NORMS = ("global", "step", "frame", "absolute")
+QUERY_OVER = ("frames", "steps")  # --view query --over: what its GIF animates
 GRID_DEFAULT_STEPS = 10
 
 
@@ -93,6 +95,7 @@ class Options:
     background: str = "waveform"  # audio view: waveform | spectrogram
     queries: list[str] = field(default_factory=list)  # query / track views: query point labels
     track: str = "soft"  # track view: soft (soft-argmax) or argmax
+    over: str = "frames"  # query view's GIF: over the clip's frames or over the sampler steps
 
 
 @dataclass
@@ -150,6 +153,11 @@ def check_options(o: Options) -> None:
 
         if o.track not in TRACK_METHODS:
             raise UserError(f"unknown --track '{o.track}'; choose {' or '.join(TRACK_METHODS)}.")
+    if o.over not in QUERY_OVER:
+        raise UserError(f"unknown --over '{o.over}'; choose {' or '.join(QUERY_OVER)}.")
+    if o.view == "query" and o.over == "frames" and o.frame is not None:
+        raise UserError("--frame picks the frame of --view query --over steps; the GIF over frames shows every "
+                        "frame, so drop --frame or add --over steps.")
     if o.view == "sheet" and o.norm == "step":
         raise UserError("--view sheet draws one step range, so --norm step has nothing to vary over; use global "
                         "(one shared scale, the default), frame (each panel its own) or absolute.")
@@ -181,12 +189,13 @@ def pick(cap: Capture, o: Options, need_tokens: bool = True, default_steps: str 
     return Pick(steps, layers, heads, branch, tokens, n, cap.latent_frame(n), notes)
 
 
-def default_steps(cap: Capture, view: str, export: bool = False) -> str | None:
+def default_steps(cap: Capture, view: str, export: bool = False, over: str = "frames") -> str | None:
     """The steps a view draws when --steps is not given (None: every readable step).
 
-    frames and the mask export draw the last step; grid a spread of GRID_DEFAULT_STEPS."""
+    frames, the mask export and the query views draw the last step (--view query --over
+    steps: every step); grid a spread of GRID_DEFAULT_STEPS."""
     readable = cap.readable_steps
-    if not len(readable):
+    if not len(readable) or (view == "query" and over == "steps"):
         return None
     if view == "frames" or (view == "mask" and export) or view in QUERY_VIEWS:
         return str(int(readable[-1]))
@@ -221,6 +230,8 @@ def canonical(cap: Capture, o: Options, ext: str) -> Options:
                  cap.tower_queries("video")[cap.query_index(q)].label for q in o.queries]
     uses_frame = o.view in APPLIES["frame"] and not export and not (o.view == "layers" and o.frames)
     c.frame = (cap.num_pixel_frames // 2 if o.frame is None else cap.check_frame(o.frame)) if uses_frame else None
+    if o.view == "query":  # only --over steps has a frame, by default the query's own (not in the name)
+        c.frame = None if o.frame is None else cap.check_frame(o.frame)
 
     def values(spec, available, name, what, default=None):  # `what` as pick() words it
         if spec is None:
@@ -231,7 +242,7 @@ def canonical(cap: Capture, o: Options, ext: str) -> Options:
 
     if cap.steps_done:  # else pick() explains that nothing is readable yet
         c.steps = values(o.steps, cap.readable_steps, "steps", f"readable steps ({cap.steps_done} of "
-                         f"{len(cap.steps)} written)", default_steps(cap, o.view, export))
+                         f"{len(cap.steps)} written)", default_steps(cap, o.view, export, o.over))
     c.layers = values(o.layers, cap.layers, "layers", "captured layers")
     if cap.heads_mode != "mean":
         c.heads = values(o.heads, cap.heads, "heads", "captured heads")

@@ -153,6 +153,7 @@ function syncControls() {
   $("layer-mode").value = s.layerMode; $("reduce").value = s.reduce; $("head").value = s.head;
   $("branch").value = s.branch; $("norm").value = s.norm; $("cmap").value = s.cmap;
   $("alpha").value = s.alpha; $("renorm").checked = s.renorm; $("background").value = s.background;
+  $("query").value = s.query; $("show-track").checked = s.showTrack;
   document.querySelectorAll("#groups .chip").forEach((el) => {
     const k = s.tokens.indexOf(el.dataset.group);
     el.classList.toggle("picked", k >= 0);
@@ -183,6 +184,12 @@ function buildControls() {
   if (m.branches.includes("cond") && m.branches.includes("uncond")) branches.push("diff");
   $("branch").innerHTML = branches.map((b) => `<option value="${b}">${b === "diff" ? "cond - uncond" : b}</option>`).join("");
   $("layer-lo").value = m.layers[0]; $("layer-hi").value = m.layers[m.layers.length - 1];
+  $("query-box").hidden = !m.video_queries.length;  // the first file's query points
+  for (const q of m.video_queries) {
+    const el = document.createElement("option");
+    el.value = q.label; el.textContent = q.y >= 0 ? `${q.label} (frame ${q.pixel_frame}, cell ${q.y},${q.x})` : `${q.label} (adaptive)`;
+    $("query").appendChild(el);
+  }
   const on = (id, ev, fn) => $(id).addEventListener(ev, fn);
   on("frame", "input", (e) => set({ frame: +e.target.value }));
   on("step", "input", (e) => set({ step: commonSteps()[+e.target.value] }));
@@ -193,6 +200,8 @@ function buildControls() {
   for (const id of ["reduce", "head", "branch", "norm", "cmap", "background"]) on(id, "change", (e) => set({ [id]: e.target.value }));
   on("alpha", "input", (e) => set({ alpha: +e.target.value }));
   on("renorm", "change", (e) => set({ renorm: e.target.checked }));
+  on("query", "change", (e) => set({ query: e.target.value }));
+  on("show-track", "change", (e) => set({ showTrack: e.target.checked }));
   on("play-steps", "click", () => play("steps"));
   on("play-frames", "click", () => play("frames"));
   on("save", "click", saveView);
@@ -256,6 +265,14 @@ function buildPanels() {
       <audio id="audio-${i}" preload="auto"></audio>`;
     box.appendChild(div);
     const canvas = div.querySelector("canvas.main");
+    if (i === 0 && m.video_queries.length) {  // the selected query point's self-attention, beside file 0
+      const q = document.createElement("div");
+      q.className = "panel"; q.id = "query-panel"; q.hidden = true;
+      q.innerHTML = `<h2>query point</h2><div class="caption" id="query-caption"></div>
+        <div class="pic"><canvas class="main" id="query-canvas" width="${W}" height="${H}"></canvas>
+        <canvas id="query-bar" width="64" height="${H}"></canvas></div>`;
+      box.appendChild(q);
+    }
     canvas.addEventListener("click", (e) => {
       const r = canvas.getBoundingClientRect(), [F, h, w] = m.grid;
       const y = Math.min(h - 1, Math.floor((e.clientY - r.top) / r.height * h));
@@ -352,7 +369,8 @@ async function drawSide(ticket, per) {
     if (i === 0) throw e;
     $(`caption-${i}`).textContent = String(e.message || e).split("\n")[0];
   });
-  await Promise.all([drawGrid(ticket), drawPatch(ticket), ...ovi.files.map((_, i) => (per[i].error ? null : perFile(i)))]);
+  await Promise.all([drawGrid(ticket), drawPatch(ticket), drawQuery(ticket),
+    ...ovi.files.map((_, i) => (per[i].error ? null : perFile(i)))]);
 }
 
 function caption(i) {
@@ -364,10 +382,15 @@ function caption(i) {
 }
 
 function drawColourBar(i, table, range) {
-  const c = $(`bar-${i}`), g = c.getContext("2d");
-  g.clearRect(0, 0, c.width, c.height);
+  const c = $(`bar-${i}`);
+  c.getContext("2d").clearRect(0, 0, c.width, c.height);
   if (!range || !ovi.state.tokens.length) return;
   if (ovi.state.tokens.length > 1) return;  // several tokens: the legend says which hue is which
+  paintBar(c, table, range);
+}
+
+function paintBar(c, table, range) {  // a vertical colour bar with its top, middle and bottom values
+  const g = c.getContext("2d");
   const top = 12, bottom = c.height - 12;
   for (let y = top; y < bottom; y++) {
     const k = lutIndex(1 - (y - top) / (bottom - top - 1)) * 3;
@@ -384,6 +407,58 @@ function drawLegend(i) {
   const s = ovi.state;
   $(`legend-${i}`).innerHTML = s.tokens.length > 1 ? s.tokens.map((t, k) =>
     `<span><i style="background:rgb(${TOKEN_COLOURS[k].join(",")})"></i>${escapeHtml(t)}</span>`).join("") : "";
+}
+
+// the selected query point (file 0): its self-attention at this frame, step and layers over
+// the frame, as `render --view query --steps <step>` draws it (one scale 0..top over the
+// clip), the point as a ring (filled on its own frame) and its track up to this frame
+async function drawQuery(ticket) {
+  const s = ovi.state, panel = $("query-panel");
+  if (!panel) return;
+  panel.hidden = !s.query;
+  if (!s.query) return;
+  const m = ovi.files[0], [F, h, w] = m.grid;
+  let frame, map, track, table;
+  try {
+    [frame, map, track, table] = await Promise.all([frameImage(0), getFloats("/api/query_map", { query: s.query }, 0),
+      s.showTrack ? getFloats("/api/query_track", { query: s.query }, 0) : null, lut()]);
+  } catch (e) {
+    if (ticket === drawTicket) $("query-caption").textContent = String(e.message || e).split("\n")[0];
+    return;
+  }
+  if (ticket !== drawTicket) return;
+  const H = map.headers, range = [+H.get("X-Lo"), +H.get("X-Hi")], latent = +H.get("X-Latent");
+  const qy = +H.get("X-Query-Y"), qx = +H.get("X-Query-X"), qframe = +H.get("X-Query-Frame");
+  const c = $("query-canvas"), g = c.getContext("2d");
+  g.putImageData(composite(frame, [normalised(map.data, range[0], range[1])], h, w, table, s.alpha), 0, 0);
+  const px = (y, x) => [x * c.width / w, y * c.height / h];  // token cells (centres at +0.5) -> canvas pixels
+  if (track) {
+    const pts = [];
+    for (let f = 0; f <= latent && f < track.shape[0]; f++) {
+      const y = track.data[2 * f], x = track.data[2 * f + 1];
+      if (Number.isFinite(y) && Number.isFinite(x)) pts.push(px(y, x));
+    }
+    g.strokeStyle = "#0ff"; g.lineWidth = 2; g.beginPath();
+    pts.forEach(([X, Y], k) => (k ? g.lineTo(X, Y) : g.moveTo(X, Y)));
+    g.stroke();
+    if (pts.length) { const [X, Y] = pts[pts.length - 1]; g.fillStyle = "#0ff"; g.beginPath(); g.arc(X, Y, 4, 0, 2 * Math.PI); g.fill(); }
+  }
+  if (qy >= 0) {  // views/query.mark_query's ring and cross
+    const [X, Y] = px(qy + 0.5, qx + 0.5), r = Math.max(5, Math.floor(c.height / 40));
+    g.lineWidth = 3; g.strokeStyle = "#000"; g.beginPath(); g.arc(X, Y, r + 2, 0, 2 * Math.PI); g.stroke();
+    g.fillStyle = g.strokeStyle = `rgb(${TOKEN_COLOURS[0].join(",")})`; g.lineWidth = 2;
+    g.beginPath(); g.arc(X, Y, r, 0, 2 * Math.PI);
+    if (s.frame === qframe) g.fill(); else g.stroke();
+    g.strokeStyle = "#fff"; g.lineWidth = 1; g.beginPath();
+    g.moveTo(X - r / 2, Y); g.lineTo(X + r / 2, Y); g.moveTo(X, Y - r / 2); g.lineTo(X, Y + r / 2); g.stroke();
+  }
+  const bar = $("query-bar");
+  bar.getContext("2d").clearRect(0, 0, bar.width, bar.height);
+  paintBar(bar, table, range);
+  const where = qy >= 0 ? `at frame ${qframe}, cell ${qy},${qx}` : "adaptive, not found yet";
+  $("query-caption").textContent = `query ${s.query} (${where})  step ${H.get("X-Step")}  frame ${s.frame} (latent ${latent})  ` +
+    `${s.branch}  layers ${layersSpec()} (mean)  scale 0..top of the clip`;
+  ovi.lastQuery = { query: s.query, latent, range, qy, qx, track: track ? Array.from(track.data) : null };
 }
 
 // the layers x steps mini-grid of the first token, current cell outlined
@@ -632,7 +707,7 @@ async function start() {
     step: steps.length ? steps[steps.length - 1] : null, layerMode: "all", layer: 0,
     layerLo: m.layers[0], layerHi: m.layers[m.layers.length - 1], reduce: "mean", head: "all",
     branch: m.branches[0], norm: "global", cmap: "inferno", alpha: 0.5, renorm: false, patch: null,
-    background: "waveform",
+    background: "waveform", query: "", showTrack: true,
   };
   buildControls(); buildPrompts(); buildPanels();
   $("grid").addEventListener("click", (e) => {
