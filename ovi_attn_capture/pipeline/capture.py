@@ -30,6 +30,7 @@ from ovi_attn_render.common import atomic
 from ovi_attn_render.common import hooks
 from ovi_attn_render.common.errors import Interrupted, UserError
 from ovi_attn_render.contract.format import CaptureLayout, estimate_bytes
+from ovi_attn_render.contract.geometry import FPS
 from ovi_attn_render.common.units import format_bytes
 
 from ovi_attn_capture import __version__
@@ -155,7 +156,7 @@ def _versions(device) -> dict:
     return v
 
 
-def write_clip_mp4(path: Path, frames: np.ndarray, waveform: np.ndarray, sample_rate: int, fps: float = 24.0):
+def write_clip_mp4(path: Path, frames: np.ndarray, waveform: np.ndarray, sample_rate: int, fps: float = FPS):
     """H.264 at 24 fps with an AAC track, like upstream's output."""
     from ovi_attn_render.views.draw import write_mp4
 
