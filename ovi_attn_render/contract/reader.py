@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from ovi_attn_render.common.errors import UserError
 from ovi_attn_render.contract.format import BRANCHES, FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS, decode
 from ovi_attn_render.contract.geometry import (FPS, PIXEL_FRAME_STRIDE, SAMPLE_RATE, SAMPLES_PER_TOKEN, Geometry,
-                                               latent_frame_of, pixel_frame_count, pixel_frames_of, token_cell_pixels)
+                                               latent_frame_of, pixel_frame_count, token_cell_pixels)
 from ovi_attn_render.contract.kinds import MAP_KINDS, capture_kind_of
 from ovi_attn_render.contract.liveness import describe_writer
 from ovi_attn_render.contract.selection import describe_values
@@ -320,8 +320,8 @@ class Capture:
         return sorted({self.latent_frame(n) for n in pixel_frames})
 
     def pixel_frames_of(self, latent_frame: int) -> list[int]:
-        """The decoded frames of a latent frame that the clip holds."""
-        return [n for n in pixel_frames_of(int(latent_frame), self.stride) if n < self.num_pixel_frames]
+        """The decoded frames of a latent frame that the clip holds (the file's latent_frame_of_pixel)."""
+        return self.geometry.pixel_frames_of(latent_frame)
 
     def frame(self, pixel_frame: int) -> np.ndarray:
         """Decoded frame n as uint8 [H, W, 3] (one chunk read)."""
