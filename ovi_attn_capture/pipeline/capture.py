@@ -158,7 +158,7 @@ def _versions(device) -> dict:
 
 def write_clip_mp4(path: Path, frames: np.ndarray, waveform: np.ndarray, sample_rate: int, fps: float = FPS):
     """H.264 at 24 fps with an AAC track, like upstream's output."""
-    from ovi_attn_render.views.draw import write_mp4
+    from ovi_attn_render.common.media import write_mp4
 
     write_mp4(str(path), lambda i: frames[i], len(frames), fps, waveform, sample_rate)
 
