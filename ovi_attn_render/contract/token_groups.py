@@ -482,12 +482,12 @@ class TokenTable:
                 for t in self.tokens]
 
 
-def render_token_table(rows: Sequence[dict], console: Any) -> None:
+def render_token_table(rows: Sequence[dict], console: Any, title: str = "prompt tokens") -> None:
     """Print the token table as a rich Table on `console` (a rich Console)."""
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title="prompt tokens", show_lines=False)
+    table = Table(title=title, show_lines=False)
     for name, justify in (("#", "right"), ("piece", "left"), ("word", "left"), ("word #", "right"),
                           ("chars", "right"), ("groups", "left")):
         table.add_column(name, justify=justify)
