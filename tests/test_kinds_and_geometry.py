@@ -48,6 +48,7 @@ def test_reader_takes_each_frames_latent_frame_from_the_file(tmp_path):
     write_synthetic(path, Synth())
     with open_capture(path) as cap:
         assert cap.latent_frame(4) == 1 and cap.geometry.pixel_frames_of(2) == [5, 6, 7, 8]
+        assert cap.num_pixel_frames == 9 and cap.default_frame == cap.geometry.default_frame == 4
     with h5py.File(path, "r+") as f:  # a (valid) table other than the stride's: the reader follows the file
         table = f["latent_frame_of_pixel"][...]
         table[4] = 2

@@ -110,6 +110,11 @@ class Geometry:
         return self.grid[0]
 
     @property
+    def default_frame(self) -> int:
+        """The decoded frame a view draws when none is named: the middle one."""
+        return self.pixel_frames // 2
+
+    @property
     def seconds(self) -> float:
         """Length of the clip by its video frames."""
         return self.pixel_frames / self.fps

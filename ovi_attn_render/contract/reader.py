@@ -311,6 +311,11 @@ class Capture:
                             f"the last).")
         return n
 
+    @property
+    def default_frame(self) -> int:
+        """The decoded frame views draw when no frame is named (the middle one)."""
+        return self.geometry.default_frame
+
     def latent_frame(self, pixel_frame: int) -> int:
         """The latent frame holding decoded frame `pixel_frame` (the file's latent_frame_of_pixel)."""
         return int(self.latent_frame_of_pixel[self.check_frame(pixel_frame)])

@@ -165,7 +165,7 @@ def pick(cap: Capture, o: Options, need_tokens: bool = True, default_steps: str 
     if need_tokens and not tokens:
         shown = ", ".join(repr(g) for g in cap.groups[:30])
         raise UserError(f"name the token to draw with --token; captured groups: {shown}.")
-    n = cap.num_pixel_frames // 2 if o.frame is None else cap.check_frame(o.frame)
+    n = cap.default_frame if o.frame is None else cap.check_frame(o.frame)
     return Pick(steps, layers, heads, branch, tokens, n, cap.latent_frame(n), notes)
 
 
@@ -206,7 +206,7 @@ def canonical(cap: Capture, o: Options, ext: str) -> Options:
     else:
         c.tokens = [cap.groups[cap.token_index(t)] for t in o.tokens]
     uses_frame = o.view in APPLIES["frame"] and not export and not (o.view == "layers" and o.frames)
-    c.frame = (cap.num_pixel_frames // 2 if o.frame is None else cap.check_frame(o.frame)) if uses_frame else None
+    c.frame = (cap.default_frame if o.frame is None else cap.check_frame(o.frame)) if uses_frame else None
 
     def values(spec, available, name, what, default=None):  # `what` as pick() words it
         if spec is None:
