@@ -43,7 +43,8 @@ from ovi_attn_capture.pipeline.preflight import Shapes, preflight_shapes, shapes
 from ovi_attn_capture.probe.probe import CapturePlan, CaptureProbe, key_groups
 from ovi_attn_capture.pipeline.prompt_file import RunSpec, resolve_model_defaults
 from ovi_attn_capture.pipeline.stopping import StopNow, StopRequests
-from ovi_attn_render.contract.token_groups import TokenTable, group_for_other_text, group_words, words_of
+from ovi_attn_render.contract.token_groups import (TokenTable, group_for_other_text, group_members, group_words,
+                                                   words_of)
 from ovi_attn_capture.pipeline.writer import WriterFailed, is_disk_full
 
 CLOSE_TIMEOUT_S = 120.0  # the writer drains and closes within this, or the process leaves without it
@@ -79,14 +80,6 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device '{name}' was asked for but CUDA is not available here; use `device: cpu` or `auto`.")
     return dev
-
-
-def _group_members(groups, n_tokens: int) -> np.ndarray:
-    m = np.zeros((len(groups), n_tokens), np.uint8)
-    for g, grp in enumerate(groups):
-        if grp.kind != "pad":  # padding keys are not text tokens of the table
-            m[g, list(grp.token_indices)] = 1
-    return m
 
 
 def _negative_members(groups, pos_words, text: str, tokens) -> list[list[int] | None]:
@@ -137,7 +130,7 @@ def build_plan(run: RunSpec, shapes: Shapes, device) -> tuple[CapturePlan, Captu
     layout = CaptureLayout(
         grid=grid, audio_tokens=shapes.audio_tokens, steps=steps, layers=layers,
         groups=[g.label for g in groups], group_kinds=[g.kind for g in groups],
-        group_members=_group_members(groups, len(tokens["positive"])),
+        group_members=group_members(groups, len(tokens["positive"])),
         tokens=table.tokens, kinds=list(cap.kinds), branches=branches,
         heads=1 if cap.heads == "mean" else shapes.num_heads,
         map_dtype=cap.dtype, num_steps=run.steps, num_layers=shapes.num_layers,

@@ -35,6 +35,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
+import numpy as np
+
 from ovi_attn_render.common.errors import UserError
 
 SPAN_NAMES = ("speech", "audio_caption")
@@ -403,6 +405,16 @@ def group_for_other_text(
     chosen = words[starts[group.occurrence - 1] : starts[group.occurrence - 1] + len(group_words)]
     indices = _tokens_of_words(chosen, tokens)
     return replace(group, token_indices=indices) if indices else None
+
+
+def group_members(groups: Sequence[TokenGroup], n_tokens: int) -> np.ndarray:
+    """[G, T] uint8: 1 where group g holds token t (the file's token_group_members). Padding
+    keys are not tokens of the table, so `<pad>`'s row stays empty."""
+    m = np.zeros((len(groups), n_tokens), np.uint8)
+    for g, grp in enumerate(groups):
+        if grp.kind != "pad":
+            m[g, list(grp.token_indices)] = 1
+    return m
 
 
 # ---------------------------------------------------------------------------- the table
