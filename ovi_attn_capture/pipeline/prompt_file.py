@@ -35,7 +35,7 @@ from ovi_attn_render.common.errors import UserError
 from ovi_attn_capture.model import registry
 
 MODELS = tuple(registry.MODELS)  # every model fact lives in model/registry.py
-SOLVERS = ("unipc", "euler", "dpm++")
+SOLVERS = registry.SOLVERS
 MODES = ("t2v", "i2v")
 DTYPES = ("bfloat16", "float32")
 KINDS = CAPTURE_KINDS  # the map kinds registry's capture kinds
