@@ -351,7 +351,7 @@ def write_synthetic_capture(path: str | Path, spec: SyntheticSpec = REAL, fsync:
     maps_cpu = time.process_time() - c1
     writer.write_video(_synthetic_frames(spec))
     n = layout.audio_samples
-    writer.write_audio(0.3 * np.sin(2 * np.pi * 220 * np.arange(n) / 16000).astype(np.float32))
+    writer.write_audio(0.3 * np.sin(2 * np.pi * 220 * np.arange(n) / layout.audio_sample_rate).astype(np.float32))
     writer.f.flush()
     t3 = time.perf_counter()
     writer.close("complete")

@@ -22,6 +22,7 @@ import numpy as np
 
 from ovi_attn_render.views import draw
 from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.contract.geometry import SAMPLE_RATE
 from ovi_attn_render.contract.reader import Capture
 from ovi_attn_render.contract.selection import describe_values, parse_threshold, resolve
 
@@ -356,7 +357,7 @@ def draw_panel(bg: np.ndarray, vs: list[np.ndarray], names: list[str], ranges: l
     return draw.hstack(panels, gap=4)
 
 
-def _write_animation(path: str, frame_at, count: int, fps: float, audio=None, sample_rate: int = 16000) -> None:
+def _write_animation(path: str, frame_at, count: int, fps: float, audio=None, sample_rate: int = SAMPLE_RATE) -> None:
     from ovi_attn_render.common.progress import Progress
 
     with Progress("drawing", count, "frames", transient=True) as progress:
