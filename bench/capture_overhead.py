@@ -7,6 +7,9 @@ Modes, all on the same model, seed, noise and text embeddings:
                temp dir; N token groups, every layer and step, text_video and text_audio
                (cond branch, head mean, fp16 maps: the prompt-file defaults).
   ours+fusion  the same plus the fusion maps (video_audio, audio_video).
+  queries      self-attention of QUERY_POINTS (8) video query points instead of text maps:
+               their exact rows over every video token (video_self), every layer and step,
+               through the same probe and writer (the prompt file's `queries:`).
   naive        what the original approach did: every text cross-attention computed as an
                explicit softmax(q k^T / sqrt(d)) in float32 with the full [B, H, Lq, 512]
                probability matrix materialised, output P @ V, then P reduced to the same
@@ -52,10 +55,12 @@ from pathlib import Path
 
 import _common as C
 
-MODES = ("plain", "ours", "ours+fusion", "naive")
+MODES = ("plain", "ours", "ours+fusion", "naive", "queries")
 TEXT_KINDS = ["text_video", "text_audio"]
 ALL_KINDS = ["text_video", "text_audio", "video_audio", "audio_video"]
 TARGETS = {("cpu", "medium"): 1.05, ("cuda", "real"): 1.02}  # ours / plain
+QUERY_TARGETS = {("cpu", "medium"): 1.02}  # queries / plain
+QUERY_POINTS = 8
 GPU_EXTRA_TARGET = 2**30  # extra GPU memory for capture at real size
 
 
@@ -187,6 +192,22 @@ class Bench:
                            branches=["cond"], keep_heads=False, map_dtype=transfer_dtype(DEFAULT_MAP_ENCODING),
                            video_grid=self.size.grid, groups=kg)
 
+    def query_points(self) -> list:
+        """QUERY_POINTS video queries spread over the clip's frames and cells."""
+        from ovi_attn_render.contract.queries import PlacedQuery
+
+        F, h, w = self.size.grid
+        return [PlacedQuery(f"q{i}", "video", -1, i * F // QUERY_POINTS, (3 * i + 1) % h, (5 * i + 2) % w)
+                for i in range(QUERY_POINTS)]
+
+    def query_plan(self, steps: int):
+        """The probe's plan for the queries mode: no text maps, the query points' rows only."""
+        from ovi_attn_capture.probe.query_probe import QueryPlan
+
+        plan = self.plan([], steps)
+        plan.queries = QueryPlan(self.query_points(), [], self.size.grid, self.size.audio_latent[0])
+        return plan
+
     def sync(self) -> None:
         import torch
 
@@ -212,9 +233,12 @@ class Bench:
         writer = probe = None
         try:
             if mode != "plain":
-                kinds = ALL_KINDS if mode == "ours+fusion" else TEXT_KINDS
-                writer = AsyncCaptureWriter(path, C.synthetic_layout(self.spec(kinds, settings.steps)))
-                plan = self.plan(kinds, settings.steps)
+                kinds = ALL_KINDS if mode == "ours+fusion" else [] if mode == "queries" else TEXT_KINDS
+                layout = C.synthetic_layout(self.spec(kinds, settings.steps))
+                if mode == "queries":
+                    layout.queries = self.query_points()
+                writer = AsyncCaptureWriter(path, layout)
+                plan = self.query_plan(settings.steps) if mode == "queries" else self.plan(kinds, settings.steps)
                 probe = (materialising_probe_class() if mode == "naive" else CaptureProbe)(plan, writer)
                 self.model.set_processor(probe, which="all")  # as a capture installs it
             on_step = None if writer is None else (lambda i, t, s: writer.step_done(i + 1, i, t, s))
@@ -350,7 +374,7 @@ def time_modes(bench: Bench, modes: list[str], repeat: int, warmup: bool) -> tup
             if reference is None:
                 reference = plain
             check_identity(reference, plain, "plain (run to run)")
-            for m in ("ours", "ours+fusion"):
+            for m in ("ours", "ours+fusion", "queries"):
                 if m in runs:
                     check_identity(plain, runs[m], m)
             if "naive" in runs:
@@ -460,7 +484,7 @@ def report(results: list[SizeResult], facts: dict, versions: dict) -> list[str]:
                 f"{best:.3f}", f"{m.cpu_median:.2f}", f"{cpu_ratio:.3f}",
                 "-" if m.memory is None else C.mib(m.memory),
                 "-" if extra is None or m.mode == "plain" else f"{extra / 2**20:+,.1f} MiB",
-                "0 (bit-identical)" if m.mode in ("plain", "ours", "ours+fusion") else f"{m.diff_vs_plain:.3g}",
+                "0 (bit-identical)" if m.mode in ("plain", "ours", "ours+fusion", "queries") else f"{m.diff_vs_plain:.3g}",
                 str(m.maps), C.human_bytes(m.file_bytes) if m.file_bytes else "-",
             ))
         if plain:
@@ -474,6 +498,13 @@ def report(results: list[SizeResult], facts: dict, versions: dict) -> list[str]:
                 line += f"; target ours/plain <= {target}: {v}"
                 if v != "ok":
                     misses.append(f"{r.size} ours/plain {ratio:.3f} > {target}")
+            target = QUERY_TARGETS.get((r.device, r.size))
+            if target and "queries" in r.modes:
+                ratio = r.modes["queries"].median / plain.median
+                v = C.verdict(ratio, target)
+                line += f"; target queries/plain <= {target} ({QUERY_POINTS} query points): {v}"
+                if v != "ok":
+                    misses.append(f"{r.size} queries/plain {ratio:.3f} > {target}")
             if r.device == "cuda" and r.size == "real" and "ours" in r.modes:
                 extra = max(r.modes[m].memory - plain.memory for m in ("ours", "ours+fusion") if m in r.modes)
                 v = C.verdict(extra, GPU_EXTRA_TARGET)

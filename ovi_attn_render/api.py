@@ -163,6 +163,61 @@ class Capture:
             da = da.isel(frame=0).assign_coords(pixel_frame=int(frame))
         return da
 
+    @property
+    def queries(self) -> list[dict]:
+        """The query points: label, tower, pixel_frame, latent_frame, y, x (token cell; -1 while an
+        adaptive query is not found), pixel_y, pixel_x, token and step (adaptive), audio_token, time."""
+        from dataclasses import asdict
+
+        return [asdict(q) for q in self.file.queries]
+
+    def video_self(self, query: str, frame: int | None = None, steps=None, layers=None, heads=None,
+                   branch: str = "cond", reduce: str | None = "mean") -> xr.DataArray:
+        """Where one video query point looks in the whole clip (its exact self-attention row):
+        (step, layer[, head], frame, y, x), probabilities over all video tokens summing to 1.
+
+        The query's place is in the coordinates (query, query_frame, query_latent_frame, query_y,
+        query_x, query_pixel_y, query_pixel_x). frame: a decoded frame, as for text_video."""
+        qi = self.file.query_index(query, "video")
+        q = self.file.tower_queries("video")[qi]
+        latents = None if frame is None else [self.latent_frame_of(frame)]
+        pos = self._positions(steps, layers, heads, branch)
+        f = self.file
+        x = f.to_dataarray(f.maps("video_self", None, pos["step"], pos["layer"], pos["branch"], pos["head"], latents,
+                                  query=qi))
+        da = self._query_coords(self._array(x, pos, None, "video_self", reduce), q)
+        da = da.assign_coords(query_frame=q.pixel_frame, query_latent_frame=q.latent_frame, query_y=q.y,
+                              query_x=q.x, query_pixel_y=q.pixel_y, query_pixel_x=q.pixel_x)
+        if frame is not None:
+            da = da.isel(frame=0).assign_coords(pixel_frame=int(frame))
+        return da
+
+    def audio_self(self, query: str, steps=None, layers=None, heads=None, branch: str = "cond",
+                   reduce: str | None = "mean") -> xr.DataArray:
+        """Where one audio query looks in the audio: (step, layer[, head], audio_time)."""
+        qi = self.file.query_index(query, "audio")
+        q = self.file.tower_queries("audio")[qi]
+        pos = self._positions(steps, layers, heads, branch)
+        f = self.file
+        x = f.to_dataarray(f.maps("audio_self", None, pos["step"], pos["layer"], pos["branch"], pos["head"],
+                                  query=qi))
+        da = self._query_coords(self._array(x, pos, None, "audio_self", reduce), q)
+        return da.assign_coords(query_audio_token=q.audio_token, query_time=q.time)
+
+    @staticmethod
+    def _query_coords(da: xr.DataArray, q) -> xr.DataArray:
+        """The file's query coordinates as the API names them: `query` is the label."""
+        names = [c for c in da.coords if c.startswith(("query_", "audio_query")) or c == "query"]
+        return da.drop_vars(names).assign_coords(query=q.label)
+
+    def track(self, query: str, method: str = "soft", steps=-1, layers=None, branch: str = "cond") -> xr.DataArray:
+        """The query's point track: (frame, axis) positions in token cells (axis y, x), from its
+        attention averaged over the selected steps (default: the last) and layers."""
+        from ovi_attn_render.views.query import track
+
+        m = self.video_self(query, steps=steps, layers=layers, branch=branch)
+        return track(m.mean(["step", "layer"], keep_attrs=True), method)
+
     def mask(self, token: str, threshold=None, *, steps=None, layers=None, frames=None, heads=None,
              branch: str = "cond", norm: str = "global", reduce: str = "mean", renorm: bool = False) -> xr.DataArray:
         """The token's map binarised per decoded frame: bool (pixel_frame, y, x) on the token grid.
@@ -247,10 +302,13 @@ def render(cap: Capture | str | os.PathLike, view: str = "steps", out=None, *, f
     from ovi_attn_render.views import video as views
     from ovi_attn_render.commands import output_path, render_file
 
-    names = {f.name for f in fields(views.Options)} - {"view", "tokens"}
-    unknown = sorted(set(options) - names - {"token"})
+    names = {f.name for f in fields(views.Options)} - {"view", "tokens", "queries"}
+    unknown = sorted(set(options) - names - {"token", "tokens", "query", "queries"})
     if unknown:
-        raise UserError(f"render() has no option {unknown[0]!r}; options: token, {', '.join(sorted(names))}.")
+        raise UserError(f"render() has no option {unknown[0]!r}; options: token, query, {', '.join(sorted(names))}.")
+    query = options.pop("query", None)
+    queries = options.pop("queries", None) or ([] if query is None else [query] if isinstance(query, str) else query)
+    options["queries"] = list(queries)
     token = options.pop("token", None)
     tokens = options.pop("tokens", None) or ([] if token is None else [token] if isinstance(token, str) else token)
     for key in ("steps", "layers", "heads", "frames"):

@@ -24,7 +24,8 @@ console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 VIEW_HELP = ("steps (default: GIF over steps at one frame), frames, grid, layers, audio, sync, mask (-o x.npz: "
-             "the masks as data), diff, sheet (every group side by side, one scale)")
+             "the masks as data), diff, sheet (every group side by side, one scale), query (where a query point "
+             "looks: GIF over frames, or PNG frames x layers), track (query points followed through the clip: MP4)")
 
 
 # ---------------------------------------------------------------------- output names
@@ -46,6 +47,10 @@ def output_name(stems: list[str], c) -> str:
     parts = ["_vs_".join(stems), c.view]
     if c.tokens:
         parts.append("+".join(_token_slug(t) for t in c.tokens))
+    if c.queries:
+        parts.append("q" + "+".join(_token_slug(q) for q in c.queries))
+    if c.view == "track" and c.track != "soft":
+        parts.append(c.track)
     if c.frame is not None:
         parts.append(f"f{c.frame}")
     for flag, value in (("fr", c.frames), ("s", c.steps), ("l", c.layers), ("h", c.heads)):
@@ -273,6 +278,9 @@ def _make_render_command(compare: bool):
         fps: Optional[float] = typer.Option(None, "--fps", metavar="<float>", parser=number("--fps", "8"), help="Animation rate (default 8 over steps, clip fps over frames)."),
         by: str = typer.Option("step", "--by", help="Audio view: one strip per step or per layer."),
         background: str = typer.Option("waveform", "--background", help="Audio view: waveform or spectrogram."),
+        query: Optional[List[str]] = typer.Option(None, "--query", "-q",
+                                                  help="Query point label (views query, track); repeat for several."),
+        track: str = typer.Option("soft", "--track", help="Track view: soft (soft-argmax) or argmax."),
         out: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder, or exact file (.gif/.mp4/.png/.svg)."),
         fmt: Optional[str] = typer.Option(None, "--format", help="gif, mp4, png or svg (default depends on the view)."),
         force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
@@ -290,7 +298,7 @@ def _make_render_command(compare: bool):
         opts = Options(view=view, tokens=list(token or []), frame=frame, frames=frames, steps=steps, layers=layers,
                        heads=heads, branch=branch, reduce=reduce, norm=norm, renorm=renorm, cmap=cmap, alpha=alpha,
                        upsample=upsample, layout=layout, threshold=threshold, size=size, fps=fps, by=by,
-                       background=background)
+                       background=background, queries=list(query or []), track=track)
         run_render(paths, opts, out, fmt, force)
 
     command.__doc__ = ("Draw the same view of two runs side by side (different prompts, seeds or models)."
@@ -350,6 +358,8 @@ def info(path: Path = typer.Argument(..., help="The capture file (.h5)."),
             ("generation", _seconds(a.get("generation_seconds"))),
             ("started", f"{a.get('started_at', '?')}  finished {a.get('finished_at', '') or '-'}"),
         ]
+        if cap.queries:
+            rows.insert(-2, ("queries", "; ".join(_describe_query(q) for q in cap.queries)))
         cut = int(a.get("text_tokens_cut", 0) or 0)
         if cut:
             rows.insert(3, ("prompt cut", f"[yellow]the last {cut} tokens were past the text encoder's limit; "
@@ -364,6 +374,16 @@ def info(path: Path = typer.Argument(..., help="The capture file (.h5)."),
             from ovi_attn_render.contract.token_groups import render_token_table
 
             render_token_table(cap.token_table(), console, title="token table (positive prompt)")
+
+
+def _describe_query(q) -> str:
+    """One query point in words: 'face (frame 60, cell 13,40)', 'man (token man at step 10: cell 5,7)'."""
+    if q.tower == "audio":
+        return f"{q.label} (audio {q.time:g} s, token {q.audio_token})"
+    cell = f"cell {q.y},{q.x}" if q.y >= 0 else "not found yet"
+    if q.token:
+        return f"{q.label} (peak of {q.token} at frame {q.pixel_frame}, step {q.step}: {cell})"
+    return f"{q.label} (frame {q.pixel_frame}, {cell})"
 
 
 def _describe_format(cap) -> str:

@@ -33,6 +33,13 @@ class Synth:
     audio_tokens: int = 12
     heads: int = 1
     map_dtype: str = DEFAULT_MAP_ENCODING
+    queries: tuple = ()  # PlacedQuery records; a video query's map is hot on query_path(q, f) in frame f
+
+
+def query_path(q, f: int, w: int = 8) -> tuple[int, int]:
+    """The cell a synthetic video query's attention sits on in latent frame f: one column to
+    the right per frame from where the query is."""
+    return q.y, (q.x + f) % w
 
 
 def hot_value(step: int) -> float:
@@ -63,7 +70,7 @@ def synthetic_layout(s: Synth) -> CaptureLayout:
         heads=s.heads, map_dtype=s.map_dtype, num_steps=s.steps, num_layers=max(s.layers) + 1,
         timesteps=[999 - 250 * i for i in range(s.steps)], sigmas=[1 - 0.25 * i for i in range(s.steps)],
         video_frames=T_pix, video_size=s.size, audio_samples=La * 512, fps=24.0,
-        attrs={"prompt": text, "model": "synthetic", "seed": 7, "generation_seconds": 1.5},
+        attrs={"prompt": text, "model": "synthetic", "seed": 7, "generation_seconds": 1.5}, queries=list(s.queries),
     )
 
 
@@ -100,6 +107,7 @@ def write_synthetic(path, s: Synth | None = None) -> Synth:
                     av = np.full((s.heads, La, F), 1.0 / F, np.float32)
                     wr.write_map("audio_video", b, st, li, av)
                     wr.write_map("audio_video_spatial", b, st, li, np.full((s.heads, F, h, w), 0.5, np.float32))
+                _write_queries(wr, s, b, st, li)
             wr.set_timestep(st, 999 - 250 * st, 1 - 0.25 * st)
             wr.finish_step(st + 1)
     if s.steps_done is None:
@@ -110,6 +118,25 @@ def write_synthetic(path, s: Synth | None = None) -> Synth:
     else:
         wr.f.close()  # killed mid-run: status stays running
     return s
+
+
+def _write_queries(wr, s: Synth, b: int, st: int, li: int) -> None:
+    """Query maps that sum to 1 over the clip: most of the mass on the query's path."""
+    F, h, w = s.grid
+    video = [q for q in s.queries if q.tower == "video"]
+    audio = [q for q in s.queries if q.tower == "audio"]
+    if video:
+        vs = np.full((len(video), s.heads, F, h, w), 0.2 / (F * h * w), np.float32)
+        for i, q in enumerate(video):
+            for f in range(F):
+                y, x = query_path(q, f, w)
+                vs[i, :, f, y, x] += 0.8 / F
+        wr.write_map("video_self", b, st, li, vs)
+    if audio:
+        a = np.full((len(audio), s.heads, s.audio_tokens), 0.5 / s.audio_tokens, np.float32)
+        for i, q in enumerate(audio):
+            a[i, :, q.audio_token] += 0.5
+        wr.write_map("audio_self", b, st, li, a)
 
 
 def cell_box(y: int, x: int, size=(256, 256), grid_hw=(8, 8)) -> tuple[slice, slice]:

@@ -48,11 +48,12 @@ def test_capture_overhead_runs_every_mode(tmp_path):
     stdout, data = run_bench("capture_overhead", tmp_path)
     (tiny,) = data["results"]
     modes = tiny["modes"]
-    assert list(modes) == ["plain", "ours", "ours+fusion", "naive"]
+    assert list(modes) == ["plain", "ours", "ours+fusion", "naive", "queries"]
     assert modes["ours"]["maps"] > 0 and modes["ours+fusion"]["maps"] > modes["ours"]["maps"]
+    assert modes["queries"]["maps"] > 0 and modes["queries"]["file_bytes"] > 0  # and bit-identical (checked inside)
     assert modes["ours"]["memory"] > 0  # measured in its own child process
     assert 0 < modes["naive"]["diff_vs_plain"] < 1  # naive changes the output, a little
-    assert "ours/plain =" in stdout and "naive/plain =" in stdout
+    assert "ours/plain =" in stdout and "naive/plain =" in stdout and "queries/plain =" in stdout
 
 
 def test_a_failed_measurement_exits_non_zero(tmp_path):

@@ -244,12 +244,17 @@ for L in (157, 158, 5):  # odd lengths (the released models' 157 audio tokens) n
 m = torch.full((2, 3), float(sp.rank + 1))  # this rank's two heads' maps
 assert torch.equal(sp.reduce_maps(m, keep_heads=False), torch.full((1, 3), (1 + 1 + 2 + 2) / 4))
 assert torch.equal(sp.reduce_maps(m, keep_heads=True)[:, 0], torch.tensor([1.0, 1.0, 2.0, 2.0]))
-print("swaps ok")
+print("swaps ok", flush=True)
 # Leave together: a rank that exits while its peer's gloo thread still talks to it aborts the
 # peer at shutdown ("terminate called without an active exception"), as the capture's own
-# teardown (distributed.shutdown) also destroys its group before the process ends.
+# teardown (distributed.shutdown) also destroys its group before the process ends. Even after
+# destroy_process_group, gloo's worker thread can still be joinable when the interpreter runs
+# C++ static destructors on a loaded 2-core machine (seen about one run in three), so the
+# check leaves with os._exit: what it tests (the swaps) is done and printed by then.
 dist.barrier()
 dist.destroy_process_group()
+import os
+os._exit(0)
 """
 
 

@@ -92,3 +92,25 @@ def test_the_estimate_counts_the_chunk_index_that_dominates_small_maps(tmp_path)
     size = _real_file_size(layout, tmp_path / "toy.h5", fill=True)
     assert size > 1.1 * raw  # the index is a large share ...
     assert abs(estimate_bytes(layout) - size) <= 0.05 * size  # ... and the estimate includes it
+
+
+def test_query_maps_are_in_the_estimate_and_the_budget_guard(tmp_path):
+    """Query points add video_self / audio_self maps: counted by the estimate (within 5% of the
+    real file) and refused by max_file_gb before anything loads."""
+    from ovi_attn_capture.pipeline.capture import _check_size
+    from ovi_attn_capture.pipeline.prompt_file import load_prompt_file
+    from ovi_attn_render.common.errors import UserError
+
+    path = ROOT / "data" / "prompts" / "tracks_720.yaml"
+    layout = _example_layout(path, tmp_path)
+    assert layout.self_kinds == ["video_self", "audio_self"]
+    without = estimate_bytes(type(layout)(**{**layout.__dict__, "queries": ()}))
+    F, h, w = layout.grid
+    added = 2 * 4 * len(layout.steps) * len(layout.layers) * F * h * w  # 4 video queries, int16
+    assert estimate_bytes(layout) - without >= added
+    size = _real_file_size(layout, tmp_path / "q.h5", fill=False)
+    assert abs(estimate_bytes(layout) - size) <= 0.05 * size
+    run = load_prompt_file(path, {"--ckpt-dir": str(tmp_path), "--max-file-gb": str((without + added / 2) / 1e9)})
+    _check_size(run, type(layout)(**{**layout.__dict__, "queries": ()}), None)  # fits without the queries ...
+    with pytest.raises(UserError, match="over the"):
+        _check_size(run, layout, None)  # ... not with them

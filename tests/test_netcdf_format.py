@@ -35,6 +35,10 @@ capture:
   tokens: [circle, red]
   kinds: [text_video, text_audio, video_audio, audio_video]
   branch: both
+queries:
+  - {frame: 4, x: 0.5, y: 0.25, label: top}
+  - {token: circle, frame: 0, step: 0, label: found}
+  - {time: 0.2, label: beep}
 """
 
 
@@ -81,6 +85,8 @@ def test_netcdf4_python_reads_every_variable_as_h5py_decodes_it(toy_capture, tmp
         assert set(nc.variables) == set(names)
         assert {"text_video", "text_audio", "video_audio", "audio_video", "audio_video_spatial", "video",
                 "audio"} <= set(names)
+        if which == "toy int16":  # the self-attention of query points, with their coordinates
+            assert {"video_self", "audio_self", "query_label", "query_y", "audio_query_time"} <= set(names)
         for name in names:
             ours = h5py_values(f, name)
             theirs = nc[name][...]
@@ -96,6 +102,9 @@ def test_netcdf4_python_reads_every_variable_as_h5py_decodes_it(toy_capture, tmp
         if which == "toy int16":
             assert nc["text_video"].dtype == np.int16 and nc["text_video"].filters()["fletcher32"]
             assert np.ma.getmaskarray(nc["text_audio"][1]).any()  # uncond: words absent from the empty negative
+            found = np.ma.getmaskarray(nc["video_self"][:, 1])  # the adaptive query: [branch, step, ...]
+            assert found[:, 0].all() and not found[:, 1].any()  # not computed before it was found (step 0)
+            assert nc["query_y"][1] >= 0 and nc["query_found_at_step"][1] == 0
 
 
 def test_xarray_default_engine_opens_it_with_coordinates(toy_capture):

@@ -41,6 +41,8 @@ from ovi_attn_capture.sampling.generate import SamplerSettings, Texts, sample
 from ovi_attn_capture.pipeline.outputs import OutputPlan, check_free_space, create_capture_file, human, plan_outputs, render_hint
 from ovi_attn_capture.pipeline.preflight import Shapes, preflight_shapes, shapes_of, tokens_cut
 from ovi_attn_capture.probe.probe import CapturePlan, CaptureProbe, key_groups
+from ovi_attn_capture.probe.query_probe import QueryPlan
+from ovi_attn_capture.pipeline.queries import resolve_queries
 from ovi_attn_capture.pipeline.prompt_file import RunSpec, resolve_model_defaults
 from ovi_attn_capture.pipeline.stopping import StopNow, StopRequests
 from ovi_attn_render.contract.token_groups import (TokenTable, group_for_other_text, group_members, group_words,
@@ -124,9 +126,11 @@ def build_plan(run: RunSpec, shapes: Shapes, device) -> tuple[CapturePlan, Captu
                 members[pad] = []
             kg[(branch, tower)] = key_groups(members, pad, len(tokens[key]), enc.text_len, device)
 
+    placed, query_plan = plan_queries(run, shapes, texts["positive"], tokens["positive"], device)
     plan = CapturePlan(
         steps=steps, layers=layers, kinds=list(cap.kinds), branches=branches,
-        keep_heads=cap.heads == "all", map_dtype=transfer_dtype(cap.dtype), video_grid=grid, groups=kg)
+        keep_heads=cap.heads == "all", map_dtype=transfer_dtype(cap.dtype), video_grid=grid, groups=kg,
+        queries=query_plan)
     layout = CaptureLayout(
         grid=grid, audio_tokens=shapes.audio_tokens, steps=steps, layers=layers,
         groups=[g.label for g in groups], group_kinds=[g.kind for g in groups],
@@ -137,8 +141,31 @@ def build_plan(run: RunSpec, shapes: Shapes, device) -> tuple[CapturePlan, Captu
         video_frames=shapes.pixel_frames, video_size=tuple(shapes.pixel_size),
         audio_samples=shapes.audio_tokens * shapes.samples_per_latent,
         audio_sample_rate=shapes.sample_rate, audio_samples_per_token=shapes.samples_per_latent,
+        queries=placed,
     )
     return plan, layout, texts
+
+
+def plan_queries(run: RunSpec, shapes: Shapes, text: str, tokens, device):
+    """The prompt file's query points placed on this run's grid, and the probe's plan for them
+    (None without queries). An adaptive query's token resolves like capture.tokens does."""
+    if not run.queries:
+        return [], None
+    placed = resolve_queries(run.queries, pixel_frames=shapes.pixel_frames, pixel_size=tuple(shapes.pixel_size),
+                             grid=shapes.video_grid, audio_tokens=shapes.audio_tokens,
+                             seconds_per_token=shapes.samples_per_latent / shapes.sample_rate)
+    video = [q for q in placed if q.tower == "video"]
+    audio = [q for q in placed if q.tower == "audio"]
+    adaptive = {}
+    for i, q in enumerate(video):
+        if q.adaptive:
+            groups = [g for g in TokenTable.of(text, tokens, [q.token], text_len=shapes.text.text_len).groups
+                      if g.kind != "pad"]
+            chosen = [g for g in groups if g.kind != "eos"] or groups  # `<eos>` alone selects the EOS token
+            members = sorted({j for g in chosen for j in g.token_indices})
+            adaptive[i] = key_groups([members], None, len(tokens), shapes.text.text_len, device)
+    plan = QueryPlan(video, audio, tuple(shapes.video_grid), shapes.audio_tokens, adaptive)
+    return video + audio, plan
 
 
 def _versions(device) -> dict:
@@ -368,6 +395,8 @@ def _extra_memory_mb(layout: CaptureLayout) -> float:
     itemsize = transfer_dtype(layout.map_dtype).itemsize
     F, h, w = layout.grid
     one_layer = len(layout.groups) * layout.heads * (F * h * w + layout.audio_tokens) * itemsize
+    one_layer += layout.heads * (len(layout.tower_queries("video")) * F * h * w
+                                 + len(layout.tower_queries("audio")) * layout.audio_tokens) * itemsize
     return (CHUNK_BYTES + 4 * one_layer) / 1e6
 
 

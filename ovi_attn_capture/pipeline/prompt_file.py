@@ -33,6 +33,7 @@ from ovi_attn_render.contract.token_groups import TEXT_LEN, check_selection, cle
 from ovi_attn_render.common.errors import UserError
 
 from ovi_attn_capture.model import registry
+from ovi_attn_capture.pipeline.queries import EXAMPLE as QUERY_EXAMPLE, QueryProblem, check_against_run, parse_queries
 
 MODELS = tuple(registry.MODELS)  # every model fact lives in model/registry.py
 SOLVERS = registry.SOLVERS
@@ -94,6 +95,7 @@ class RunSpec:
     max_file_gb: float = 20.0
     seeds: list[int] | None = None  # a sweep: one capture per seed (batch.py expands it)
     sp_size: int = 1  # ranks that run one prompt together (sequence parallel, under torchrun)
+    queries: list | None = None  # query points (queries.QuerySpec) whose self-attention rows are captured
     capture: CaptureSpec = field(default_factory=CaptureSpec)
     source_path: Path | None = None
     source_text: str = ""
@@ -258,6 +260,13 @@ def _kinds(value: Any) -> list[str]:
     return kinds
 
 
+def _queries(value: Any) -> list:
+    try:
+        return parse_queries(value)
+    except QueryProblem as problem:
+        raise _Bad(str(problem)) from None
+
+
 def _selection_syntax(value: Any) -> Any:
     """Syntax check of capture.layers / capture.steps (contract/selection.py's grammar); the
     values are checked later against the model (layers) or the sampler (steps)."""
@@ -365,6 +374,8 @@ _KEY_LIST = [
          metavar="<list>", shown_default="the file's seeds:, else one run with --seed"),
     _Key("sp_size", 1, _integer(1, 1024), "sp_size: 2", True, cli_type=int, metavar="<int>",
          help="Sequence parallel: processes per prompt (under torchrun)."),
+    _Key("queries", None, _queries, QUERY_EXAMPLE, True, metavar="<yaml>", shown_default="none",
+         help="Query points for self-attention maps, as YAML: '[{frame: 60, x: 0.5, y: 0.3, label: face}]'."),
     _Key("capture.tokens", ["all"], _tokens, "tokens: [man, park]", metavar="<list>",
          help="Token selections, comma separated: man,park,man#2,all.", shown_default="all"),
     _Key("capture.layers", "all", _selection_syntax, 'layers: "10-19"', metavar="<sel>",
@@ -690,6 +701,7 @@ def _check_together(spec: RunSpec, origins: dict[str, _Origin], item_lines: list
     if _is_released(spec.model):  # the toy and tiny models' depth is checked by resolve_model_defaults
         _selected(spec, "capture.layers", range(registry.num_layers(spec.model)), f"{spec.model} layers")
     _check_tokens(spec, origins["capture.tokens"], item_lines)
+    _check_queries(spec, origins["queries"])
 
 
 def _is_released(model: str) -> bool:
@@ -771,6 +783,21 @@ def _check_tokens(spec: RunSpec, origin: _Origin, item_lines: list[_Origin]) -> 
         except UserError as err:
             where = item_lines[i] if i < len(item_lines) else origin
             raise where.error_sentence("capture.tokens", str(err)) from None
+
+
+def _check_queries(spec: RunSpec, origin: _Origin) -> None:
+    """Adaptive queries name a token of the prompt and a step the sampler runs."""
+    text = clean_prompt_text(spec.prompt)
+    for i, q in enumerate(spec.queries or []):
+        if q.adaptive:
+            try:
+                check_selection(q.token, text, text_len=TEXT_LEN)
+            except UserError as err:
+                raise origin.error_sentence("queries", f"item {i + 1} ({q.label}): {err}") from None
+    try:
+        check_against_run(spec.queries or [], spec.steps)
+    except UserError as err:
+        raise origin.error_sentence("queries", str(err).removeprefix("queries: ")) from None
 
 
 def resolve_model_defaults(

@@ -69,6 +69,10 @@ class AsyncCaptureWriter:
         self._raise_if_failed()
         self.queue.put(("step", steps_done, step_pos, float(timestep), float(sigma)))
 
+    def set_query_cell(self, query: int, y: int, x: int) -> None:
+        """An adaptive query was found (the probe, during generation): record its cell."""
+        self.queue.put(("query", query, y, x))
+
     def write_clip(self, frames: np.ndarray | None, waveform: np.ndarray | None) -> None:
         self.queue.put(("clip", frames, waveform))
 
@@ -146,3 +150,5 @@ class AsyncCaptureWriter:
             f.heartbeat()
         elif tag == "attrs":
             f.set_attrs(**item[1])
+        elif tag == "query":
+            f.set_query_cell(*item[1:])

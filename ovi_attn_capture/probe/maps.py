@@ -50,8 +50,9 @@ def text_group_maps(q, k, lse, key_index, key_weight, keep_heads: bool = False) 
     return torch.cat(out, dim=2)
 
 
-def _fusion_probabilities(q, k, lse, k_lens, sl):
-    """exp(scale q.k - lse) for the queries in slice sl against all keys, masked keys 0."""
+def key_probabilities(q, k, lse, k_lens, sl):
+    """exp(scale q.k - lse) for the queries in slice sl against all keys, masked keys 0 (fusion maps and
+    the self-attention rows of query points)."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     s = torch.einsum("blhd,bkhd->bhlk", q[:, sl].float(), k.float()) * scale  # [B, H, l, Lk]
     p = torch.exp(s - lse[:, :, sl, None].float())
@@ -72,7 +73,7 @@ def video_to_audio_maps(q, k, lse, k_lens, grid, keep_heads: bool = False) -> to
     La = k.shape[1]
     rows = []
     for sl in _chunks(F_ * hw, B * H * La * 4 * 2, multiple=hw):
-        p = reduce_heads(_fusion_probabilities(q, k, lse, k_lens, sl), keep_heads)  # [B, Hd, l, La]
+        p = reduce_heads(key_probabilities(q, k, lse, k_lens, sl), keep_heads)  # [B, Hd, l, La]
         rows.append(p.unflatten(2, (-1, hw)).mean(dim=3))  # [B, Hd, frames, La]
     return torch.cat(rows, dim=2)
 
@@ -87,7 +88,7 @@ def audio_to_video_maps(q, k, lse, k_lens, grid, keep_heads: bool = False):
     Lv = F_ * h * w
     per_frame, spatial = [], None
     for sl in _chunks(La, B * H * k.shape[1] * 4 * 2):
-        p = reduce_heads(_fusion_probabilities(q, k, lse, k_lens, sl), keep_heads)[..., :Lv]  # [B, Hd, l, Lv]
+        p = reduce_heads(key_probabilities(q, k, lse, k_lens, sl), keep_heads)[..., :Lv]  # [B, Hd, l, Lv]
         per_frame.append(p.unflatten(3, (F_, h * w)).sum(dim=4))  # [B, Hd, l, F]
         part = p.sum(dim=2)  # [B, Hd, Lv]
         spatial = part if spatial is None else spatial + part

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ovi_attn_capture.model.processors import AttnProcessor
-from ovi_attn_capture.probe import maps
+from ovi_attn_capture.probe import maps, self_maps
+from ovi_attn_capture.probe.query_probe import QueryPlan, QueryTracker
 
 
 @dataclass
@@ -65,6 +66,7 @@ class CapturePlan:
     map_dtype: torch.dtype
     video_grid: tuple[int, int, int]
     groups: dict = field(default_factory=dict)  # (branch, tower) -> KeyGroups
+    queries: QueryPlan | None = None  # query points whose self-attention rows are captured
 
 
 class CaptureProbe(AttnProcessor):
@@ -78,6 +80,7 @@ class CaptureProbe(AttnProcessor):
         self.active: tuple[int, int, str] | None = None  # (step pos, branch pos, branch name)
         self.maps_written = 0
         self.stop_check = None  # called at every cross-attention: raises to stop at a layer boundary
+        self.queries = QueryTracker(plan.queries) if plan.queries is not None else None
 
     def __call__(self, attn, kind: str, q, k, v, k_lens=None, key_bias=None):
         """The plain kernel call (the output is the plain processor's, bit for bit), then the maps."""
@@ -94,6 +97,8 @@ class CaptureProbe(AttnProcessor):
 
     def begin_pass(self, step: int, branch: str) -> bool:
         """Called before each model evaluation; returns whether this pass is captured."""
+        if self.queries is not None:
+            self._record_found(self.queries.begin_pass(step, branch))
         if step in self._step_pos and branch in self._branch_pos:
             self.active = (self._step_pos[step], self._branch_pos[branch], branch)
         else:
@@ -102,6 +107,14 @@ class CaptureProbe(AttnProcessor):
 
     def end_pass(self) -> None:
         self.active = None
+        if self.queries is not None:
+            self._record_found(self.queries.end_pass())
+
+    def _record_found(self, found) -> None:
+        """Adaptive queries just found: their cells go into the file's query coordinates."""
+        if self.sink is not None:
+            for position, y, x in found:
+                self.sink.set_query_cell(position, y, x)
 
     def _target(self, layer: int):
         if self.active is None or layer not in self._layer_pos:
@@ -145,6 +158,8 @@ class CaptureProbe(AttnProcessor):
     def on_text_attention(self, where, q, k, lse) -> None:
         if self.stop_check is not None:
             self.stop_check()
+        if self.queries is not None and self.queries.wants_text(where[0]):
+            self.queries.add_text(q, k, lse, self._keep_heads, self._heads)
         found = self.text_target(where)
         if found is None:
             return
@@ -171,5 +186,29 @@ class CaptureProbe(AttnProcessor):
             self._emit("audio_video", branch_pos, step_pos, layer_pos, self._heads(per_frame[0]))  # [Hd, La, F]
             self._emit("audio_video_spatial", branch_pos, step_pos, layer_pos, self._heads(spatial[0]))  # [Hd, F, h, w]
 
+    @torch.no_grad()
     def on_self_attention(self, where, q, k, lse, k_lens) -> None:
-        """Self-attention (q, k roped as the kernel saw them, lse its own): nothing is captured from it yet."""
+        """Self-attention rows of the query points: q, k roped as the kernel saw them, lse its own."""
+        if self.queries is None:
+            return
+        tower, layer = where
+        target = self._target(layer)
+        kind = "video_self" if tower == "video" else "audio_self"
+        active = self.queries.active(tower, q.device) if target is not None else None
+        if active is None:
+            return
+        positions, index = active
+        step_pos, branch_pos, _, layer_pos = target
+        qp = self.plan.queries
+        if tower == "video":
+            m = self_maps.video_query_maps(q, k, lse, index, qp.grid, k_lens, self._keep_heads)  # [B, Hd, Q, F, h, w]
+            total = len(qp.video)
+        else:
+            m = self_maps.audio_query_maps(q, k, lse, index, qp.audio_tokens, k_lens, self._keep_heads)  # [B, Hd, Q, La]
+            total = len(qp.audio)
+        m = self._heads(m[0]).transpose(0, 1)  # [Q, Hd, ...]
+        if len(positions) < total:  # adaptive queries not found yet: NaN rows
+            full = torch.full((total, *m.shape[1:]), float("nan"), dtype=m.dtype, device=m.device)
+            full[positions] = m
+            m = full
+        self._emit(kind, branch_pos, step_pos, layer_pos, m)

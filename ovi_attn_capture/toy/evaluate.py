@@ -14,6 +14,12 @@ Scores, per captured step and layer (cond branch, head mean):
     iou       IoU of the map thresholded at half its peak (token cells) with the object
     audio     the peak of the "<shape> beeps" phrase's text->audio map falls inside the
               detected beep (chance: the beep's share of the clip)
+    track     self-attention as a point tracker: every token cell of pixel frame 0 is a
+              query point (`queries:`, video_self maps); for each moving object, the query
+              on its centre there is followed through the clip (soft-argmax of its
+              attention per latent frame) and scored by the mean distance, in latent
+              cells, to the object's true centre in every frame (target <= 1 cell;
+              `still` is the distance of a track that never moves, for comparison)
 
 `python -m ovi_attn_capture.toy.evaluate data/toy/eval.yaml` or `ovi-attn eval ...`.
 """
@@ -33,6 +39,7 @@ from ovi_attn_capture.toy.world import BEEP_AMPLITUDE, COLOURS, TONE_CHANNEL, pa
 
 HIT_COVERAGE = 0.1  # a cell "is on" an object when the object covers at least this share of it
 MIN_OBJECT_PIXELS = 200  # fewer matching pixels in a frame (a fifth of an object): the object is not there
+TRACK_QUERY_FRAME = 0  # the first frame: the track runs over the whole clip from it
 COLOUR_DISTANCE = 120.0  # farthest RGB distance from the palette colour that still counts as the object
 
 
@@ -109,6 +116,7 @@ class FileScores:
     prompt: str
     video: dict = field(default_factory=dict)  # word -> {"pointing": [S, L], "iou": [S, L], "chance": float, "found": float}
     audio: dict = field(default_factory=dict)  # phrase -> {"hit": [S, L], "chance": float}
+    track: dict = field(default_factory=dict)  # moving object's shape -> {"soft", "argmax": [S, L], "still": float}
 
 
 def score_file(path: str | Path, geometry: Geometry = Geometry()) -> FileScores:
@@ -129,6 +137,12 @@ def score_file(path: str | Path, geometry: Geometry = Geometry()) -> FileScores:
                 maps = cap.text_video(cap.token_index(word)).isel(head=0).transpose(
                     "step", "layer", "frame", "y", "x").values  # [S, L, F, h, w]
                 out.video[word] = _score_video(cap, maps, masks, (h, w), geometry)
+        if "video_self" in cap.variables():
+            for obj in objects:
+                if obj.motion != "still":
+                    scored = _score_track(cap, colour_masks(frames, obj.colour))
+                    if scored is not None:
+                        out.track[obj.shape] = scored
         if "text_audio" in cap.variables():
             waveform = cap.waveform()
             for obj in objects:
@@ -173,6 +187,41 @@ def _score_video(cap, maps: np.ndarray, masks: np.ndarray, grid, geometry: Geome
             "found": found / len(masks)}
 
 
+def _centre_cells(mask: np.ndarray, grid) -> np.ndarray:
+    """bool [H, W] -> the object's centroid (y, x) in token-cell units."""
+    ys, xs = np.nonzero(mask)
+    return np.array([(ys.mean() + 0.5) * grid[0] / mask.shape[0], (xs.mean() + 0.5) * grid[1] / mask.shape[1]])
+
+
+def _score_track(cap, masks: np.ndarray) -> dict | None:
+    """Follow the query on the object's centre at TRACK_QUERY_FRAME: mean distance (cells) to the true centre
+    over the frames where the object is seen, per (step, layer); None if it is not at frame 0."""
+    import xarray as xr
+
+    from ovi_attn_render.views.query import distance_to, track
+
+    F, h, w = cap.grid
+    n0 = TRACK_QUERY_FRAME
+    if len(masks) <= n0 or masks[n0].sum() < MIN_OBJECT_PIXELS:
+        return None
+    start = _centre_cells(masks[n0], (h, w))
+    cell = (min(h - 1, int(start[0])), min(w - 1, int(start[1])))
+    queries = cap.tower_queries("video")
+    at = [i for i, q in enumerate(queries) if q.pixel_frame == n0 and (q.y, q.x) == cell]
+    if not at:
+        return None
+    m = xr.DataArray(cap.video_self(at[0])[:, :, 0], dims=("step", "layer", "frame", "y", "x"))  # [S, L, F, h, w]
+    seen = [n for n in range(len(masks)) if masks[n].sum() >= MIN_OBJECT_PIXELS]
+    truth = np.stack([_centre_cells(masks[n], (h, w)) for n in seen])  # [N, 2]
+    latent = [cap.latent_frame(n) for n in seen]
+    out = {}
+    for method in ("soft", "argmax"):
+        points = track(m, method).isel(frame=latent)  # (step, layer, frame -> the seen pixel frames, axis)
+        out[method] = distance_to(points, truth).mean(-1)  # [S, L]
+    out["still"] = float(np.sqrt(((truth - start) ** 2).sum(-1)).mean())
+    return out
+
+
 # ----------------------------------------------------------------------------- the table
 
 
@@ -188,6 +237,7 @@ class EvalTable:
     found: float  # share of (object word, frame) pairs whose object was found in the clip
     final: list[int]  # the step positions averaged for the headline
     files: list[FileScores]
+    track: dict = field(default_factory=dict)  # "soft" / "argmax" -> [S, L] mean distance (cells); "still": float
 
     def at_final(self, values: np.ndarray) -> np.ndarray:
         """[L]: mean over the final steps."""
@@ -204,17 +254,30 @@ class EvalTable:
                 "pointing_layer_mean": float(pointing.mean()), "iou_best_layer": float(self.at_final(self.iou)[b]),
                 "audio_best_layer": float(self.at_final(self.audio).max()) if self.audio.size else None,
                 "chance": self.chance, "audio_chance": self.audio_chance, "objects_found": self.found,
-                "final_steps": [int(self.steps[i]) for i in self.final]}
+                "final_steps": [int(self.steps[i]) for i in self.final], **self.track_headline()}
+
+    def track_headline(self) -> dict:
+        """The tracking score: mean distance (latent cells) at the layer that tracks best."""
+        if not self.track:
+            return {}
+        soft, argmax = self.at_final(self.track["soft"]), self.at_final(self.track["argmax"])
+        b = int(np.argmin(soft))
+        return {"track_distance_best_layer": float(soft[b]), "track_best_layer": int(self.layers[b]),
+                "track_argmax_distance": float(argmax[b]), "track_still_distance": self.track["still"],
+                "tracks": self.track["count"]}
 
     def to_json(self) -> dict:
         return {"headline": self.headline(), "steps": self.steps, "layers": self.layers,
                 "pointing": self.pointing.round(4).tolist(), "iou": self.iou.round(4).tolist(),
                 "audio": self.audio.round(4).tolist(),
+                "track": {k: (v.round(4).tolist() if isinstance(v, np.ndarray) else v) for k, v in self.track.items()},
                 "files": [{"path": f.path, "prompt": f.prompt,
                            "video": {w: {"pointing_final": float(np.mean(v["pointing"][self.final])),
                                          "chance": v["chance"], "found": v["found"]} for w, v in f.video.items()},
                            "audio": {p: {"hit_final": float(np.mean(v["hit"][self.final])), "chance": v["chance"]}
-                                     for p, v in f.audio.items()}} for f in self.files]}
+                                     for p, v in f.audio.items()},
+                           "track": {o: {"soft_final": self.at_final(v["soft"]).round(4).tolist(),
+                                         "still": v["still"]} for o, v in f.track.items()}} for f in self.files]}
 
 
 def build_table(files: list[FileScores], steps: list[int], layers: list[int], final_steps: float) -> EvalTable:
@@ -223,6 +286,9 @@ def build_table(files: list[FileScores], steps: list[int], layers: list[int], fi
     S, L = len(steps), len(layers)
     n_final = max(1, math.ceil(final_steps * S))
     all_video = [v for f in files for v in f.video.values()]
+    tracks = [t for f in files for t in f.track.values()]
+    track = {"soft": np.mean([t["soft"] for t in tracks], 0), "argmax": np.mean([t["argmax"] for t in tracks], 0),
+             "still": float(np.mean([t["still"] for t in tracks])), "count": len(tracks)} if tracks else {}
     return EvalTable(
         steps=list(steps), layers=list(layers),
         pointing=np.mean([v["pointing"] for v in video], 0) if video else np.zeros((S, L)),
@@ -231,7 +297,7 @@ def build_table(files: list[FileScores], steps: list[int], layers: list[int], fi
         chance=float(np.mean([v["chance"] for v in video])) if video else 0.0,
         audio_chance=float(np.mean([a["chance"] for a in audio])) if audio else 0.0,
         found=float(np.mean([v["found"] for v in all_video])) if all_video else 0.0,
-        final=list(range(S - n_final, S)), files=files)
+        final=list(range(S - n_final, S)), files=files, track=track)
 
 
 def print_table(table: EvalTable, console=None) -> None:
@@ -256,6 +322,11 @@ def print_table(table: EvalTable, console=None) -> None:
     for i, s in enumerate(table.steps):
         per_step.add_row(str(s), f"{table.pointing[i].mean():.3f}", f"{table.pointing[i].max():.3f}")
     console.print(per_step)
+    if table.track:
+        soft = table.at_final(table.track["soft"])
+        console.print("track distance per layer (latent cells, soft-argmax, final steps): "
+                      + ", ".join(f"{int(l)}: {d:.2f}" for l, d in zip(table.layers, soft))
+                      + f"; a still point: {table.track['still']:.2f} (target <= 1)", highlight=False)
     console.print(f"best layer {head['best_layer']}: pointing {head['pointing_best_layer']:.3f} "
                   f"(chance {head['chance']:.3f}, target 0.9), IoU {head['iou_best_layer']:.3f}; "
                   f"objects found in {head['objects_found']:.0%} of frames", highlight=False)
@@ -274,6 +345,18 @@ def capture_tokens(prompt: str) -> list[str]:
     return tokens
 
 
+def grid_queries(frame: int) -> list:
+    """One query point on every token cell of a pixel frame (the toy grid is 8 x 8), so that
+    whatever the model draws where, a query sits on each object's centre in that frame."""
+    from ovi_attn_capture.pipeline.queries import QuerySpec
+    from ovi_attn_capture.model import registry
+
+    size = registry.get("toy").native_size
+    h, w = size[0] // 16, size[1] // 16  # 16 pixels per latent cell (the codec's compression)
+    return [QuerySpec(f"cell_{y}_{x}", "video", frame=frame, x=(x + 0.5) / w, y=(y + 0.5) / h)
+            for y in range(h) for x in range(w)]
+
+
 def run_spec(prompt: str, seed: int, steps: int, layers, settings: EvalSettings, device: str = "cpu"):
     """A validated-by-construction RunSpec for the toy model (the prompt file's keys, no file)."""
     from ovi_attn_capture.pipeline.prompt_file import CaptureSpec, RunSpec
@@ -282,7 +365,7 @@ def run_spec(prompt: str, seed: int, steps: int, layers, settings: EvalSettings,
 
     capture = CaptureSpec(tokens=capture_tokens(prompt), layers=layers, steps="all",
                           kinds=["text_video", "text_audio"], branch="cond", heads="mean", dtype="float32")
-    return RunSpec(prompt=prompt, video_negative_prompt=VIDEO_NEGATIVE_PROMPT,
+    return RunSpec(queries=grid_queries(TRACK_QUERY_FRAME), prompt=prompt, video_negative_prompt=VIDEO_NEGATIVE_PROMPT,
                    audio_negative_prompt=AUDIO_NEGATIVE_PROMPT, seed=seed, model="toy", steps=steps,
                    video_guidance_scale=settings.video_guidance_scale,
                    audio_guidance_scale=settings.audio_guidance_scale, dtype="float32", device=device,

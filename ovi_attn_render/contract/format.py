@@ -32,8 +32,9 @@ import numpy as np
 
 from ovi_attn_render.contract.geometry import (FPS, PIXEL_FRAME_STRIDE, SAMPLE_RATE, SAMPLES_PER_TOKEN, audio_token_seconds,
                                                latent_frame_of)
-from ovi_attn_render.contract.kinds import MAP_KINDS, variables_of
+from ovi_attn_render.contract.kinds import MAP_KINDS, SELF_KINDS, variables_of
 from ovi_attn_render.contract.liveness import process_start_ticks
+from ovi_attn_render.contract.queries import PlacedQuery
 from ovi_attn_render.contract.token_groups import Token
 
 FORMAT_NAME = "ovi-attn-capture"
@@ -158,7 +159,17 @@ class CaptureLayout:
     audio_sample_rate: int = SAMPLE_RATE
     audio_samples_per_token: int = SAMPLES_PER_TOKEN
     fps: float = FPS
+    queries: Sequence[PlacedQuery] = ()  # query points (video and audio), in the order of the prompt file
     attrs: dict = field(default_factory=dict)  # generation settings, versions, prompt...
+
+    def tower_queries(self, tower: str) -> list[PlacedQuery]:
+        """The queries of one tower, in file order (the `query` / `audio_query` dimension)."""
+        return [q for q in self.queries if q.tower == tower]
+
+    @property
+    def self_kinds(self) -> list[str]:
+        """The self-attention kinds this capture writes: those whose tower has queries."""
+        return [k for k, tower in SELF_KINDS.items() if self.tower_queries(tower)]
 
 
 def map_shape(var: str, layout: CaptureLayout) -> tuple[int, ...]:
@@ -184,6 +195,8 @@ def dimension_sizes(layout: CaptureLayout) -> dict[str, int]:
         "pixel_x": layout.video_size[1],
         "rgb": 3,
         "sample": layout.audio_samples,
+        "query": len(layout.tower_queries("video")),
+        "audio_query": len(layout.tower_queries("audio")),
     }
 
 
@@ -221,14 +234,13 @@ def map_encoding(layout: CaptureLayout, var: str) -> MapEncoding:
 
 def big_variables(L: CaptureLayout) -> list[BigVariable]:
     out = []
-    for kind in L.kinds:
-        for var in variables_of(kind):
-            shape = map_shape(var, L)
-            if 0 in shape:
-                continue
-            enc = map_encoding(L, var)
-            out.append(BigVariable(var, MAP_KINDS[var].dims, shape, chunk_shape(var, shape), enc.dtype, enc.deflate,
-                                   L.checksums, enc.fill, enc.fixed_size, _map_attrs(var, enc)))
+    for var in [v for kind in list(L.kinds) + L.self_kinds for v in variables_of(kind)]:
+        shape = map_shape(var, L)
+        if 0 in shape:
+            continue
+        enc = map_encoding(L, var)
+        out.append(BigVariable(var, MAP_KINDS[var].dims, shape, chunk_shape(var, shape), enc.dtype, enc.deflate,
+                               L.checksums, enc.fill, enc.fixed_size, _map_attrs(var, enc)))
     if L.video_frames:
         H, W = L.video_size
         out.append(BigVariable("video", ("pixel_frame", "pixel_y", "pixel_x", "rgb"), (L.video_frames, H, W, 3),
@@ -281,6 +293,9 @@ _AUX_COORDS = {
     "token": ("token_label", "token_kind"),
     "step": ("timestep", "sigma"),
     "audio_time": ("audio_time_seconds",),
+    "query": ("query_label", "query_pixel_frame", "query_latent_frame", "query_y", "query_x", "query_pixel_y",
+              "query_pixel_x", "query_token", "query_found_at_step"),
+    "audio_query": ("audio_query_label", "audio_query_time", "audio_query_token"),
 }
 
 
@@ -430,7 +445,7 @@ class CaptureFileWriter:
         f.attrs["fps"] = L.fps
         f.attrs["pixel_frame_stride"] = PIXEL_FRAME_STRIDE
         f.attrs["heads"] = "mean" if L.heads == 1 else "all"
-        f.attrs["kinds"] = ",".join(L.kinds)
+        f.attrs["kinds"] = ",".join(list(L.kinds) + L.self_kinds)
         f.attrs["map_dtype"] = L.map_dtype
         f.attrs["checksums"] = "fletcher32" if L.checksums else "none"
         self.set_attrs(**L.attrs)
@@ -499,11 +514,52 @@ class CaptureFileWriter:
                       attrs={"long_name": "latent frame the decoded frame belongs to", **one})
         if L.audio_samples:
             self._scale("sample", size=L.audio_samples)
+        self._query_coordinates(L)
         # Maps, frames, audio: one 2-D map (one frame, all audio) per chunk, see big_variables.
         for v in big_variables(L):
             self._big(v)
 
+    def _query_coordinates(self, L: CaptureLayout) -> None:
+        """The `query` (video) and `audio_query` dimensions with each query's place; an adaptive
+        query's cell is -1 until capture finds it (set_query_cell)."""
+        one = {"units": "1"}
+        video, audio = L.tower_queries("video"), L.tower_queries("audio")
+        if video:
+            self._scale("query", data=np.arange(len(video), dtype=np.int32), long_name="video query point", **one)
+            self._chars("query_label", "query", [q.label for q in video], "label of the query point")
+            for name, dtype, values, long_name in (
+                ("query_pixel_frame", np.int32, [q.pixel_frame for q in video], "decoded frame of the query"),
+                ("query_latent_frame", np.int32, [q.latent_frame for q in video], "latent frame of the query"),
+                ("query_y", np.int32, [q.y for q in video], "token row of the query (-1: not found)"),
+                ("query_x", np.int32, [q.x for q in video], "token column of the query (-1: not found)"),
+                ("query_found_at_step", np.int32, [-1 if q.step is None else q.step for q in video],
+                 "sampler step whose text map placed an adaptive query (-1: a fixed point)"),
+            ):
+                self._var(name, ["query"], data=np.asarray(values, dtype), attrs={"long_name": long_name, **one})
+            for name, values, long_name in (("query_pixel_y", [q.pixel_y for q in video], "pixel row of the query"),
+                                            ("query_pixel_x", [q.pixel_x for q in video], "pixel column of the query")):
+                self._var(name, ["query"], data=np.asarray(values, np.float32), attrs={"long_name": long_name, **one})
+            self._chars("query_token", "query", [q.token or "" for q in video],
+                        "token group whose text-map peak placed the query (empty: a fixed point)")
+        if audio:
+            self._scale("audio_query", data=np.arange(len(audio), dtype=np.int32), long_name="audio query", **one)
+            self._chars("audio_query_label", "audio_query", [q.label for q in audio], "label of the audio query")
+            self._var("audio_query_time", ["audio_query"], data=np.asarray([q.time for q in audio], np.float64),
+                      attrs={"long_name": "time asked for", "units": "s"})
+            self._var("audio_query_token", ["audio_query"], data=np.asarray([q.audio_token for q in audio], np.int32),
+                      attrs={"long_name": "audio token of the query", **one})
+
     # ------------------------------------------------------------------ writing
+    def set_query_cell(self, query: int, y: int, x: int) -> None:
+        """An adaptive video query was found: record its token cell (and that cell's centre in pixels)."""
+        f = self.f
+        F, h, w = self.layout.grid
+        H, W = self.layout.video_size if self.layout.video_frames else (h, w)
+        f["query_y"][query] = y
+        f["query_x"][query] = x
+        f["query_pixel_y"][query] = (y + 0.5) * H / h
+        f["query_pixel_x"][query] = (x + 0.5) * W / w
+
     def write_map(self, var: str, branch: int, step: int, layer: int, values: np.ndarray) -> None:
         """Write all maps of one (branch, captured step index, captured layer index).
 

@@ -25,6 +25,8 @@ class MapKind:
     chunk_trailing: int  # how many trailing dims one chunk spans (1 per chunk for the rest)
     description: str  # the variable's CF long_name
     value_max: float | None = 1.0  # largest value (probabilities: 1); None: no fixed range to pack into
+    query_tower: str | None = None  # self-attention of query points of this tower: written when the prompt
+                                    # file lists such `queries:`, not chosen through capture.kinds
 
     def __post_init__(self):
         per_write = {"branch", "step", "layer"}  # the position write_map is given
@@ -64,12 +66,26 @@ _ROWS = (
             value_dims=("head", "frame", "y", "x"), chunk_trailing=2,
             description="where the audio looks: attention of all audio tokens summed, per video token",
             value_max=None),
+    # Self-attention rows of query points: one chunk is one query's map over the whole clip.
+    MapKind("video_self", "video_self",
+            dims=("branch", "query", "step", "layer", "head", "frame", "y", "x"),
+            value_dims=("query", "head", "frame", "y", "x"), chunk_trailing=3,
+            description="video self-attention of the query point: its softmax probability on every video token",
+            query_tower="video"),
+    MapKind("audio_self", "audio_self",
+            dims=("branch", "audio_query", "step", "layer", "head", "audio_time"),
+            value_dims=("audio_query", "head", "audio_time"), chunk_trailing=1,
+            description="audio self-attention of the query time: its softmax probability on every audio token",
+            query_tower="audio"),
 )
 
 MAP_KINDS: dict[str, MapKind] = {k.name: k for k in _ROWS}  # variable name -> its row, in file order
 
 # Capture kinds as users name them, in the order prompt files and help text list them.
-CAPTURE_KINDS: tuple[str, ...] = tuple(dict.fromkeys(k.kind for k in _ROWS))
+CAPTURE_KINDS: tuple[str, ...] = tuple(dict.fromkeys(k.kind for k in _ROWS if k.query_tower is None))
+
+# Self-attention kinds -> the tower whose query points they follow (written when `queries:` lists some).
+SELF_KINDS: dict[str, str] = {k.kind: k.query_tower for k in _ROWS if k.query_tower is not None}
 
 
 def variables_of(kind: str) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ Fletcher-32 checksum fails is named in a UserError, never returned.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import os
@@ -35,6 +36,7 @@ from ovi_attn_render.contract.geometry import (FPS, PIXEL_FRAME_STRIDE, SAMPLE_R
                                                latent_frame_of, pixel_frame_count, token_cell_pixels)
 from ovi_attn_render.contract.kinds import MAP_KINDS, capture_kind_of
 from ovi_attn_render.contract.liveness import describe_writer
+from ovi_attn_render.contract.queries import PlacedQuery
 from ovi_attn_render.contract.selection import describe_values
 from ovi_attn_render.contract.token_groups import TEXT_LEN, Token, TokenGroup, TokenTable
 
@@ -195,6 +197,7 @@ class Capture:
         self.latent_frame_of_pixel: np.ndarray = self._latent_frame_table()  # [T] int64
         # The decoded clip is written after the last step; before that it is all zeros.
         self.clip_written: bool = self.status == "complete"
+        self.queries: list[PlacedQuery] = _read_queries(f)  # video queries first, then audio ones
         # Each map variable's dims, outermost first, as the file's dimension scales name them.
         self.map_dims: dict[str, tuple[str, ...]] = {v: _dims_of(f[v], MAP_KINDS[v].dims) for v in self.variables()}
         self._check_shapes()
@@ -241,7 +244,8 @@ class Capture:
         F, h, w = self.grid
         sizes = {"branch": len(self.branches), "step": len(self.steps), "layer": len(self.layers),
                  "token": len(self.groups), "head": len(self.heads), "frame": F, "y": h, "x": w,
-                 "audio_time": self.audio_tokens}
+                 "audio_time": self.audio_tokens, "query": len(self.tower_queries("video")),
+                 "audio_query": len(self.tower_queries("audio"))}
         for var in self.variables():
             dims = self.map_dims[var]
             if sorted(dims) != sorted(MAP_KINDS[var].dims):
@@ -285,6 +289,25 @@ class Capture:
 
     def variables(self) -> list[str]:
         return [v for v in MAP_KINDS if v in self.f]
+
+    def tower_queries(self, tower: str) -> list[PlacedQuery]:
+        return [q for q in self.queries if q.tower == tower]
+
+    def query_index(self, label: str, tower: str = "video") -> int:
+        """A query's label -> its position in the file's `query` (video) or `audio_query` dimension."""
+        queries = self.tower_queries(tower)
+        labels = [q.label for q in queries]
+        if str(label) in labels:
+            return labels.index(str(label))
+        if str(label).isdigit() and int(label) < len(labels) and str(label) not in labels:
+            return int(label)
+        var = "video_self" if tower == "video" else "audio_self"
+        if not labels:
+            raise UserError(f"this capture has no {tower} query points ({var} maps); capture again with "
+                            f"`queries:` in the prompt file (docs/PROMPT.md).")
+        close = difflib.get_close_matches(str(label), labels, n=1, cutoff=0.5)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"{tower} query '{label}' was not captured{hint}; captured: {', '.join(labels)}.")
 
     def token_index(self, selector: str | int) -> int:
         """Any token selection capture accepts ('man', 'man#2', 'man#1', '#5', '#3-4', an exact
@@ -443,6 +466,8 @@ class Capture:
     def _describe_position(self, dim: str, i: int) -> str:
         if dim == "token":
             return f"token '{self.groups[i]}'"
+        if dim in ("query", "audio_query"):
+            return f"query '{self.tower_queries('video' if dim == 'query' else 'audio')[i].label}'"
         if dim == "step":
             return f"step {int(self.steps[i])}"
         if dim == "layer":
@@ -461,21 +486,27 @@ class Capture:
         return list(range(self.grid[0])) if frames is None else [int(x) for x in frames]
 
     def maps(self, var: str, token: int | None = None, steps=None, layers=None, branch=0, heads=None,
-             frames=None) -> Maps:
+             frames=None, query: int | None = None) -> Maps:
         """`var`'s maps at positions (not values) per dim, float32, in the file's dim order less
-        branch and token (one of each is read). None selects everything readable."""
+        branch, token and query (one of each is read). None selects everything readable."""
         if token is None and "token" in MAP_KINDS[var].dims:
             raise ValueError(f"{var} maps are per token group: give the group's position")
+        query_dim = next((d for d in ("query", "audio_query") if d in MAP_KINDS[var].dims), None)
+        if query is None and query_dim is not None:
+            raise ValueError(f"{var} maps are per query point: give the query's position")
         h_, w_ = self.grid[1:]
         picks = self._picks(steps, layers, branch, heads) | {
             "token": [0 if token is None else int(token)], "frame": self._frames(frames), "y": list(range(h_)), "x": list(range(w_)),
             "audio_time": list(range(self.audio_tokens))}
+        if query_dim is not None:
+            picks[query_dim] = [int(query)]
         dims = self.map_dims[var] if var in self.map_dims else MAP_KINDS[var].dims
         if var in self.f:  # a dim of a newer kind (a self-attention `query`, say): all of it
             picks |= {d: list(range(n)) for d, n in zip(dims, self.f[var].shape) if d not in picks}
         data = self._read(var, picks, dims)
-        lead = tuple(i for i, d in enumerate(dims) if d in ("branch", "token"))
-        kept = tuple(d for d in dims if d not in ("branch", "token"))
+        one = ("branch", "token", "query", "audio_query")  # one of each is read: dropped
+        lead = tuple(i for i, d in enumerate(dims) if d in one)
+        kept = tuple(d for d in dims if d not in one)
         return Maps(data.reshape([n for i, n in enumerate(data.shape) if i not in lead]), kept, var,
                     {d: picks[d] for d in dims})
 
@@ -498,6 +529,14 @@ class Capture:
         layer, head, y, x); arguments are positions, not values."""
         return self.to_dataarray(self.maps("text_video", token, steps, layers, branch, heads, frames))
 
+    def video_self(self, query: int, steps=None, layers=None, branch=0, heads=None, frames=None) -> "xr.DataArray":
+        """One video query's self-attention over the clip: (step, layer, head, frame, y, x); positions."""
+        return self.to_dataarray(self.maps("video_self", None, steps, layers, branch, heads, frames, query=query))
+
+    def audio_self(self, query: int, steps=None, layers=None, branch=0, heads=None) -> "xr.DataArray":
+        """One audio query's self-attention over the audio: (step, layer, head, audio_time); positions."""
+        return self.to_dataarray(self.maps("audio_self", None, steps, layers, branch, heads, query=query))
+
     def text_audio(self, token: int, steps=None, layers=None, branch=0, heads=None) -> "xr.DataArray":
         """One token group's audio maps: (step, layer, head, audio_time)."""
         return self.to_dataarray(self.maps("text_audio", token, steps, layers, branch, heads))
@@ -515,7 +554,26 @@ class Capture:
         return self.to_dataarray(self.maps("audio_video_spatial", None, steps, layers, branch, heads, frames))
 
 
-_DAMAGE_ORDER = ("token", "step", "layer", "frame", "head", "audio_time", "branch")
+def _read_queries(f: h5py.File) -> list[PlacedQuery]:
+    """The query points a file records (none for files written before queries existed)."""
+    out = []
+    if "query" in f:
+        labels, tokens = read_strings(f["query_label"]), read_strings(f["query_token"])
+        col = {k: f[k][...] for k in ("query_pixel_frame", "query_latent_frame", "query_y", "query_x",
+                                      "query_pixel_y", "query_pixel_x", "query_found_at_step")}
+        for i, label in enumerate(labels):
+            step = int(col["query_found_at_step"][i])
+            out.append(PlacedQuery(label, "video", int(col["query_pixel_frame"][i]), int(col["query_latent_frame"][i]),
+                                   int(col["query_y"][i]), int(col["query_x"][i]), float(col["query_pixel_y"][i]),
+                                   float(col["query_pixel_x"][i]), tokens[i] or None, None if step < 0 else step))
+    if "audio_query" in f:
+        times, tokens = f["audio_query_time"][...], f["audio_query_token"][...]
+        for i, label in enumerate(read_strings(f["audio_query_label"])):
+            out.append(PlacedQuery(label, "audio", audio_token=int(tokens[i]), time=float(times[i])))
+    return out
+
+
+_DAMAGE_ORDER = ("query", "audio_query", "token", "step", "layer", "frame", "head", "audio_time", "branch")
 
 
 def open_capture(path) -> Capture:

@@ -26,7 +26,8 @@ from ovi_attn_render.contract.geometry import SAMPLE_RATE
 from ovi_attn_render.contract.reader import Capture
 from ovi_attn_render.contract.selection import describe_values, parse_threshold, resolve
 
-VIEWS = ("steps", "frames", "grid", "layers", "audio", "sync", "mask", "diff", "sheet")
+VIEWS = ("steps", "frames", "grid", "layers", "audio", "sync", "mask", "diff", "sheet", "query", "track")
+QUERY_VIEWS = ("query", "track")  # self-attention of query points (views/query.py)
 # Formats each view can write, the default first.
 VIEW_FORMATS = {
     "steps": ("gif", "mp4"),
@@ -38,27 +39,31 @@ VIEW_FORMATS = {
     "sync": ("png", "svg"),
     "mask": ("gif", "png", "svg", "npz"),  # npz: the masks as data, with per-frame PNGs
     "sheet": ("png",),
+    "query": ("gif", "png"),  # gif: over the clip's frames; png: latent frames x layers
+    "track": ("mp4", "gif"),  # mp4 with the clip's audio
 }
 # Options that only some views use: option -> those views. Giving one to another view is an
 # error rather than a silent no-op (it would also end up in the output name).
 _MAP_VIEWS = ("steps", "diff", "frames", "grid", "sheet")
 APPLIES = {
-    "tokens": tuple(v for v in VIEWS if v != "sync"),
+    "tokens": tuple(v for v in VIEWS if v != "sync" and v not in QUERY_VIEWS),
+    "queries": QUERY_VIEWS,
+    "track": ("track",),
     "frame": ("steps", "diff", "grid", "mask", "layers", "sheet"),
     "frames": ("frames", "layers", "mask"),
     "threshold": ("mask",),
     "by": ("audio",),
     "background": ("audio",),
     "layout": ("steps", "frames"),
-    "alpha": _MAP_VIEWS,
+    "alpha": _MAP_VIEWS + ("query",),
     "upsample": _MAP_VIEWS,
-    "cmap": _MAP_VIEWS + ("audio", "sync"),
+    "cmap": _MAP_VIEWS + ("audio", "sync", "query"),
     "fps": ("steps", "diff", "frames", "mask"),
-    "size": ("steps", "diff", "frames", "mask", "sheet"),
-    "renorm": tuple(v for v in VIEWS if v != "sync"),
+    "size": ("steps", "diff", "frames", "mask", "sheet", "query", "track"),
+    "renorm": tuple(v for v in VIEWS if v != "sync" and v not in QUERY_VIEWS),
     "norm": ("steps", "diff", "frames", "grid", "audio", "mask", "sheet"),
 }
-_FLAG = {"tokens": "--token"}
+_FLAG = {"tokens": "--token", "queries": "--query"}
 NORMS = ("global", "step", "frame", "absolute")
 GRID_DEFAULT_STEPS = 10
 
@@ -87,6 +92,8 @@ class Options:
     fps: float | None = None
     by: str = "step"  # audio view: one strip per step or per layer
     background: str = "waveform"  # audio view: waveform | spectrogram
+    queries: list[str] = field(default_factory=list)  # query / track views: query point labels
+    track: str = "soft"  # track view: soft (soft-argmax) or argmax
 
 
 @dataclass
@@ -139,6 +146,11 @@ def check_options(o: Options) -> None:
     if o.view not in ("sheet",) and any(str(t).strip().lower() == "all" for t in o.tokens):
         raise UserError(f"--token all draws every captured group, which only --view sheet does; use --view sheet, "
                         f"or name the tokens for --view {o.view}.")
+    if o.view in QUERY_VIEWS:
+        from ovi_attn_render.views.query import TRACK_METHODS
+
+        if o.track not in TRACK_METHODS:
+            raise UserError(f"unknown --track '{o.track}'; choose {' or '.join(TRACK_METHODS)}.")
     if o.view == "sheet" and o.norm == "step":
         raise UserError("--view sheet draws one step range, so --norm step has nothing to vary over; use global "
                         "(one shared scale, the default), frame (each panel its own) or absolute.")
@@ -177,7 +189,7 @@ def default_steps(cap: Capture, view: str, export: bool = False) -> str | None:
     readable = cap.readable_steps
     if not len(readable):
         return None
-    if view == "frames" or (view == "mask" and export):
+    if view == "frames" or (view == "mask" and export) or view in QUERY_VIEWS:
         return str(int(readable[-1]))
     if view == "grid" and len(readable) > GRID_DEFAULT_STEPS:
         picks = np.unique(np.linspace(0, len(readable) - 1, GRID_DEFAULT_STEPS).round().astype(int))
@@ -206,6 +218,8 @@ def canonical(cap: Capture, o: Options, ext: str) -> Options:
         c.tokens = ["all"] if every else [cap.groups[g] for g in sheet_groups(cap, o)]
     else:
         c.tokens = [cap.groups[cap.token_index(t)] for t in o.tokens]
+    c.queries = [q if q in [a.label for a in cap.tower_queries("audio")] else
+                 cap.tower_queries("video")[cap.query_index(q)].label for q in o.queries]
     uses_frame = o.view in APPLIES["frame"] and not export and not (o.view == "layers" and o.frames)
     c.frame = (cap.default_frame if o.frame is None else cap.check_frame(o.frame)) if uses_frame else None
 
@@ -775,7 +789,15 @@ def _export_masks(cap: Capture, o: Options, out: str) -> Drawn:
 VIEW_FUNCTIONS = {
     "steps": view_steps, "frames": view_frames, "grid": view_grid, "layers": view_layers,
     "audio": view_audio, "sync": view_sync, "mask": view_mask, "diff": view_diff, "sheet": view_sheet,
+    "query": lambda cap, o, out: _query_views().render_query(cap, o, out),
+    "track": lambda cap, o, out: _query_views().render_track(cap, o, out),
 }
+
+
+def _query_views():
+    from ovi_attn_render.views import query  # imports this module: loaded when first drawn
+
+    return query
 
 
 def render(cap: Capture, o: Options, out: str) -> Drawn:
