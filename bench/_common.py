@@ -253,28 +253,23 @@ QUICK = SyntheticSpec(grid=(5, 8, 8), steps=4, layers=3, groups=5, audio_tokens=
 
 def synthetic_layout(spec: SyntheticSpec):
     """A CaptureLayout whose prompt is the spec's words, one token each, then EOS."""
-    import numpy as np
-
     from ovi_attn_render.contract.format import CaptureLayout
-    from ovi_attn_render.contract.token_groups import Token
+    from ovi_attn_render.contract.geometry import SAMPLE_RATE
+    from ovi_attn_render.contract.token_groups import Token, TokenTable, group_members
 
-    words = spec.words
-    text = " ".join(w.split("#")[0] for w in words)
+    words = [WORDS[i % len(WORDS)] for i in range(spec.groups - 2)]  # the prompt: one token a word
+    text = " ".join(words)
     tokens, pos = [], 0
     for i, w in enumerate(words):
-        bare = w.split("#")[0]
-        tokens.append(Token(i, 1000 + i, "▁" + bare, pos, pos + len(bare), bare, i))
-        pos += len(bare) + 1
+        tokens.append(Token(i, 1000 + i, "▁" + w, pos, pos + len(w), w, i))
+        pos += len(w) + 1
     tokens.append(Token(len(words), 1, "</s>", len(text), len(text), "", -1))
-    groups = words + ["<eos>", "<pad>"]
-    members = np.zeros((len(groups), len(tokens)), np.uint8)
-    for i in range(len(words) + 1):
-        members[i, i] = 1  # word i is token i; <eos> is the last token
-    sample_rate = 16000
+    table = TokenTable.of(text, tokens, spec.words)  # the groups as capture resolves them: man, ..., man#2
+    sample_rate = SAMPLE_RATE
     return CaptureLayout(
         grid=spec.grid, audio_tokens=spec.audio_tokens, steps=list(range(spec.steps)),
-        layers=list(range(spec.layers)), groups=groups, group_kinds=["word"] * len(words) + ["eos", "pad"],
-        group_members=members, tokens=tokens, kinds=list(spec.kinds), branches=("cond",), heads=1,
+        layers=list(range(spec.layers)), groups=table.labels, group_kinds=[g.kind for g in table.groups],
+        group_members=group_members(table.groups, len(tokens)), tokens=table.tokens, kinds=list(spec.kinds), branches=("cond",), heads=1,
         map_dtype=spec.map_dtype, checksums=spec.checksums, num_steps=spec.steps, num_layers=spec.layers,
         video_frames=spec.video_frames, video_size=spec.video_size,
         audio_samples=int(spec.audio_seconds * sample_rate), audio_sample_rate=sample_rate,
@@ -356,7 +351,7 @@ def write_synthetic_capture(path: str | Path, spec: SyntheticSpec = REAL, fsync:
     maps_cpu = time.process_time() - c1
     writer.write_video(_synthetic_frames(spec))
     n = layout.audio_samples
-    writer.write_audio(0.3 * np.sin(2 * np.pi * 220 * np.arange(n) / 16000).astype(np.float32))
+    writer.write_audio(0.3 * np.sin(2 * np.pi * 220 * np.arange(n) / layout.audio_sample_rate).astype(np.float32))
     writer.f.flush()
     t3 = time.perf_counter()
     writer.close("complete")

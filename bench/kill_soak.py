@@ -49,7 +49,6 @@ capture:
   tokens: [circle, square, red]
   kinds: [text_video, text_audio, video_audio, audio_video]
 """
-MAP_VARS = ("text_video", "text_audio", "video_audio", "audio_video", "audio_video_spatial")
 
 
 @dataclass
@@ -104,12 +103,12 @@ def opens_everywhere(path: Path) -> int:
 
 
 def steps_equal(path: Path, ref: Path, done: int) -> bool:
+    from ovi_attn_render.contract.kinds import MAP_KINDS
+
     with h5py.File(path, "r", locking=False) as f, h5py.File(ref, "r") as r:
-        for var in MAP_VARS:
+        for var in MAP_KINDS:  # every map variable, in file order
             if var not in r:
                 continue
-            from ovi_attn_render.contract.kinds import MAP_KINDS
-
             sl = (slice(None),) * MAP_KINDS[var].dims.index("step") + (slice(0, done),)
             if not np.array_equal(f[var][sl], r[var][sl], equal_nan=True):
                 return False

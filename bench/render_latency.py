@@ -62,12 +62,14 @@ class Result:
 
 def commands(h5: str, spec: C.SyntheticSpec, out_dir: str, pixel_frame: int) -> list[Command]:
     """The five measured commands and the bytes each one needs to draw."""
+    from ovi_attn_render.contract.geometry import SAMPLE_RATE
+
     F, h, w = spec.grid
     map_b = h * w * _map_itemsize(spec)  # one stored map
     frame_b = spec.video_size[0] * spec.video_size[1] * 3
     S, L = spec.steps, spec.layers
     grid_steps = min(S, 10)  # the grid view's default: 10 steps spread over the run
-    audio_b = int(spec.audio_seconds * 16000) * 4
+    audio_b = int(spec.audio_seconds * SAMPLE_RATE) * 4
     o = lambda name: os.path.join(out_dir, name)  # noqa: E731
     at = ["--token", TOKEN, "--frame", str(pixel_frame), "--force"]
     return [

@@ -375,12 +375,9 @@ def info(path: Path = typer.Argument(..., help="The capture file (.h5)."),
             t.add_row(k, v)
         console.print(t)
         if tokens:
-            tt = Table(title="token table (positive prompt)", title_justify="left")
-            for col in ("#", "piece", "word", "span", "groups"):
-                tt.add_column(col)
-            for r in cap.token_table():
-                tt.add_row(str(r["index"]), r["piece"], r["word"], f"{r['start']}:{r['end']}", ", ".join(r["groups"]))
-            console.print(tt)
+            from ovi_attn_render.contract.token_groups import render_token_table
+
+            render_token_table(cap.token_table(), console, title="token table (positive prompt)")
 
 
 def _describe_query(q) -> str:

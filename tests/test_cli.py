@@ -48,3 +48,13 @@ def test_capture_without_torch_says_which_extra_to_install(tmp_path):
                         "-o", str(tmp_path / "x.h5")], capture_output=True, text=True)
     assert r.returncode == 2, r.stderr
     assert "pip install 'ovi-attn[capture]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_info_prints_the_token_table_with_pieces_as_written_not_as_markup(run, capsys, monkeypatch):
+    from ovi_attn_render.contract.reader import Capture
+
+    rows = Capture.token_table
+    monkeypatch.setattr(Capture, "token_table", lambda self: [dict(r, piece="[bold]x") for r in rows(self)])
+    assert main(["info", str(run), "--tokens"]) == 0
+    out = capsys.readouterr().out
+    assert "token table (positive prompt)" in out and "[bold]x" in out and "man#2" in out

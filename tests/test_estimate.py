@@ -2,7 +2,6 @@
 example prompt in data/prompts and the real-size benchmark shape."""
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ import torch
 from ovi_attn_render.contract.format import CaptureFileWriter, estimate_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
 
 
 def _example_layout(path: Path, ckpt_dir: Path):
@@ -75,7 +73,7 @@ def test_the_estimate_is_within_5_percent_for_every_example_prompt(prompt, tmp_p
     assert abs(estimate - size) <= 0.05 * size, (prompt.name, estimate, size)
 
 
-def test_the_estimate_is_within_5_percent_at_the_real_benchmark_shape(tmp_path):
+def test_the_estimate_is_within_5_percent_at_the_real_benchmark_shape(tmp_path, bench_path):
     import _common as C
 
     layout = C.synthetic_layout(C.REAL)

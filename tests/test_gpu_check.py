@@ -51,12 +51,8 @@ def test_smoke_runs_every_section_without_the_packages_the_device_lacks(tmp_path
     assert "gpu_check: all checks passed" in proc.stdout
 
 
-def test_a_kernel_with_a_wrong_lse_fails_the_check(tmp_path, monkeypatch):
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import gpu_check
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+def test_a_kernel_with_a_wrong_lse_fails_the_check(tmp_path, monkeypatch, bench_path):
+    import gpu_check
     from ovi_attn_capture.model import attention as A
 
     def flipped(q, k, v, k_lens):  # right values, queries in the wrong order

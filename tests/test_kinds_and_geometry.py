@@ -48,12 +48,15 @@ def test_reader_takes_each_frames_latent_frame_from_the_file(tmp_path):
     write_synthetic(path, Synth())
     with open_capture(path) as cap:
         assert cap.latent_frame(4) == 1 and cap.geometry.pixel_frames_of(2) == [5, 6, 7, 8]
+        assert cap.num_pixel_frames == 9 and cap.default_frame == cap.geometry.default_frame == 4
     with h5py.File(path, "r+") as f:  # a (valid) table other than the stride's: the reader follows the file
         table = f["latent_frame_of_pixel"][...]
         table[4] = 2
         f["latent_frame_of_pixel"][...] = table
     with open_capture(path) as cap:
         assert cap.latent_frame(4) == 2
+        assert cap.pixel_frames_of(1) == [1, 2, 3] and cap.pixel_frames_of(2) == [4, 5, 6, 7, 8]
+        assert cap.pixel_frames_of(2) == cap.geometry.pixel_frames_of(2)
     with h5py.File(path, "r+") as f:  # a table that falls back: damaged, said in one sentence
         table[5] = 0
         f["latent_frame_of_pixel"][...] = table

@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,8 +14,6 @@ from ovi_attn_capture.sampling.solvers import SOLVERS, make_scheduler
 from ovi_attn_render.common.errors import UserError
 
 DATA = Path(__file__).parent / "data"
-# A git checkout of character-ai/Ovi, from the environment only; the tests that need it skip without it.
-OVI_MIRROR = Path(os.environ["OVI_MIRROR"]) if os.environ.get("OVI_MIRROR") else None
 
 
 def shifted(sigma: float, shift: float) -> float:
@@ -296,28 +292,24 @@ def test_euler_is_diffusers_flow_match_euler():
 
 # ---------------------------------------------------------------- upstream parity (needs the Ovi mirror)
 
-def load_upstream_module(tmp_path: Path, repo_path: str):
+def load_upstream_module(ovi_mirror, tmp_path: Path, repo_path: str):
     """Import one of upstream's files from the read-only mirror, copied to tmp_path at test time."""
-    if OVI_MIRROR is None or not OVI_MIRROR.exists():
-        pytest.skip(f"the upstream Ovi mirror is not at {OVI_MIRROR} (set OVI_MIRROR); cannot compare bit for bit")
-    source = subprocess.run(["git", "-C", str(OVI_MIRROR), "show", f"HEAD:{repo_path}"],
-                            check=True, capture_output=True, text=True).stdout
     file = tmp_path / Path(repo_path).name
-    file.write_text(source)
+    file.write_text(ovi_mirror.show(repo_path))
     spec = importlib.util.spec_from_file_location(f"upstream_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def upstream_scheduler(tmp_path: Path, name: str, steps: int, shift: float):
+def upstream_scheduler(ovi_mirror, tmp_path: Path, name: str, steps: int, shift: float):
     """Builds the scheduler and timesteps the way upstream's get_scheduler_time_steps does."""
     if name == "unipc":
-        unipc = load_upstream_module(tmp_path, "ovi/utils/fm_solvers_unipc.py")
+        unipc = load_upstream_module(ovi_mirror, tmp_path, "ovi/utils/fm_solvers_unipc.py")
         sched = unipc.FlowUniPCMultistepScheduler(num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
         sched.set_timesteps(steps, device="cpu", shift=shift)
         return sched, sched.timesteps
-    dpm = load_upstream_module(tmp_path, "ovi/utils/fm_solvers.py")
+    dpm = load_upstream_module(ovi_mirror, tmp_path, "ovi/utils/fm_solvers.py")
     sched = dpm.FlowDPMSolverMultistepScheduler(num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
     timesteps, _ = dpm.retrieve_timesteps(sched, device="cpu", sigmas=dpm.get_sampling_sigmas(steps, shift))
     return sched, timesteps
@@ -327,8 +319,8 @@ def upstream_scheduler(tmp_path: Path, name: str, steps: int, shift: float):
 @pytest.mark.parametrize("name, steps, shift", [("unipc", 50, 5.0), ("unipc", 30, 5.0), ("unipc", 3, 2.0),
                                                 ("dpm++", 50, 5.0),
                                                 ("dpm++", 3, 2.0)])
-def test_bit_identical_to_upstream(tmp_path, name, steps, shift, dtype):
-    theirs, timesteps = upstream_scheduler(tmp_path, name, steps, shift)
+def test_bit_identical_to_upstream(tmp_path, ovi_mirror, name, steps, shift, dtype):
+    theirs, timesteps = upstream_scheduler(ovi_mirror, tmp_path, name, steps, shift)
     ours = make_scheduler(name, steps=steps, shift=shift)
     assert torch.equal(ours.timesteps, timesteps) and torch.equal(ours.sigmas, theirs.sigmas)
 

@@ -10,8 +10,6 @@ upstream's own key names) to our loader, and compares the decoded output on the 
     umT5         t5.T5Encoder with a padding mask
 """
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,22 +17,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-# A git checkout of character-ai/Ovi, from the environment only; the tests that need it skip without it.
-MIRROR = Path(os.environ["OVI_MIRROR"]) if os.environ.get("OVI_MIRROR") else None
-
-
-def _copy_upstream(tmp_path: Path, files: list[str]) -> None:
+def _copy_upstream(ovi_mirror, tmp_path: Path, files: list[str]) -> None:
     """Write `files` (and every __init__.py above them, emptied) from the mirror under tmp_path."""
-    if MIRROR is None or not MIRROR.exists():
-        pytest.skip(f"no local mirror of character-ai/Ovi at {MIRROR} (set OVI_MIRROR)")
     inits = {str(Path(*Path(f).parts[:i]) / "__init__.py") for f in files for i in range(1, len(Path(f).parts))}
     for f in sorted(set(files) | inits):
         dst = tmp_path / f
         dst.parent.mkdir(parents=True, exist_ok=True)
         # package __init__s pull in the whole pipeline (CLIP, CUDA kernels): keep them empty
-        text = "" if f.endswith("__init__.py") and f not in files else subprocess.run(
-            ["git", "-C", str(MIRROR), "show", f"HEAD:{f}"], capture_output=True, text=True, check=True).stdout
-        dst.write_text(text)
+        dst.write_text("" if f.endswith("__init__.py") and f not in files else ovi_mirror.show(f))
 
 
 def _forget_upstream() -> None:
@@ -50,23 +40,20 @@ def _fresh_upstream_package():
     _forget_upstream()
 
 
-def _import(tmp_path: Path, name: str):
-    """Import `name` from the upstream files copied under tmp_path."""
+def _import(monkeypatch, tmp_path: Path, name: str):
+    """Import `name` from the upstream files copied under tmp_path (on sys.path for this test only)."""
     import importlib
 
-    sys.path.insert(0, str(tmp_path))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return importlib.import_module(name)
 
 
 # ============================================================================ Wan2.2 video VAE
 
-def test_video_vae_decode_matches_upstream(tmp_path, monkeypatch):
+def test_video_vae_decode_matches_upstream(tmp_path, ovi_mirror, monkeypatch):
     pytest.importorskip("einops")  # upstream's vae2_2.py uses einops.rearrange
-    _copy_upstream(tmp_path, ["ovi/modules/vae2_2.py"])
-    vae2_2 = _import(tmp_path, "ovi.modules.vae2_2")
+    _copy_upstream(ovi_mirror, tmp_path, ["ovi/modules/vae2_2.py"])
+    vae2_2 = _import(monkeypatch, tmp_path, "ovi.modules.vae2_2")
     from ovi_attn_capture.components.tiny import TINY_VAE, tiny_video_vae_state_dict
     from ovi_attn_capture.components.video_vae import VideoVAE, vae_from_wan_state
 
@@ -110,20 +97,17 @@ AUDIO_FILES = [
 ]
 
 
-def _upstream_audio(tmp_path):
+def _upstream_audio(tmp_path, ovi_mirror, monkeypatch):
     pytest.importorskip("einops")  # vae_modules.py uses einops.rearrange
-    _copy_upstream(tmp_path, AUDIO_FILES)
-    vae = _import(tmp_path, "ovi.modules.mmaudio.ext.autoencoder.vae")
-    sys.path.insert(0, str(tmp_path))
-    try:  # bigvgan/__init__ (emptied) would import omegaconf; the vocoder class itself needs only a config
-        import ovi.modules.mmaudio.ext.bigvgan.models as models
-    finally:
-        sys.path.remove(str(tmp_path))
+    _copy_upstream(ovi_mirror, tmp_path, AUDIO_FILES)
+    vae = _import(monkeypatch, tmp_path, "ovi.modules.mmaudio.ext.autoencoder.vae")
+    # bigvgan/__init__ (emptied) would import omegaconf; the vocoder class itself needs only a config
+    models = _import(monkeypatch, tmp_path, "ovi.modules.mmaudio.ext.bigvgan.models")
     return vae, models
 
 
-def test_audio_decode_matches_upstream(tmp_path):
-    vae_mod, models = _upstream_audio(tmp_path)
+def test_audio_decode_matches_upstream(tmp_path, ovi_mirror, monkeypatch):
+    vae_mod, models = _upstream_audio(tmp_path, ovi_mirror, monkeypatch)
     from ovi_attn_capture.components.audio_vae import AudioDecoder, mel_vae_from_state, vocoder_from_state
     from ovi_attn_capture.components.tiny import TINY_BIGVGAN, TINY_MEL_VAE, tiny_bigvgan_state_dict
 
@@ -161,11 +145,11 @@ def test_audio_decode_matches_upstream(tmp_path):
 
 # ============================================================================ umT5 encoder
 
-def test_umt5_encoder_matches_upstream(tmp_path, monkeypatch):
-    _copy_upstream(tmp_path, ["ovi/modules/t5.py", "ovi/modules/tokenizers.py"])
+def test_umt5_encoder_matches_upstream(tmp_path, ovi_mirror, monkeypatch):
+    _copy_upstream(ovi_mirror, tmp_path, ["ovi/modules/t5.py", "ovi/modules/tokenizers.py"])
     # t5.py evaluates torch.cuda.current_device() as a default argument at import: give it a CPU answer
     monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")
-    t5 = _import(tmp_path, "ovi.modules.t5")
+    t5 = _import(monkeypatch, tmp_path, "ovi.modules.t5")
     from ovi_attn_capture.components.text_encoder import TextEncoder, umt5_from_wan_state
     from ovi_attn_capture.components.tiny import TINY_T5, build_tiny_tokenizer
 

@@ -8,36 +8,21 @@ same bf16 arithmetic. Everything else (block order, shared q/o, fusion attention
 modulation, head, skip-layer guidance, i2v t = 0) must then agree exactly.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import pytest
 import torch
 import torch.nn.functional as F
 
-# A git checkout of character-ai/Ovi, from the environment only; the tests that need it skip without it.
-MIRROR = Path(os.environ["OVI_MIRROR"]) if os.environ.get("OVI_MIRROR") else None
 FILES = ["ovi/modules/model.py", "ovi/modules/fusion.py", "ovi/modules/attention.py",
          "ovi/distributed_comms/communications.py", "ovi/distributed_comms/parallel_states.py"]
 
 
-def _upstream(tmp_path):
-    if MIRROR is None or not MIRROR.exists():
-        pytest.skip(f"no local mirror of character-ai/Ovi at {MIRROR} (set OVI_MIRROR)")
+def _upstream(tmp_path, ovi_mirror, monkeypatch):
     for f in FILES + ["ovi/__init__.py", "ovi/modules/__init__.py", "ovi/distributed_comms/__init__.py"]:
         dst = tmp_path / f
         dst.parent.mkdir(parents=True, exist_ok=True)
-        text = "" if f.endswith("__init__.py") else subprocess.run(
-            ["git", "-C", str(MIRROR), "show", f"HEAD:{f}"], capture_output=True, text=True, check=True).stdout
-        dst.write_text(text)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import ovi.modules.fusion as fusion
-        import ovi.modules.model as model
-    finally:
-        sys.path.remove(str(tmp_path))
+        dst.write_text("" if f.endswith("__init__.py") else ovi_mirror.show(f))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import ovi.modules.fusion as fusion
+    import ovi.modules.model as model
 
     def cpu_flash(q, k, v, q_lens=None, k_lens=None, **kw):  # upstream's kernel needs CUDA
         from ovi_attn_capture.model.attention import attention
@@ -47,8 +32,8 @@ def _upstream(tmp_path):
     return fusion
 
 
-def test_fusion_model_is_bit_identical_to_upstream(tmp_path, monkeypatch):
-    fusion = _upstream(tmp_path)
+def test_fusion_model_is_bit_identical_to_upstream(tmp_path, ovi_mirror, monkeypatch):
+    fusion = _upstream(tmp_path, ovi_mirror, monkeypatch)
     import ovi_attn_capture.model.fusion as ours_mod
     from ovi_attn_capture.model.fusion import build_random, tiny_configs
 

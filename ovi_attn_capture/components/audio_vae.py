@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ovi_attn_capture.components.checkpoints import load_pth
 from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.contract.geometry import SAMPLE_RATE, SAMPLES_PER_TOKEN
 
 
 # ============================================================================ MMAudio mel VAE decoder
@@ -406,8 +407,8 @@ class AudioDecoder:
     (default for real files) or float32.
     """
 
-    sample_rate = 16000
-    samples_per_latent = 512
+    sample_rate = SAMPLE_RATE
+    samples_per_latent = SAMPLES_PER_TOKEN
     latent_dim = 20
 
     def __init__(self, vae: MelVAEDecoder, vocoder: BigVGANGenerator, device="cpu", dtype=torch.bfloat16):

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from ovi_attn_render.common.errors import UserError
-from ovi_attn_render.contract.geometry import PATCH, latent_size, pixel_frame_count, token_grid
+from ovi_attn_render.contract.geometry import PATCH, audio_seconds_of_tokens, latent_size, pixel_frame_count, token_grid
 
 from ovi_attn_capture.sampling.generate import Texts
 from ovi_attn_capture.model import registry
@@ -317,7 +317,7 @@ LOADERS = {
 def describe(comp: Components) -> str:
     F, h, w = comp.video_grid
     return (f"{comp.pixel_frames} frames of {comp.pixel_size[0]}x{comp.pixel_size[1]}, token grid {F}x{h}x{w}, "
-            f"{comp.audio_tokens} audio tokens ({comp.audio_tokens * 512 / 16000:.2f} s)")
+            f"{comp.audio_tokens} audio tokens ({audio_seconds_of_tokens(comp.audio_tokens):.2f} s)")
 
 
 

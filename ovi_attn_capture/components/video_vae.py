@@ -117,8 +117,6 @@ def vae_from_wan_state(state: dict[str, torch.Tensor], device="cpu", dtype=torch
 
 class VideoVAE:
     z_dim = 48
-    temporal_stride = 4
-    spatial_stride = 16
 
     def __init__(self, vae: AutoencoderKLWan):
         self.vae = vae

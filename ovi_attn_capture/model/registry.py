@@ -23,6 +23,9 @@ from ovi_attn_render.common.errors import UserError
 
 SOURCES = ("toy", "tiny", "released")  # where the weights come from: bundled, seeded, Ovi's checkpoint folder
 CAPTIONS = ("as_written", "audcap", "audio_colon")  # where a model expects its audio caption
+# The samplers every model runs with (sampling/solvers.py builds them); named here, torch-free,
+# so prompt files are checked without importing torch.
+SOLVERS = ("unipc", "euler", "dpm++")
 FP8_URL = "https://huggingface.co/rkfg/Ovi-fp8_quantized/resolve/main/model_fp8_e4m3fn.safetensors"
 
 

@@ -30,6 +30,7 @@ from ovi_attn_render.common import atomic
 from ovi_attn_render.common import hooks
 from ovi_attn_render.common.errors import Interrupted, UserError
 from ovi_attn_render.contract.format import CaptureLayout, estimate_bytes
+from ovi_attn_render.contract.geometry import FPS
 from ovi_attn_render.common.units import format_bytes
 
 from ovi_attn_capture import __version__
@@ -44,7 +45,8 @@ from ovi_attn_capture.probe.query_probe import QueryPlan
 from ovi_attn_capture.pipeline.queries import resolve_queries
 from ovi_attn_capture.pipeline.prompt_file import RunSpec, resolve_model_defaults
 from ovi_attn_capture.pipeline.stopping import StopNow, StopRequests
-from ovi_attn_render.contract.token_groups import TokenTable, group_for_other_text, group_words, words_of
+from ovi_attn_render.contract.token_groups import (TokenTable, group_for_other_text, group_members, group_words,
+                                                   words_of)
 from ovi_attn_capture.pipeline.writer import WriterFailed, is_disk_full
 
 CLOSE_TIMEOUT_S = 120.0  # the writer drains and closes within this, or the process leaves without it
@@ -80,14 +82,6 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device '{name}' was asked for but CUDA is not available here; use `device: cpu` or `auto`.")
     return dev
-
-
-def _group_members(groups, n_tokens: int) -> np.ndarray:
-    m = np.zeros((len(groups), n_tokens), np.uint8)
-    for g, grp in enumerate(groups):
-        if grp.kind != "pad":  # padding keys are not text tokens of the table
-            m[g, list(grp.token_indices)] = 1
-    return m
 
 
 def _negative_members(groups, pos_words, text: str, tokens) -> list[list[int] | None]:
@@ -140,7 +134,7 @@ def build_plan(run: RunSpec, shapes: Shapes, device) -> tuple[CapturePlan, Captu
     layout = CaptureLayout(
         grid=grid, audio_tokens=shapes.audio_tokens, steps=steps, layers=layers,
         groups=[g.label for g in groups], group_kinds=[g.kind for g in groups],
-        group_members=_group_members(groups, len(tokens["positive"])),
+        group_members=group_members(groups, len(tokens["positive"])),
         tokens=table.tokens, kinds=list(cap.kinds), branches=branches,
         heads=1 if cap.heads == "mean" else shapes.num_heads,
         map_dtype=cap.dtype, num_steps=run.steps, num_layers=shapes.num_layers,
@@ -182,9 +176,9 @@ def _versions(device) -> dict:
     return v
 
 
-def write_clip_mp4(path: Path, frames: np.ndarray, waveform: np.ndarray, sample_rate: int, fps: float = 24.0):
+def write_clip_mp4(path: Path, frames: np.ndarray, waveform: np.ndarray, sample_rate: int, fps: float = FPS):
     """H.264 at 24 fps with an AAC track, like upstream's output."""
-    from ovi_attn_render.views.draw import write_mp4
+    from ovi_attn_render.common.media import write_mp4
 
     write_mp4(str(path), lambda i: frames[i], len(frames), fps, waveform, sample_rate)
 

@@ -36,7 +36,7 @@ from ovi_attn_capture.model import registry
 from ovi_attn_capture.pipeline.queries import EXAMPLE as QUERY_EXAMPLE, QueryProblem, check_against_run, parse_queries
 
 MODELS = tuple(registry.MODELS)  # every model fact lives in model/registry.py
-SOLVERS = ("unipc", "euler", "dpm++")
+SOLVERS = registry.SOLVERS
 MODES = ("t2v", "i2v")
 DTYPES = ("bfloat16", "float32")
 KINDS = CAPTURE_KINDS  # the map kinds registry's capture kinds

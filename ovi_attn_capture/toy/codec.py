@@ -22,7 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ovi_attn_render.contract.geometry import PIXEL_FRAME_STRIDE, pixel_frames_of
+from ovi_attn_render.contract.geometry import PIXEL_FRAME_STRIDE, SAMPLE_RATE, pixel_frames_of
+from ovi_attn_render.contract.geometry import SAMPLES_PER_TOKEN as SAMPLES_PER_LATENT
 
 SUB = 4  # sub-cells per latent cell side: 16 px latent cell / 4 px sub-cell
 # Pixel statistics of the world (black background, a few bright objects), measured on 300
@@ -86,8 +87,6 @@ class VideoCodec:
         return frames.repeat_interleave(repeat, dim=1).clamp(-1, 1)
 
 
-SAMPLE_RATE = 16000
-SAMPLES_PER_LATENT = 512
 CHANNELS = 20
 AUDIO_SCALE, AUDIO_OFFSET = 3.0, 0.5  # z = 3 sqrt(amplitude) - 0.5: silence -0.5, a beep ~1.6
 

@@ -18,14 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ovi_attn_render.contract.geometry import pixel_frame_count
+from ovi_attn_render.contract.geometry import FPS, audio_token_of_time, pixel_frame_count
 
 LATENT_FRAMES = 5
 FRAMES = pixel_frame_count(LATENT_FRAMES)  # 17 pixel frames
-FPS = 24
 AUDIO_LATENTS = 22  # 22 * 512 samples at 16 kHz = 0.704 s
-SAMPLE_RATE = 16000
-SAMPLES_PER_LATENT = 512
 
 COLOURS = {  # name -> RGB; far apart so a decoded pixel's colour names its object
     "red": (230, 40, 40),
@@ -104,7 +101,7 @@ def parse_caption(text: str) -> list[CaptionObject]:
 
 
 def _latent_of_time(seconds: float) -> int:
-    return min(AUDIO_LATENTS - 1, int(seconds * SAMPLE_RATE / SAMPLES_PER_LATENT))
+    return min(AUDIO_LATENTS - 1, audio_token_of_time(seconds))
 
 
 def _path(rng: np.random.Generator, motion: str, r: float) -> tuple[np.ndarray, list[int]]:

@@ -30,7 +30,8 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from ovi_attn_render.contract.geometry import PIXEL_FRAME_STRIDE, audio_token_seconds, latent_frame_of
+from ovi_attn_render.contract.geometry import (FPS, PIXEL_FRAME_STRIDE, SAMPLE_RATE, SAMPLES_PER_TOKEN, audio_token_seconds,
+                                               latent_frame_of)
 from ovi_attn_render.contract.kinds import MAP_KINDS, SELF_KINDS, variables_of
 from ovi_attn_render.contract.liveness import process_start_ticks
 from ovi_attn_render.contract.queries import PlacedQuery
@@ -155,9 +156,9 @@ class CaptureLayout:
     video_frames: int = 0  # decoded pixel frames T (0: no video stored)
     video_size: tuple[int, int] = (0, 0)  # (H, W) of decoded frames
     audio_samples: int = 0  # decoded waveform length (0: no audio stored)
-    audio_sample_rate: int = 16000
-    audio_samples_per_token: int = 512
-    fps: float = 24.0
+    audio_sample_rate: int = SAMPLE_RATE
+    audio_samples_per_token: int = SAMPLES_PER_TOKEN
+    fps: float = FPS
     queries: Sequence[PlacedQuery] = ()  # query points (video and audio), in the order of the prompt file
     attrs: dict = field(default_factory=dict)  # generation settings, versions, prompt...
 

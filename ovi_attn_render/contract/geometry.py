@@ -20,6 +20,9 @@ import numpy as np
 PIXEL_FRAME_STRIDE = 4  # pixel frames per latent frame after the first (Wan2.2's causal VAE)
 VAE_SCALE = 16  # pixels per latent cell side
 PATCH = (1, 2, 2)  # the video tower's patch (frames, rows, cols of latent cells per token)
+FPS = 24.0  # decoded video frames per second (Ovi's clips)
+SAMPLE_RATE = 16000  # decoded audio samples per second (MMAudio's VAE)
+SAMPLES_PER_TOKEN = 512  # audio samples per audio latent frame (= audio token)
 
 
 def latent_frame_of(pixel_frame: int | np.ndarray, stride: int = PIXEL_FRAME_STRIDE):
@@ -41,7 +44,7 @@ def pixel_frame_count(latent_frames: int, stride: int = PIXEL_FRAME_STRIDE) -> i
     return 1 + stride * (latent_frames - 1)
 
 
-def latent_frame_edges(latent_frames: int, fps: float = 24.0, stride: int = PIXEL_FRAME_STRIDE) -> np.ndarray:
+def latent_frame_edges(latent_frames: int, fps: float = FPS, stride: int = PIXEL_FRAME_STRIDE) -> np.ndarray:
     """[F + 1] start times in seconds of latent frames 0..F-1, plus the end of the last.
 
     Latent frame 0 is pixel frame 0 alone: [0, 1/fps); f >= 1 covers pixel frames
@@ -66,9 +69,21 @@ def token_cell_pixels(patch=PATCH) -> tuple[int, int]:
     return VAE_SCALE * patch[1], VAE_SCALE * patch[2]
 
 
-def audio_token_edges(audio_tokens: int, sample_rate: int = 16000, samples_per_token: int = 512) -> np.ndarray:
+def audio_token_edges(audio_tokens: int, sample_rate: int = SAMPLE_RATE, samples_per_token: int = SAMPLES_PER_TOKEN) -> np.ndarray:
     """[La + 1] start times in seconds of audio tokens 0..La-1, plus the end of the last."""
     return np.arange(audio_tokens + 1) * (samples_per_token / sample_rate)
+
+
+def audio_seconds_of_tokens(audio_tokens: int, sample_rate: int = SAMPLE_RATE,
+                            samples_per_token: int = SAMPLES_PER_TOKEN) -> float:
+    """Seconds of audio that `audio_tokens` audio tokens decode to."""
+    return audio_tokens * samples_per_token / sample_rate
+
+
+def audio_token_of_time(seconds: float, sample_rate: int = SAMPLE_RATE,
+                        samples_per_token: int = SAMPLES_PER_TOKEN) -> int:
+    """The audio token whose samples hold time `seconds` (0 s -> 0, 32 ms -> 1 at 512 / 16 kHz)."""
+    return int(seconds * sample_rate / samples_per_token)
 
 
 def audio_token_seconds(audio_tokens: int, samples_per_token: int, sample_rate: int) -> np.ndarray:
@@ -93,6 +108,11 @@ class Geometry:
     @property
     def latent_frames(self) -> int:
         return self.grid[0]
+
+    @property
+    def default_frame(self) -> int:
+        """The decoded frame a view draws when none is named: the middle one."""
+        return self.pixel_frames // 2
 
     @property
     def seconds(self) -> float:

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 
 from ovi_attn_render.common.errors import UserError
 from ovi_attn_render.contract.format import BRANCHES, FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS, decode
-from ovi_attn_render.contract.geometry import (Geometry, latent_frame_of, pixel_frame_count, pixel_frames_of,
-                                               token_cell_pixels)
+from ovi_attn_render.contract.geometry import (FPS, PIXEL_FRAME_STRIDE, SAMPLE_RATE, SAMPLES_PER_TOKEN, Geometry,
+                                               latent_frame_of, pixel_frame_count, token_cell_pixels)
 from ovi_attn_render.contract.kinds import MAP_KINDS, capture_kind_of
 from ovi_attn_render.contract.liveness import describe_writer
 from ovi_attn_render.contract.queries import PlacedQuery
@@ -188,10 +188,10 @@ class Capture:
         self.kinds: list[str] = [k for k in str(self.attrs.get("kinds", "")).split(",") if k]
         self.has_video: bool = "video" in f
         self.has_audio: bool = "audio" in f
-        self.fps: float = _scalar(self.attrs, "fps", float, default=24.0, minimum=1e-3)
-        self.stride: int = _scalar(self.attrs, "pixel_frame_stride", default=4, minimum=1)
-        self.sample_rate: int = _scalar(self.attrs, "audio_sample_rate", default=16000, minimum=1)
-        self.samples_per_token: int = _scalar(self.attrs, "audio_samples_per_token", default=512, minimum=1)
+        self.fps: float = _scalar(self.attrs, "fps", float, default=FPS, minimum=1e-3)
+        self.stride: int = _scalar(self.attrs, "pixel_frame_stride", default=PIXEL_FRAME_STRIDE, minimum=1)
+        self.sample_rate: int = _scalar(self.attrs, "audio_sample_rate", default=SAMPLE_RATE, minimum=1)
+        self.samples_per_token: int = _scalar(self.attrs, "audio_samples_per_token", default=SAMPLES_PER_TOKEN, minimum=1)
         F = self.grid[0]
         self.num_pixel_frames: int = int(f["video"].shape[0]) if self.has_video else pixel_frame_count(F, self.stride)
         self.latent_frame_of_pixel: np.ndarray = self._latent_frame_table()  # [T] int64
@@ -334,6 +334,11 @@ class Capture:
                             f"the last).")
         return n
 
+    @property
+    def default_frame(self) -> int:
+        """The decoded frame views draw when no frame is named (the middle one)."""
+        return self.geometry.default_frame
+
     def latent_frame(self, pixel_frame: int) -> int:
         """The latent frame holding decoded frame `pixel_frame` (the file's latent_frame_of_pixel)."""
         return int(self.latent_frame_of_pixel[self.check_frame(pixel_frame)])
@@ -343,8 +348,8 @@ class Capture:
         return sorted({self.latent_frame(n) for n in pixel_frames})
 
     def pixel_frames_of(self, latent_frame: int) -> list[int]:
-        """The decoded frames of a latent frame that the clip holds."""
-        return [n for n in pixel_frames_of(int(latent_frame), self.stride) if n < self.num_pixel_frames]
+        """The decoded frames of a latent frame that the clip holds (the file's latent_frame_of_pixel)."""
+        return self.geometry.pixel_frames_of(latent_frame)
 
     def frame(self, pixel_frame: int) -> np.ndarray:
         """Decoded frame n as uint8 [H, W, 3] (one chunk read)."""

@@ -35,6 +35,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
+import numpy as np
+
 from ovi_attn_render.common.errors import UserError
 
 SPAN_NAMES = ("speech", "audio_caption")
@@ -405,6 +407,16 @@ def group_for_other_text(
     return replace(group, token_indices=indices) if indices else None
 
 
+def group_members(groups: Sequence[TokenGroup], n_tokens: int) -> np.ndarray:
+    """[G, T] uint8: 1 where group g holds token t (the file's token_group_members). Padding
+    keys are not tokens of the table, so `<pad>`'s row stays empty."""
+    m = np.zeros((len(groups), n_tokens), np.uint8)
+    for g, grp in enumerate(groups):
+        if grp.kind != "pad":
+            m[g, list(grp.token_indices)] = 1
+    return m
+
+
 # ---------------------------------------------------------------------------- the table
 
 
@@ -482,12 +494,12 @@ class TokenTable:
                 for t in self.tokens]
 
 
-def render_token_table(rows: Sequence[dict], console: Any) -> None:
+def render_token_table(rows: Sequence[dict], console: Any, title: str = "prompt tokens") -> None:
     """Print the token table as a rich Table on `console` (a rich Console)."""
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title="prompt tokens", show_lines=False)
+    table = Table(title=title, show_lines=False)
     for name, justify in (("#", "right"), ("piece", "left"), ("word", "left"), ("word #", "right"),
                           ("chars", "right"), ("groups", "left")):
         table.add_column(name, justify=justify)

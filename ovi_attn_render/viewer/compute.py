@@ -75,7 +75,7 @@ def options(s: ViewState, view: str = "steps") -> views.Options:
 
 def pixel_frame(src: Source, s: ViewState) -> int:
     cap = src.cap
-    return cap.num_pixel_frames // 2 if s.frame is None else cap.check_frame(s.frame)
+    return cap.default_frame if s.frame is None else cap.check_frame(s.frame)
 
 
 def step_position(src: Source, s: ViewState) -> int:

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ovi_attn_render.common.errors import UserError
-from ovi_attn_render.contract.geometry import PIXEL_FRAME_STRIDE, audio_token_edges, latent_frame_edges
+from ovi_attn_render.contract.geometry import (FPS, PIXEL_FRAME_STRIDE, SAMPLE_RATE, SAMPLES_PER_TOKEN, audio_token_edges,
+                                               latent_frame_edges)
 
 FIGURE_SUFFIXES = (".png", ".svg")  # what savefig writes for these views
 PROBABILITY_LABEL = "attention probability"
@@ -162,7 +163,7 @@ def audio_strip_figure(
     strips: np.ndarray,
     strip_labels: list[str],
     *,
-    samples_per_token: int = 512,
+    samples_per_token: int = SAMPLES_PER_TOKEN,
     title: str = "",
     background: str = "waveform",
     cmap: str = "inferno",
@@ -257,10 +258,10 @@ def render_audio_strip(
 def alignment_offset(
     video_audio: np.ndarray,
     *,
-    fps: float = 24.0,
+    fps: float = FPS,
     stride: int = PIXEL_FRAME_STRIDE,
-    sample_rate: int = 16000,
-    samples_per_token: int = 512,
+    sample_rate: int = SAMPLE_RATE,
+    samples_per_token: int = SAMPLES_PER_TOKEN,
 ) -> float:
     """Attention-weighted mean of (audio time - video time) in seconds.
 
@@ -306,10 +307,10 @@ def sync_figure(
     video_audio: np.ndarray | None,
     audio_video: np.ndarray | None,
     *,
-    fps: float = 24.0,
+    fps: float = FPS,
     stride: int = PIXEL_FRAME_STRIDE,
-    sample_rate: int = 16000,
-    samples_per_token: int = 512,
+    sample_rate: int = SAMPLE_RATE,
+    samples_per_token: int = SAMPLES_PER_TOKEN,
     title: str = "",
     cmap: str = "inferno",
 ):

@@ -22,6 +22,7 @@ import numpy as np
 
 from ovi_attn_render.views import draw
 from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.contract.geometry import SAMPLE_RATE
 from ovi_attn_render.contract.reader import Capture
 from ovi_attn_render.contract.selection import describe_values, parse_threshold, resolve
 
@@ -185,7 +186,7 @@ def pick(cap: Capture, o: Options, need_tokens: bool = True, default_steps: str 
     if need_tokens and not tokens:
         shown = ", ".join(repr(g) for g in cap.groups[:30])
         raise UserError(f"name the token to draw with --token; captured groups: {shown}.")
-    n = cap.num_pixel_frames // 2 if o.frame is None else cap.check_frame(o.frame)
+    n = cap.default_frame if o.frame is None else cap.check_frame(o.frame)
     return Pick(steps, layers, heads, branch, tokens, n, cap.latent_frame(n), notes)
 
 
@@ -229,7 +230,7 @@ def canonical(cap: Capture, o: Options, ext: str) -> Options:
     c.queries = [q if q in [a.label for a in cap.tower_queries("audio")] else
                  cap.tower_queries("video")[cap.query_index(q)].label for q in o.queries]
     uses_frame = o.view in APPLIES["frame"] and not export and not (o.view == "layers" and o.frames)
-    c.frame = (cap.num_pixel_frames // 2 if o.frame is None else cap.check_frame(o.frame)) if uses_frame else None
+    c.frame = (cap.default_frame if o.frame is None else cap.check_frame(o.frame)) if uses_frame else None
     if o.view == "query":  # only --over steps has a frame, by default the query's own (not in the name)
         c.frame = None if o.frame is None else cap.check_frame(o.frame)
 
@@ -381,7 +382,7 @@ def draw_panel(bg: np.ndarray, vs: list[np.ndarray], names: list[str], ranges: l
     return draw.hstack(panels, gap=4)
 
 
-def _write_animation(path: str, frame_at, count: int, fps: float, audio=None, sample_rate: int = 16000) -> None:
+def _write_animation(path: str, frame_at, count: int, fps: float, audio=None, sample_rate: int = SAMPLE_RATE) -> None:
     from ovi_attn_render.common.progress import Progress
 
     with Progress("drawing", count, "frames", transient=True) as progress:
