@@ -490,21 +490,15 @@ def report(results: list[SizeResult], facts: dict, versions: dict) -> list[str]:
         if plain:
             parts = [f"{m}/plain = {r.modes[m].median / plain.median:.3f} (min {min(r.modes[m].seconds) / min(plain.seconds):.3f}, "
                      f"cpu {r.modes[m].cpu_median / plain.cpu_median:.3f})" for m in r.modes if m != "plain"]
-            target = TARGETS.get((r.device, r.size))
             line = f"{r.size} ({r.device}): " + ", ".join(parts)
-            if target and "ours" in r.modes:
-                ratio = r.modes["ours"].median / plain.median
-                v = C.verdict(ratio, target)
-                line += f"; target ours/plain <= {target}: {v}"
-                if v != "ok":
-                    misses.append(f"{r.size} ours/plain {ratio:.3f} > {target}")
-            target = QUERY_TARGETS.get((r.device, r.size))
-            if target and "queries" in r.modes:
-                ratio = r.modes["queries"].median / plain.median
-                v = C.verdict(ratio, target)
-                line += f"; target queries/plain <= {target} ({QUERY_POINTS} query points): {v}"
-                if v != "ok":
-                    misses.append(f"{r.size} queries/plain {ratio:.3f} > {target}")
+            for mode, targets, what in (("ours", TARGETS, ""), ("queries", QUERY_TARGETS, f" ({QUERY_POINTS} query points)")):
+                target = targets.get((r.device, r.size))
+                if target and mode in r.modes:
+                    ratio = r.modes[mode].median / plain.median
+                    v = C.verdict(ratio, target)
+                    line += f"; target {mode}/plain <= {target}{what}: {v}"
+                    if v != "ok":
+                        misses.append(f"{r.size} {mode}/plain {ratio:.3f} > {target}")
             if r.device == "cuda" and r.size == "real" and "ours" in r.modes:
                 extra = max(r.modes[m].memory - plain.memory for m in ("ours", "ours+fusion") if m in r.modes)
                 v = C.verdict(extra, GPU_EXTRA_TARGET)

@@ -1,21 +1,13 @@
 """Captured maps against a float64 brute-force softmax computed from the same q and k."""
 
-import math
 
 import pytest
 import torch
 
+from brute_force import softmax64
 from ovi_attn_capture.model import attention as attn
 from ovi_attn_capture.probe import maps
 from ovi_attn_capture.probe.probe import key_groups
-
-
-def _softmax64(q, k, k_lens=None):
-    s = torch.einsum("blhd,bkhd->bhlk", q.double(), k.double()) / math.sqrt(q.shape[-1])
-    if k_lens is not None:
-        valid = torch.arange(k.shape[1])[None, :] < k_lens[:, None]
-        s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
-    return torch.softmax(s, -1)  # [B, H, Lq, Lk]
 
 
 @pytest.fixture(params=[torch.float32, torch.bfloat16])
@@ -38,7 +30,7 @@ def test_text_groups_equal_brute_force(text_case, keep_heads, monkeypatch):
     members = [[1, 2], [4], [n_real - 1], []]  # a two-piece word, a word, <eos>, <pad>
     kg = key_groups(members, pad_group=3, n_real=n_real, text_len=text_len)
     got = maps.text_group_maps(q, k, lse, kg.key_index, kg.key_weight, keep_heads)  # [B, Hd, Lq, G]
-    p = _softmax64(q, k)
+    p = softmax64(q, k)
     want = torch.stack([p[..., [1, 2]].sum(-1), p[..., 4], p[..., n_real - 1], p[..., n_real:].sum(-1)], -1)
     if not keep_heads:
         want = want.mean(1, keepdim=True)
@@ -70,7 +62,7 @@ def test_fusion_maps_equal_brute_force(masked, monkeypatch):
     lens_a = torch.tensor([7]) if masked else None
     _, lse = attn.attention(qv, ka, va, lens_a)
     got = maps.video_to_audio_maps(qv, ka, lse, lens_a, grid)[0, 0]  # [F, La]
-    p = _softmax64(qv, ka, lens_a).mean(1)[0]  # [Lv, La]
+    p = softmax64(qv, ka, lens_a).mean(1)[0]  # [Lv, La]
     want = p.view(3, 8, La).mean(1)
     assert torch.allclose(got.double(), want, atol=1e-6)
     assert torch.allclose(got.sum(-1), torch.ones(3), atol=1e-5)
@@ -81,7 +73,7 @@ def test_fusion_maps_equal_brute_force(masked, monkeypatch):
     lens_v = torch.tensor([20]) if masked else None
     _, lse = attn.attention(qa, kv, vv, lens_v)
     per_frame, spatial = maps.audio_to_video_maps(qa, kv, lse, lens_v, grid, keep_heads=True)
-    p = _softmax64(qa, kv, lens_v)[0]  # [H, La, Lv]
+    p = softmax64(qa, kv, lens_v)[0]  # [H, La, Lv]
     assert torch.allclose(per_frame[0].double(), p.view(H, La, 3, 8).sum(-1), atol=1e-6)
     assert torch.allclose(spatial[0].double(), p.sum(1).view(H, 3, 2, 4), atol=1e-5)
     assert torch.allclose(per_frame.sum(-1), torch.ones(1, H, La), atol=1e-5)

@@ -1,20 +1,12 @@
 """Self-attention rows of chosen queries against a float64 brute-force softmax over all keys."""
 
-import math
 
 import pytest
 import torch
 
+from brute_force import softmax64
 from ovi_attn_capture.model import attention as attn
 from ovi_attn_capture.probe import maps, self_maps
-
-
-def _softmax64(q, k, k_lens=None):
-    s = torch.einsum("blhd,bkhd->bhlk", q.double(), k.double()) / math.sqrt(q.shape[-1])
-    if k_lens is not None:
-        valid = torch.arange(k.shape[1])[None, :] < k_lens[:, None]
-        s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
-    return torch.softmax(s, -1)  # [B, H, Lq, Lk]
 
 
 def _case(dtype, B=2, L=120, H=3, D=64, seed=0):
@@ -35,7 +27,7 @@ def test_rows_equal_float64_brute_force(dtype, keep_heads, masked, monkeypatch):
     _, lse = attn.attention(q, k, v, k_lens=k_lens)
     index = torch.tensor([0, 5, 64, 119, 5])  # a repeated query is fine
     got = self_maps.query_probabilities(q, k, lse, index, k_lens, keep_heads)  # [B, Hd, Q, Lk]
-    want = _softmax64(q, k, k_lens)[:, :, index]  # [B, H, Q, Lk]
+    want = softmax64(q, k, k_lens)[:, :, index]  # [B, H, Q, Lk]
     if not keep_heads:
         want = want.mean(1, keepdim=True)
     assert got.shape == want.shape and got.dtype == torch.float32
@@ -52,7 +44,7 @@ def test_float64_reference_kernel_is_exact():
     _, lse = attn._math(q, k, v, None, compute_dtype=torch.float64)
     index = torch.tensor([3, 49])
     got = self_maps.query_probabilities(q, k, lse, index, keep_heads=True)
-    want = _softmax64(q, k)[:, :, index]
+    want = softmax64(q, k)[:, :, index]
     assert torch.allclose(got.double(), want, atol=1e-6)  # float32 scratch: ~1e-7 relative
 
 
@@ -124,12 +116,12 @@ def test_probe_in_the_model_writes_exact_rows_and_leaves_the_generation_alone():
     for s in (0, 1):
         for layer in (0, 1):
             q, k = seen[(("video", layer), s)]
-            want = _softmax64(q, k)[0][:, [1 * 4 + 2 + 0, 2 * 16 + 3 * 4 + 0]]  # [H, Q, Lv]
+            want = softmax64(q, k)[0][:, [1 * 4 + 2 + 0, 2 * 16 + 3 * 4 + 0]]  # [H, Q, Lv]
             m = got[("video_self", s, layer)]  # [Q, H, F, h, w]
             assert m.shape == (2, 2, 3, 4, 4)
             assert torch.allclose(m.flatten(2).transpose(0, 1).double(), want, atol=1e-6, rtol=5e-3)
             q, k = seen[(("audio", layer), s)]
-            want = _softmax64(q, k)[0][:, [7]]  # [H, 1, La]
+            want = softmax64(q, k)[0][:, [7]]  # [H, 1, La]
             assert torch.allclose(got[("audio_self", s, layer)].transpose(0, 1).double(), want, atol=1e-6, rtol=5e-3)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from ovi_attn_render.common.errors import UserError
+from ovi_attn_render.contract.geometry import FPS, SAMPLE_RATE
 from ovi_attn_render.views import draw
 
 TRACK_METHODS = ("argmax", "soft")
@@ -34,9 +35,9 @@ class Clip:
     pixel_frames: int
     latent_of: Callable[[int], int]  # pixel frame -> latent frame
     size: tuple[int, int]  # (H, W) of a decoded frame
-    fps: float = 24.0
+    fps: float = FPS
     waveform: np.ndarray | None = None  # float32 mono, for MP4s
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
 
 
 # ----------------------------------------------------------------------------- tracks
