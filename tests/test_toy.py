@@ -10,7 +10,7 @@ import torch
 
 from ovi_attn_capture.toy import TOY_DIR, world
 from ovi_attn_capture.toy.codec import AudioCodec, VideoCodec
-from ovi_attn_capture.toy.evaluate import Geometry, build_table, colour_masks, evaluate, score_file
+from ovi_attn_capture.toy.evaluate import Misalignment, build_table, colour_masks, evaluate, score_file
 
 BUNDLED = (TOY_DIR / "toy.safetensors").is_file()
 
@@ -128,7 +128,7 @@ def test_bundled_model_self_attention_tracks_moving_objects(bundled_eval):
     assert head["track_distance_best_layer"] < head["track_still_distance"] - 0.25, head
 
 
-@pytest.mark.parametrize("wrong", [Geometry(transpose=True), Geometry(frame_shift=2)], ids=["transposed", "frames"])
+@pytest.mark.parametrize("wrong", [Misalignment(transpose=True), Misalignment(frame_shift=2)], ids=["transposed", "frames"])
 def test_wrong_geometry_scores_lower(bundled_eval, wrong):
     table, _ = bundled_eval
     files = [score_file(f.path, wrong) for f in table.files]

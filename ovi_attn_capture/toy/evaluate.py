@@ -21,7 +21,7 @@ Scores, per captured step and layer (cond branch, head mean):
               cells, to the object's true centre in every frame (target <= 1 cell;
               `still` is the distance of a track that never moves, for comparison)
 
-`python -m ovi_attn_capture.toy.evaluate data/toy/eval.yaml` or `ovi-attn eval ...`.
+Run it as `ovi-attn eval data/toy/eval.yaml` (toy/commands.py).
 """
 
 from __future__ import annotations
@@ -101,8 +101,9 @@ def beep_latents(waveform: np.ndarray, shape: str) -> np.ndarray:
 
 
 @dataclass
-class Geometry:
-    """How maps are laid over frames; the defaults are right. Tests flip them to prove the score notices."""
+class Misalignment:
+    """A deliberate error in laying maps over frames; the defaults (none) are right. Tests set one
+    to prove that the scores notice (the clip geometry itself is contract.geometry)."""
 
     transpose: bool = False  # swap the map's y and x
     frame_shift: int = 0  # read the latent frame this far from the one the reader names
@@ -119,7 +120,7 @@ class FileScores:
     track: dict = field(default_factory=dict)  # moving object's shape -> {"soft", "argmax": [S, L], "still": float}
 
 
-def score_file(path: str | Path, geometry: Geometry = Geometry()) -> FileScores:
+def score_file(path: str | Path, misalignment: Misalignment = Misalignment()) -> FileScores:
     """Read one capture file and score every object word and beep phrase it holds."""
     from ovi_attn_render.contract.reader import open_capture
 
@@ -136,7 +137,7 @@ def score_file(path: str | Path, geometry: Geometry = Geometry()) -> FileScores:
                     continue
                 maps = cap.text_video(cap.token_index(word)).isel(head=0).transpose(
                     "step", "layer", "frame", "y", "x").values  # [S, L, F, h, w]
-                out.video[word] = _score_video(cap, maps, masks, (h, w), geometry)
+                out.video[word] = _score_video(cap, maps, masks, (h, w), misalignment)
         if "video_self" in cap.variables():
             for obj in objects:
                 if obj.motion != "still":
@@ -158,18 +159,18 @@ def score_file(path: str | Path, geometry: Geometry = Geometry()) -> FileScores:
     return out
 
 
-def _score_video(cap, maps: np.ndarray, masks: np.ndarray, grid, geometry: Geometry) -> dict:
+def _score_video(cap, maps: np.ndarray, masks: np.ndarray, grid, misalignment: Misalignment) -> dict:
     """maps [S, L, F, h, w], masks [T, H, W] -> pointing and IoU [S, L] averaged over frames with the object."""
     S, L, F = maps.shape[:3]
     h, w = grid
     hits, ious, chance, found = [], [], [], 0
     for n in range(len(masks)):
-        f = min(max(cap.latent_frame(n) + geometry.frame_shift, 0), F - 1)
+        f = min(max(cap.latent_frame(n) + misalignment.frame_shift, 0), F - 1)
         if masks[n].sum() < MIN_OBJECT_PIXELS:
             continue
         found += 1
         m = maps[:, :, f]  # [S, L, h, w]
-        if geometry.transpose:
+        if misalignment.transpose:
             m = np.swapaxes(m, -1, -2)
         cover = cell_coverage(masks[n], (h, w))  # [h, w]
         on = cover >= HIT_COVERAGE
@@ -381,7 +382,7 @@ def earlier_evaluation(out: Path) -> list[Path]:
 
 def evaluate(prompts: list[str], weights: str | Path = TOY_DIR, steps: int = 30, layers="all",
              out_dir: str | Path = "toy_eval", settings: EvalSettings | None = None, device: str = "cpu",
-             console=None, geometry: Geometry = Geometry(), force: bool = True) -> EvalTable:
+             console=None, misalignment: Misalignment = Misalignment(), force: bool = True) -> EvalTable:
     """Capture every prompt with the toy model into out_dir/prompt_NN.h5, score, print, and store
     the scores (out_dir/eval.json, and a `toy_eval` JSON attribute on each file).
 
@@ -421,7 +422,7 @@ def evaluate(prompts: list[str], weights: str | Path = TOY_DIR, steps: int = 30,
             path = out / f"prompt_{i:02d}.h5"
             run_capture(run, path, force=True, console=None, progress=False, mp4=False,
                         comp=replace(comp, prompt_text=clean_text(prompt)))
-            files.append(score_file(path, geometry))
+            files.append(score_file(path, misalignment))
             progress.update(i + 1)
     table = build_table(files, list(range(steps)), resolve(layers, range(comp.model.num_layers), "layers",
                                                           what="toy layers", option="capture.layers"),
@@ -434,24 +435,3 @@ def evaluate(prompts: list[str], weights: str | Path = TOY_DIR, steps: int = 30,
     if console is not False:
         print_table(table, console)
     return table
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Score the toy model's attention maps against ground truth.")
-    parser.add_argument("eval_file", nargs="?", default=str(TOY_DIR / "eval.yaml"))
-    parser.add_argument("-o", "--out", default="toy_eval")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--prompts", type=int, default=None, help="Only the first N prompts.")
-    parser.add_argument("--weights", default=str(TOY_DIR))
-    args = parser.parse_args(argv)
-    settings = load_eval_file(args.eval_file)
-    if args.steps:
-        settings.steps = args.steps
-    prompts = settings.prompts[: args.prompts] if args.prompts is not None else settings.prompts
-    evaluate(prompts, args.weights, settings.steps, "all", args.out, settings)
-
-
-if __name__ == "__main__":
-    main()
