@@ -42,6 +42,14 @@ def query_path(q, f: int, w: int = 8) -> tuple[int, int]:
     return q.y, (q.x + f) % w
 
 
+def example_queries() -> tuple:
+    """Two video query points and an audio one, as the query tests and the viewer's use them."""
+    from ovi_attn_render.contract.queries import PlacedQuery
+
+    return (PlacedQuery("hand", "video", 4, 1, 2, 1, 80.0, 48.0), PlacedQuery("dog", "video", 0, 0, 5, 3, 176.0, 112.0),
+            PlacedQuery("bark", "audio", audio_token=4, time=0.128))
+
+
 def hot_value(step: int) -> float:
     """The hot cell grows with the step, so global and per-step norms differ."""
     return 0.1 * (step + 1)

@@ -124,13 +124,10 @@ def test_track_without_queries_is_a_user_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def query_capture(tmp_path_factory):
-    from synthetic import Synth, write_synthetic
-
-    from ovi_attn_render.contract.queries import PlacedQuery
+    from synthetic import Synth, example_queries, write_synthetic
 
     path = tmp_path_factory.mktemp("q") / "run.h5"
-    queries = (PlacedQuery("hand", "video", 4, 1, 2, 1, 80.0, 48.0), PlacedQuery("dog", "video", 0, 0, 5, 3, 176.0, 112.0),
-               PlacedQuery("bark", "audio", audio_token=4, time=0.128))
+    queries = example_queries()
     write_synthetic(path, Synth(queries=queries))
     return path, queries
 

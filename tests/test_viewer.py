@@ -241,12 +241,10 @@ def test_a_host_other_than_loopback_warns_and_needs_the_access_key(capture):
 @pytest.fixture(scope="module")
 def query_file(tmp_path_factory):
     """A synthetic capture with two video query points and an audio one (tests/synthetic.py)."""
-    from ovi_attn_render.contract.queries import PlacedQuery
+    from synthetic import example_queries
 
     path = tmp_path_factory.mktemp("viewer_q") / "q.h5"
-    queries = (PlacedQuery("hand", "video", 4, 1, 2, 1, 80.0, 48.0), PlacedQuery("dog", "video", 0, 0, 5, 3, 176.0, 112.0),
-               PlacedQuery("bark", "audio", audio_token=4, time=0.128))
-    write_synthetic(path, Synth(queries=queries))
+    write_synthetic(path, Synth(queries=example_queries()))
     return path
 
 
