@@ -24,6 +24,7 @@ import numpy as np
 
 from ovi_attn_render.views import draw
 
+from ovi_attn_render.views import query as Q
 from ovi_attn_render.views import video as views
 from ovi_attn_render.common.errors import UserError
 from ovi_attn_render.contract.selection import resolve
@@ -193,8 +194,6 @@ def query_clip(src: Source, s: ViewState):
     """The state's video query at the state's step over the whole clip, as `render --view
     query --steps <step>` draws it: DataArray (frame, y, x), heads reduced as s.reduce says,
     the selected layers averaged (views.query.query_maps, the one read path)."""
-    from ovi_attn_render.views import query as Q
-
     cap = src.cap
     if not s.query:
         raise UserError("parameter query is missing; give a captured video query label.")
@@ -217,8 +216,6 @@ def query_clip(src: Source, s: ViewState):
 def query_map(src: Source, s: ViewState) -> tuple[np.ndarray, dict]:
     """(map [h, w] at the state's latent frame, what the page needs to draw it: the colour
     range 0..top of the whole clip at this step, as the query GIF scales it, and the point)."""
-    from ovi_attn_render.views import query as Q
-
     m = query_clip(src, s)
     latent = src.cap.latent_frame(pixel_frame(src, s))
     info = {"lo": 0.0, "hi": f"{Q.colour_top(m):.9g}", "query_y": int(m.coords["query_y"]),
@@ -231,17 +228,10 @@ def query_map(src: Source, s: ViewState) -> tuple[np.ndarray, dict]:
 def query_track(src: Source, s: ViewState) -> np.ndarray:
     """[F, 2] float32: the query's track (y, x in token cells, NaN where never computed) per
     latent frame, at the state's step and layers (views.query.track, as --view track finds it)."""
-    from ovi_attn_render.views import query as Q
-
     return np.ascontiguousarray(Q.track(query_clip(src, s), s.track).transpose("frame", "axis").values, np.float32)
 
 
 # ---------------------------------------------------------------------- a clicked patch
-def _point_read(src: Source, var: str, picks: dict, out_dims: tuple[str, ...]) -> np.ndarray:
-    """`var` at picks[dim] (every dim of the file), returned in out_dims order (size-1 dims kept)."""
-    return src.cap._read(var, picks, out_dims)
-
-
 def patch(src: Source, s: ViewState) -> dict:
     """Mass on every captured group at one video token (latent frame of the state's frame,
     row y, column x): at the state's step and layers, over the steps, and over the layers."""
@@ -268,8 +258,8 @@ def patch(src: Source, s: ViewState) -> dict:
         # hold per-chunk bookkeeping for all of them at once (+140 MB at real size)
         for g in range(len(cap.groups)):
             with src.lock:
-                x = _point_read(src, "text_video", picks | {"token": [g]},
-                                ("token", "step", "layer", "head", "branch", "frame", "y", "x"))
+                x = src.cap._read("text_video", picks | {"token": [g]},
+                                  ("token", "step", "layer", "head", "branch", "frame", "y", "x"))
             out[g] = views._reduce(x[0, ..., 0, 0, 0, 0], 2, s.reduce)
         return out
 

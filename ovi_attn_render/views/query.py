@@ -163,8 +163,7 @@ def view_query_grid(m: xr.DataArray, clip: Clip, *, cmap: str = draw.DEFAULT_CMA
     for n in range(clip.pixel_frames):
         firsts.setdefault(clip.latent_of(n), n)
     rows = []
-    his = [float(np.nanmax(m.isel(layer=j).values)) if np.isfinite(m.isel(layer=j).values).any() else 1.0
-           for j in range(m.sizes["layer"])]
+    his = [colour_top(m.isel(layer=j)) for j in range(m.sizes["layer"])]
     cell = _query_cell(m)
     for f in range(m.sizes["frame"]):
         n = firsts.get(f, 0)
@@ -192,16 +191,15 @@ def _label_tile(text: str, width: int) -> np.ndarray:
     return tile
 
 
-def track_frame_picture(tracks: list[xr.DataArray], starts: list[tuple[float, float] | None], labels: list[str],
+def track_frame_picture(points: list[np.ndarray], starts: list[tuple[float, float] | None], latents: list[int],
                         clip: Clip, n: int, size, grid_hw) -> np.ndarray:
     """Pixel frame n with every query's track up to n (a line), its point at n (a dot) and
-    where it started (a cross)."""
+    where it started (a cross). points: one [F, 2] (y, x) array a query, in latent cells;
+    latents: the latent frame of every pixel frame."""
     img = draw.resize_rgb(clip.frame_at(n), size).copy()
-    for i, (t, start) in enumerate(zip(tracks, starts)):
+    for i, (p, start) in enumerate(zip(points, starts)):
         colour = draw.TOKEN_COLOURS[i % len(draw.TOKEN_COLOURS)]
-        upto = [clip.latent_of(k) for k in range(n + 1)]
-        pts = [t.isel(frame=f).values for f in upto]
-        xy = [_to_pixels(p, grid_hw, size) for p in pts if np.isfinite(p).all()]
+        xy = [_to_pixels(pt, grid_hw, size) for pt in p[latents[:n + 1]] if np.isfinite(pt).all()]
         if len(xy) > 1:
             cv2.polylines(img, [np.asarray(xy, np.int32)], False, colour, 2, cv2.LINE_AA)
         if xy:
@@ -222,12 +220,14 @@ def view_track(maps: list[xr.DataArray], clip: Clip, out: str, *, method: str = 
     size = _display(clip, max_side)
     grid_hw = (maps[0].sizes["y"], maps[0].sizes["x"])
     tracks = [track(m, method) for m in maps]
+    points = [t.transpose("frame", "axis").values for t in tracks]  # [F, 2] each: read once, not per drawn frame
+    latents = [clip.latent_of(n) for n in range(clip.pixel_frames)]
     starts = [_query_cell(m) for m in maps]
     labels = [str(m.coords["query"].values) for m in maps]
     legend = draw.legend(labels, draw.TOKEN_COLOURS, size[1])
 
     def frame_at(n: int) -> np.ndarray:
-        img = track_frame_picture(tracks, starts, labels, clip, n, size, grid_hw)
+        img = track_frame_picture(points, starts, latents, clip, n, size, grid_hw)
         return draw.vstack([img, legend, draw.caption_bar(list(caption) + [f"frame {n} ({method})"], size[1])])
 
     if out.endswith(".mp4"):
@@ -358,7 +358,7 @@ def audio_query_strips(m: xr.DataArray, token: int, *, cmap: str = draw.DEFAULT_
     rows = []
     for j in range(m.sizes["layer"]):
         v = m.isel(layer=j).values
-        hi = float(np.nanmax(v)) if np.isfinite(v).any() else 1.0
+        hi = colour_top(m.isel(layer=j))
         strip = draw.apply_lut(draw.upsample(draw.normalise(v[None, :], 0.0, hi), (28, width)), lut)
         x = int((token + 0.5) * width / La)
         cv2.line(strip, (x, 0), (x, 27), draw.WHITE, 1)
