@@ -34,7 +34,7 @@ from ovi_attn_render.contract.geometry import (FPS, PIXEL_FRAME_STRIDE, SAMPLE_R
                                                latent_frame_of)
 from ovi_attn_render.contract.kinds import MAP_KINDS, SELF_KINDS, variables_of
 from ovi_attn_render.contract.liveness import process_start_ticks
-from ovi_attn_render.contract.queries import PlacedQuery
+from ovi_attn_render.contract.queries import PlacedQuery, cell_centre
 from ovi_attn_render.contract.token_groups import Token
 
 FORMAT_NAME = "ovi-attn-capture"
@@ -485,7 +485,7 @@ class CaptureFileWriter:
                   data=np.asarray(L.group_members, dtype=np.uint8).reshape(len(L.groups), len(L.tokens)),
                   attrs={"long_name": "1 where the text token belongs to the group", **one})
         self._var("audio_time_seconds", ["audio_time"],
-                  data=audio_token_seconds(L.audio_tokens, L.audio_samples_per_token, L.audio_sample_rate),
+                  data=audio_token_seconds(L.audio_tokens, sample_rate=L.audio_sample_rate, samples_per_token=L.audio_samples_per_token),
                   attrs={"long_name": "start time of the audio token", "units": "s"})
 
         # Token table of the positive prompt.
@@ -557,8 +557,8 @@ class CaptureFileWriter:
         H, W = self.layout.video_size if self.layout.video_frames else (h, w)
         f["query_y"][query] = y
         f["query_x"][query] = x
-        f["query_pixel_y"][query] = (y + 0.5) * H / h
-        f["query_pixel_x"][query] = (x + 0.5) * W / w
+        f["query_pixel_y"][query] = cell_centre(y, h, H)
+        f["query_pixel_x"][query] = cell_centre(x, w, W)
 
     def write_map(self, var: str, branch: int, step: int, layer: int, values: np.ndarray) -> None:
         """Write all maps of one (branch, captured step index, captured layer index).

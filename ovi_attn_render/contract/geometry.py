@@ -86,7 +86,8 @@ def audio_token_of_time(seconds: float, sample_rate: int = SAMPLE_RATE,
     return int(seconds * sample_rate / samples_per_token)
 
 
-def audio_token_seconds(audio_tokens: int, samples_per_token: int, sample_rate: int) -> np.ndarray:
+def audio_token_seconds(audio_tokens: int, sample_rate: int = SAMPLE_RATE,
+                        samples_per_token: int = SAMPLES_PER_TOKEN) -> np.ndarray:
     """[La] start time in seconds of each audio token (the file's audio_time_seconds)."""
     return np.arange(audio_tokens) * samples_per_token / sample_rate
 
@@ -128,7 +129,7 @@ class Geometry:
 
     def audio_seconds(self) -> np.ndarray:
         """[La] start time of each audio token."""
-        return audio_token_seconds(self.audio_tokens, self.samples_per_token, self.sample_rate)
+        return audio_token_seconds(self.audio_tokens, self.sample_rate, self.samples_per_token)
 
     def latent_frame_edges(self) -> np.ndarray:
         """[F + 1] seconds where each latent frame starts, then the end of the last."""
