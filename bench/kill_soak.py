@@ -39,14 +39,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = """\
-prompt: "a red circle moves left while a blue square stays still. <AUDCAP>the circle beeps<ENDAUDCAP>"
+prompt: "a red circle moves left while a blue bar stays still. <AUDCAP>the circle beeps<ENDAUDCAP>"
 video_negative_prompt: ""
 audio_negative_prompt: ""
 model: toy
 seed: 5
 steps: {steps}
 capture:
-  tokens: [circle, square, red]
+  tokens: [circle, bar, red]
   kinds: [text_video, text_audio, video_audio, audio_video]
 """
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import h5py
 
 TOY_PROMPT = """\
-prompt: "a red circle moves left while a blue square stays still. <AUDCAP>the circle beeps<ENDAUDCAP>"
+prompt: "a red circle moves left while a blue bar stays still. <AUDCAP>the circle beeps<ENDAUDCAP>"
 video_negative_prompt: ""
 audio_negative_prompt: ""
 model: toy
 seed: 3
 steps: {steps}
 capture:
-  tokens: [circle, square]
+  tokens: [circle, bar]
   kinds: [text_video, text_audio]
 """
 

@@ -160,11 +160,11 @@ def test_kill_9_during_a_forced_render_keeps_the_old_output(reference, tmp_path)
     gif = tmp_path / "old.gif"
     assert main(["render", str(ref), "--token", "circle", "-o", str(gif)]) == 0
     before = _digest(gif)
-    p = Proc(["render", ref, "--token", "square", "-o", gif, "--force"], tmp_path / "hooks", pause="before-replace")
+    p = Proc(["render", ref, "--token", "bar", "-o", gif, "--force"], tmp_path / "hooks", pause="before-replace")
     p.wait_for("before-replace")
     p.kill()
     assert _digest(gif) == before
-    assert main(["render", str(ref), "--token", "square", "-o", str(gif), "--force"]) == 0
+    assert main(["render", str(ref), "--token", "bar", "-o", str(gif), "--force"]) == 0
     assert _digest(gif) != before and not [f for f in tmp_path.iterdir() if f.name.startswith(".old")]
 
 

@@ -26,7 +26,7 @@ EVAL = """\
 steps: 1
 seed: 1000
 prompts:
-  - prompt: "a red triangle moves left. <AUDCAP>the triangle beeps<ENDAUDCAP>"
+  - prompt: "a red cross moves left. <AUDCAP>the cross beeps<ENDAUDCAP>"
   - prompt: "a green circle moves right. <AUDCAP>the circle beeps<ENDAUDCAP>"
 """
 

@@ -86,10 +86,10 @@ def test_training_forward_matches_the_model():
 # wrong frame mapping shows too. Seeds 1000-1003 in this order; measured: best layer 0.73 at
 # 16 steps (chance 0.10), 0.22 transposed, 0.53 two latent frames off.
 PROMPTS = [
-    "a red triangle moves left. <AUDCAP>the triangle beeps<ENDAUDCAP>",
+    "a red cross moves left. <AUDCAP>the cross beeps<ENDAUDCAP>",
     "a green circle moves right. <AUDCAP>the circle beeps<ENDAUDCAP>",
-    "a blue square moves right while a red circle moves left. <AUDCAP>the square beeps and the circle beeps<ENDAUDCAP>",
-    "a green triangle moves down. <AUDCAP>the triangle beeps<ENDAUDCAP>",
+    "a blue bar moves right while a red circle moves left. <AUDCAP>the bar beeps and the circle beeps<ENDAUDCAP>",
+    "a green cross moves down. <AUDCAP>the cross beeps<ENDAUDCAP>",
 ]
 FLOOR = 0.6  # chance is ~0.1 on the 8 x 8 token grid
 

@@ -33,7 +33,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 PROMPT = """\
-prompt: "a red circle moves left while a blue square stays still. <AUDCAP>the circle beeps<ENDAUDCAP>"
+prompt: "a red circle moves left while a blue bar stays still. <AUDCAP>the circle beeps<ENDAUDCAP>"
 video_negative_prompt: ""
 audio_negative_prompt: ""
 model: toy
@@ -190,7 +190,7 @@ def test_a_map_request_reads_a_small_part_of_the_file(server, capture):
         raise AssertionError("no rchar")
 
     before = rchar()
-    server.floats("/api/map", {"token": "square", "frame": 13, "step": 1})
+    server.floats("/api/map", {"token": "bar", "frame": 13, "step": 1})
     read = rchar() - before
     assert 0 < read < os.path.getsize(capture) / 4, read
 
@@ -426,10 +426,10 @@ def assert_canvas_is(page: Page, server) -> np.ndarray:
 def test_the_page_draws_what_render_draws_as_token_step_layer_and_frame_change(browser, server):
     page = Page(browser, server.url)
     first = assert_canvas_is(page, server)
-    page.page.click("#groups .chip[data-group='square']")  # add a second token
+    page.page.click("#groups .chip[data-group='bar']")  # add a second token
     page.page.click("#groups .chip[data-group='a']")  # and drop the first
     page.idle()
-    assert page.state()["tokens"] == ["square"]
+    assert page.state()["tokens"] == ["bar"]
     seen = [first, assert_canvas_is(page, server)]
     page.slide("step", 1)
     assert page.state()["step"] == 1

@@ -61,6 +61,7 @@ class TrainConfig:
     # the last of the noise (speckled, smeared clips). 1 gives 48 values a token, an 8 x 8 grid.
     video_patch: int = 1
     text_context: float = 1.0  # how much of its neighbours the frozen text encoder mixes into a word (text.py)
+    text_window: int = 1  # the frozen encoder's attention reach in words (text.py; 0: random mixing)
     render_size: int = 64  # clips are drawn at 64 px and pooled to the codec's 32 x 32 sub-cells
     threads: int = 1  # on a shared CPU one thread beats two (no OpenMP spin-waits on a stolen core)
     save_every: int = 200  # steps between checkpoints (the EMA weights), so a long run can be inspected
@@ -199,7 +200,7 @@ def train(cfg: TrainConfig, out_dir: Path, log=print) -> dict:
     rng_np, rng_py = np.random.default_rng(cfg.seed), random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     exclude = held_out_captions(cfg.held_out)
-    encoder = fresh_text_encoder(context=cfg.text_context)
+    encoder = fresh_text_encoder(context=cfg.text_context, window=cfg.text_window)
     texts = TextCache(encoder)
     model = build_model(cfg)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -266,7 +267,8 @@ def save(out_dir: Path, cfg: TrainConfig, state: dict, tokenizer, facts: dict) -
             "training": json.dumps(facts)}
     save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, str(out_dir / "toy.safetensors"),
               metadata=meta)
-    save_file(t5_state_dict(tokenizer.get_vocab_size(), context=cfg.text_context), str(out_dir / "text_encoder.safetensors"))
+    save_file(t5_state_dict(tokenizer.get_vocab_size(), context=cfg.text_context, window=cfg.text_window),
+              str(out_dir / "text_encoder.safetensors"))
     tokenizer.save(str(out_dir / "tokenizer.json"))
     (out_dir / "training.json").write_text(json.dumps(facts, indent=2) + "\n")
 

@@ -1,12 +1,13 @@
 """The toy world: coloured shapes that move, bounce and beep, with the truth about every clip.
 
-A scene is one or two objects of distinct colours and shapes. Each has a motion (left,
+A scene is one or two objects of distinct colours and shapes (a disc, a flat bar, a cross:
+silhouettes that differ in most of their pixels, so drawing an object needs its shape word). Each has a motion (left,
 right, up, down, still, bounce) and maybe a beep (its shape's own tone over an interval);
 a bouncing object clicks whenever it touches its floor. A clip is 17 frames at 24 fps
 (0.71 s) and 22 audio latents of 32 ms; positions live in the unit square (y down, x
 right) so one scene renders at any pixel size. The caption follows Ovi's convention:
 
-    "a red circle moves left while a blue square stays still. <AUDCAP>the circle beeps<ENDAUDCAP>"
+    "a red circle moves left while a blue bar stays still. <AUDCAP>the circle beeps<ENDAUDCAP>"
 
 Pure numpy: the evaluation reads captions back (`parse_caption`) without torch.
 """
@@ -30,12 +31,18 @@ COLOURS = {  # name -> RGB; far apart so a decoded pixel's colour names its obje
     "blue": (50, 90, 245),
     "yellow": (235, 220, 40),
 }
-SHAPES = ("circle", "square", "triangle")
+SHAPES = ("circle", "bar", "cross")
+# Half height and half width of each shape, in radii. Similar areas (3.1-3.3 r^2) but any two
+# silhouettes differ in 55-80% of an object's pixels: an earlier circle/square/triangle set
+# differed in a few 4-pixel sub-cells, so the video tower never had to read the shape word and
+# shape words landed on either object alike (pointing 0.47 / 0.47, data/toy/README.md).
+EXTENT = {"circle": (1.0, 1.0), "bar": (0.5, 1.6), "cross": (1.2, 1.2)}
+CROSS_ARM = 0.42  # half width of the cross's arms, in radii
 MOTIONS = {  # motion -> caption words
     "left": "moves left", "right": "moves right", "up": "moves up", "down": "moves down",
     "still": "stays still", "bounce": "bounces",
 }
-TONE_CHANNEL = {"circle": 3, "square": 8, "triangle": 13}  # audio codec channel of each shape's beep
+TONE_CHANNEL = {"circle": 3, "bar": 8, "cross": 13}  # audio codec channel of each shape's beep
 BEEP_AMPLITUDE = 0.5
 CLICK_AMPLITUDE = 0.04  # per channel: a click is every channel at once, for one latent
 WORDS = ["a", "the", "while", "and", "moves", "stays", "still", "bounces", "left", "right", "up", "down",
@@ -47,7 +54,7 @@ class WorldObject:
     colour: str
     shape: str
     motion: str
-    radius: float  # unit-square units
+    radius: float  # unit-square units; the shape's EXTENT is in these
     path: np.ndarray  # [FRAMES, 2] centre (y, x) per frame, unit-square units
     beep: tuple[int, int] | None = None  # audio latents [start, end) of the beep
     clicks: list[int] = field(default_factory=list)  # audio latents of bounce contacts
@@ -104,18 +111,20 @@ def _latent_of_time(seconds: float) -> int:
     return min(AUDIO_LATENTS - 1, audio_token_of_time(seconds))
 
 
-def _path(rng: np.random.Generator, motion: str, r: float) -> tuple[np.ndarray, list[int]]:
-    """Centre path [FRAMES, 2] inside the frame for one motion, and bounce-contact audio latents."""
+def _path(rng: np.random.Generator, motion: str, half: tuple[float, float]) -> tuple[np.ndarray, list[int]]:
+    """Centre path [FRAMES, 2] keeping an object of half extents `half` (y, x) inside the frame for
+    one motion, and bounce-contact audio latents."""
     n = np.arange(FRAMES) / (FRAMES - 1)  # 0..1 over the clip
-    lo, hi = r + 0.02, 1 - r - 0.02
+    lo = np.array([half[0] + 0.02, half[1] + 0.02])
+    hi = 1 - lo
     clicks: list[int] = []
     if motion == "still":
-        y, x = rng.uniform(lo, hi, 2)
+        y, x = rng.uniform(lo, hi)
         return np.stack([np.full(FRAMES, y), np.full(FRAMES, x)], 1), clicks
     if motion == "bounce":
         height = rng.uniform(0.3, 0.4)
-        floor = rng.uniform(lo + height, hi)
-        x = rng.uniform(lo, hi)
+        floor = rng.uniform(lo[0] + height, hi[0])
+        x = rng.uniform(lo[1], hi[1])
         period = rng.uniform(8, 12)  # frames between contacts
         phase = rng.uniform(0, period)
         frames = np.arange(FRAMES)
@@ -124,18 +133,24 @@ def _path(rng: np.random.Generator, motion: str, r: float) -> tuple[np.ndarray, 
         contacts = (k + 0.5) * period - phase  # frames where the cosine is zero
         clicks = sorted({_latent_of_time(c / FPS) for c in contacts if 0 <= c <= FRAMES - 1})
         return np.stack([y, np.full(FRAMES, x)], 1), clicks
-    distance = rng.uniform(0.3, 0.42)
     axis, sign = {"left": (1, -1), "right": (1, 1), "up": (0, -1), "down": (0, 1)}[motion]
-    start = np.array(rng.uniform(lo, hi, 2))
-    start[axis] = rng.uniform(lo + distance, hi) if sign < 0 else rng.uniform(lo, hi - distance)
+    distance = min(rng.uniform(0.3, 0.42), hi[axis] - lo[axis])  # a long bar has less room
+    start = np.array(rng.uniform(lo, hi))
+    start[axis] = rng.uniform(lo[axis] + distance, hi[axis]) if sign < 0 else rng.uniform(lo[axis], hi[axis] - distance)
     path = np.repeat(start[None], FRAMES, 0)
     path[:, axis] += sign * distance * n
     return path, clicks
 
 
+def half_extent(o: WorldObject) -> np.ndarray:
+    """(y, x) half sizes of the object's bounding box, unit-square units."""
+    return np.asarray(EXTENT[o.shape]) * o.radius
+
+
 def _apart(a: WorldObject, b: WorldObject, margin: float = 0.06) -> bool:
-    gap = np.linalg.norm(a.path - b.path, axis=1).min()
-    return bool(gap >= a.radius + b.radius + margin)
+    """Bounding boxes at least `margin` apart (along y or x) in every frame."""
+    gap = np.abs(a.path - b.path) - half_extent(a) - half_extent(b)  # [FRAMES, 2]
+    return bool((gap.max(axis=1) >= margin).all())
 
 
 def sample_scene(rng: np.random.Generator, n_objects: int | None = None, exclude: set[str] = frozenset(),
@@ -150,7 +165,7 @@ def sample_scene(rng: np.random.Generator, n_objects: int | None = None, exclude
             motion = str(rng.choice(list(MOTIONS)))
             for _ in range(20):  # place it away from the objects already there
                 r = float(rng.uniform(0.13, 0.16))
-                path, clicks = _path(rng, motion, r)
+                path, clicks = _path(rng, motion, tuple(np.asarray(EXTENT[str(shape)]) * r))
                 obj = WorldObject(str(colour), str(shape), motion, r, path, None, clicks)
                 if all(_apart(obj, o) for o in objects):
                     break
@@ -172,10 +187,11 @@ def _inside(shape: str, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     """Membership of offsets (in radii) from the centre; the three shapes have similar areas."""
     if shape == "circle":
         return dy**2 + dx**2 <= 1.0
-    if shape == "square":
-        return np.maximum(np.abs(dy), np.abs(dx)) <= 0.85
-    # triangle pointing up: apex at dy = -1.1, base at dy = 0.8 with half-width 1.1
-    return (dy <= 0.8) & (np.abs(dx) <= (dy + 1.1) * 1.1 / 1.9)
+    ey, ex = EXTENT[shape]
+    box = (np.abs(dy) <= ey) & (np.abs(dx) <= ex)
+    if shape == "bar":
+        return box
+    return box & ((np.abs(dy) <= CROSS_ARM) | (np.abs(dx) <= CROSS_ARM))  # cross: two arms
 
 
 def object_masks(scene: Scene, size: int) -> np.ndarray:
