@@ -33,6 +33,10 @@ capture:
   branch: both
   heads: {heads}
   dtype: float32
+queries:  # a fixed point, an adaptive one (found at step 0 from the text map) and an audio time
+  - {{frame: 0, x: 0.3, y: 0.6, label: fixed}}
+  - {{token: circle, frame: 0, step: 0, label: found}}
+  - {{time: 0.1, label: beep}}
 """
 
 
@@ -70,7 +74,7 @@ def launch_without_agent(args, n=2, timeout=900, **env) -> list[subprocess.Compl
     return out
 
 
-MAPS = ("text_video", "text_audio", "video_audio", "audio_video", "audio_video_spatial")
+MAPS = ("text_video", "text_audio", "video_audio", "audio_video", "audio_video_spatial", "video_self", "audio_self")
 
 
 def assert_same_file(a: Path, b: Path, map_rtol: float = 0.0) -> None:
@@ -159,8 +163,9 @@ def test_killed_rank_ends_the_job_then_the_rerun_resumes(prompts, tmp_path):
 @pytest.mark.timeout(1800)
 def test_sequence_parallel_equals_one_process(tmp_path):
     """sp_size 2 on the tiny model (2 heads: one per rank), heads: all and heads: mean, run as one
-    batch by the one group. The arithmetic per head is the one-process arithmetic (the
-    all-to-alls only move data; projections, norms and FFNs act per token), so latents, frames,
+    batch by the one group, with video and audio query points (one adaptive: each rank finds its
+    peak from the group-reduced text map, so both pick the same cell). The arithmetic per head is
+    the one-process arithmetic (the all-to-alls only move data; projections, norms and FFNs act per token), so latents, frames,
     audio and the per-head maps (heads: all) are equal bit for bit. The head mean is not: one
     process averages the heads' probabilities before summing them over keys or positions, a
     group sums per head on each rank, all-reduces and divides, so float32 rounding differs
@@ -179,6 +184,9 @@ def test_sequence_parallel_equals_one_process(tmp_path):
     with h5py.File(tmp_path / "sp" / "sp_all_seed7.h5") as f:
         assert json.loads(f.attrs["settings"])["sp_size"] == 2
         assert f["text_video"].shape[5] == 2  # both heads, in head order
+        assert f["video_self"].shape[:2] == (2, 2) and f["audio_self"].shape[:2] == (2, 1)  # (branch, query)
+        found = f["video_self"][0, 1]  # cond branch (uncond skips slg_layer: NaN there), (step, ...)
+        assert np.isnan(found[0]).all() and not np.isnan(found[1]).any()  # found at step 0, rows from step 1
 
 
 class _Store:
