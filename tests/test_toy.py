@@ -86,10 +86,10 @@ def test_training_forward_matches_the_model():
 # wrong frame mapping shows too. Seeds 1000-1003 in this order; measured: best layer 0.73 at
 # 16 steps (chance 0.10), 0.22 transposed, 0.53 two latent frames off.
 PROMPTS = [
-    "a red cross moves left. <AUDCAP>the cross beeps<ENDAUDCAP>",
-    "a green circle moves right. <AUDCAP>the circle beeps<ENDAUDCAP>",
-    "a blue bar moves right while a red circle moves left. <AUDCAP>the bar beeps and the circle beeps<ENDAUDCAP>",
-    "a green cross moves down. <AUDCAP>the cross beeps<ENDAUDCAP>",
+    "a yellow circle moves left. <AUDCAP>the circle beeps<ENDAUDCAP>",
+    "a blue bar moves up. <AUDCAP>the bar beeps<ENDAUDCAP>",
+    "a green circle moves left while a red bar moves right. <AUDCAP>the circle beeps<ENDAUDCAP>",
+    "a green cross moves up while a yellow circle moves down. <AUDCAP>the cross beeps and the circle beeps<ENDAUDCAP>",
 ]
 FLOOR = 0.6  # chance is ~0.1 on the 8 x 8 token grid
 
@@ -137,17 +137,15 @@ def test_wrong_geometry_scores_lower(bundled_eval, wrong):
     assert worse.at_final(worse.pointing)[b] < table.at_final(table.pointing)[b] - 0.15
 
 
-def test_the_registry_agrees_with_the_toy_world_and_its_file():
-    """model/registry.py's toy facts are the world's clip length and the bundled file's
-    configs (read from the safetensors header without torch: compared with safetensors' reader)."""
+def test_the_registry_agrees_with_the_bundled_file():
+    """model/registry.py's toy configs (the world takes its clip length from the same row) are the
+    bundled file's (read from the safetensors header without torch: compared with safetensors' reader)."""
     from safetensors import safe_open
 
     from ovi_attn_capture.model import registry
     from ovi_attn_capture.toy import WEIGHTS_FILE
 
-    toy = registry.get("toy")
-    assert toy.audio_latents == world.AUDIO_LATENTS
-    assert 1 + 4 * (toy.video_latent_frames - 1) == world.FRAMES
+    assert world.FRAMES == 17 and world.AUDIO_LATENTS == 22  # what the bundled weights were trained on
     if not BUNDLED:
         pytest.skip("data/toy/toy.safetensors is not there")
     with safe_open(str(WEIGHTS_FILE), framework="pt") as f:

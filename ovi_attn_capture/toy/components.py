@@ -25,11 +25,6 @@ VIDEO_NEGATIVE_PROMPT = ""  # what text dropout trained as "no caption" (the ups
 AUDIO_NEGATIVE_PROMPT = ""
 
 
-def toy_configs(folder: Path = TOY_DIR) -> tuple[dict, dict]:
-    """The towers' configs from the fusion file's metadata (the weights are not read)."""
-    return registry.configs_in_file(toy_files(folder)["fusion"])
-
-
 def toy_files(folder: Path = TOY_DIR) -> dict[str, Path]:
     return {"fusion": folder / "toy.safetensors", "text_encoder": folder / "text_encoder.safetensors",
             "tokenizer": folder / "tokenizer.json"}

@@ -130,14 +130,16 @@ def score_file(path: str | Path, misalignment: Misalignment = Misalignment()) ->
         frames = np.stack([cap.frame(n) for n in range(cap.num_pixel_frames)])  # [T, H, W, 3]
         F, h, w = cap.grid
         out = FileScores(str(path), prompt)
-        for obj in objects:
-            masks = colour_masks(frames, obj.colour)  # [T, H, W]
-            for word in (obj.shape, obj.colour):
+        all_masks = [colour_masks(frames, obj.colour) for obj in objects]  # [T, H, W] each
+        for i, obj in enumerate(objects):
+            others = [m for j, m in enumerate(all_masks) if j != i]
+            for word, word_class in ((obj.shape, "shape"), (obj.colour, "colour")):
                 if word not in cap.groups:
                     continue
                 maps = cap.text_video(cap.token_index(word)).isel(head=0).transpose(
                     "step", "layer", "frame", "y", "x").values  # [S, L, F, h, w]
-                out.video[word] = _score_video(cap, maps, masks, (h, w), misalignment)
+                scored = _score_video(cap, maps, all_masks[i], (h, w), misalignment, others)
+                out.video[word] = {**scored, "class": word_class, "objects": len(objects)}
         if "video_self" in cap.variables():
             for obj in objects:
                 if obj.motion != "still":
@@ -159,11 +161,14 @@ def score_file(path: str | Path, misalignment: Misalignment = Misalignment()) ->
     return out
 
 
-def _score_video(cap, maps: np.ndarray, masks: np.ndarray, grid, misalignment: Misalignment) -> dict:
-    """maps [S, L, F, h, w], masks [T, H, W] -> pointing and IoU [S, L] averaged over frames with the object."""
+def _score_video(cap, maps: np.ndarray, masks: np.ndarray, grid, misalignment: Misalignment,
+                 others: list[np.ndarray] = ()) -> dict:
+    """maps [S, L, F, h, w], masks [T, H, W] -> pointing and IoU [S, L] averaged over frames with the
+    object; `other` [S, L]: the share of those frames whose peak is on another object instead
+    (others: their [T, H, W] masks); the rest of the misses fell on the background."""
     S, L, F = maps.shape[:3]
     h, w = grid
-    hits, ious, chance, found = [], [], [], 0
+    hits, elsewhere, ious, chance, found = [], [], [], [], 0
     for n in range(len(masks)):
         f = min(max(cap.latent_frame(n) + misalignment.frame_shift, 0), F - 1)
         if masks[n].sum() < MIN_OBJECT_PIXELS:
@@ -176,6 +181,10 @@ def _score_video(cap, maps: np.ndarray, masks: np.ndarray, grid, misalignment: M
         on = cover >= HIT_COVERAGE
         peak = m.reshape(S, L, -1).argmax(-1)  # [S, L]
         hits.append(on.reshape(-1)[peak])
+        on_other = np.zeros(h * w, bool)
+        for other in others:
+            on_other |= (cell_coverage(other[n], (h, w)) >= HIT_COVERAGE).reshape(-1)
+        elsewhere.append(on_other[peak] & ~on.reshape(-1)[peak])
         chosen = m >= 0.5 * m.max(axis=(-1, -2), keepdims=True)  # [S, L, h, w] cells
         pixel_cells = np.kron(chosen, np.ones((masks.shape[1] // h, masks.shape[2] // w), bool))
         inter = (pixel_cells & masks[n]).sum(axis=(-1, -2))
@@ -183,9 +192,10 @@ def _score_video(cap, maps: np.ndarray, masks: np.ndarray, grid, misalignment: M
         ious.append(inter / np.maximum(union, 1))
         chance.append(on.mean())
     if not hits:
-        return {"pointing": np.zeros((S, L)), "iou": np.zeros((S, L)), "chance": 0.0, "found": 0.0}
-    return {"pointing": np.mean(hits, 0), "iou": np.mean(ious, 0), "chance": float(np.mean(chance)),
-            "found": found / len(masks)}
+        return {"pointing": np.zeros((S, L)), "other": np.zeros((S, L)), "iou": np.zeros((S, L)), "chance": 0.0,
+                "found": 0.0}
+    return {"pointing": np.mean(hits, 0), "other": np.mean(elsewhere, 0), "iou": np.mean(ious, 0),
+            "chance": float(np.mean(chance)), "found": found / len(masks)}
 
 
 def _centre_cells(mask: np.ndarray, grid) -> np.ndarray:
@@ -197,8 +207,6 @@ def _centre_cells(mask: np.ndarray, grid) -> np.ndarray:
 def _score_track(cap, masks: np.ndarray) -> dict | None:
     """Follow the query on the object's centre at TRACK_QUERY_FRAME: mean distance (cells) to the true centre
     over the frames where the object is seen, per (step, layer); None if it is not at frame 0."""
-    import xarray as xr
-
     from ovi_attn_render.views.query import distance_to, track
 
     F, h, w = cap.grid
@@ -211,7 +219,7 @@ def _score_track(cap, masks: np.ndarray) -> dict | None:
     at = [i for i, q in enumerate(queries) if q.pixel_frame == n0 and (q.y, q.x) == cell]
     if not at:
         return None
-    m = xr.DataArray(cap.video_self(at[0])[:, :, 0], dims=("step", "layer", "frame", "y", "x"))  # [S, L, F, h, w]
+    m = cap.video_self(at[0]).isel(head=0).transpose("step", "layer", "frame", "y", "x")  # [S, L, F, h, w]
     seen = [n for n in range(len(masks)) if masks[n].sum() >= MIN_OBJECT_PIXELS]
     truth = np.stack([_centre_cells(masks[n], (h, w)) for n in seen])  # [N, 2]
     latent = [cap.latent_frame(n) for n in seen]
@@ -255,7 +263,27 @@ class EvalTable:
                 "pointing_layer_mean": float(pointing.mean()), "iou_best_layer": float(self.at_final(self.iou)[b]),
                 "audio_best_layer": float(self.at_final(self.audio).max()) if self.audio.size else None,
                 "chance": self.chance, "audio_chance": self.audio_chance, "objects_found": self.found,
-                "final_steps": [int(self.steps[i]) for i in self.final], **self.track_headline()}
+                "final_steps": [int(self.steps[i]) for i in self.final], **self.track_headline(),
+                "classes": self.classes()}
+
+    def classes(self) -> list[dict]:
+        """Per (word class, objects in the clip): where the peak falls at the best layer and over the
+        layers' mean (final steps), with the chance of a random cell landing on the word's object."""
+        b = self.best_layer
+        rows = []
+        for word_class in ("colour", "shape"):
+            for n in (1, 2):
+                scored = [v for f in self.files for v in f.video.values()
+                          if v["found"] > 0 and v.get("class") == word_class and v.get("objects") == n]
+                if not scored:
+                    continue
+                own = self.at_final(np.mean([v["pointing"] for v in scored], 0))  # [L]
+                other = self.at_final(np.mean([v["other"] for v in scored], 0))
+                rows.append({"class": word_class, "objects": n, "words": len(scored), "own": float(own[b]),
+                             "other": float(other[b]), "background": float(1 - own[b] - other[b]),
+                             "own_layer_mean": float(own.mean()),
+                             "chance": float(np.mean([v["chance"] for v in scored]))})
+        return rows
 
     def track_headline(self) -> dict:
         """The tracking score: mean distance (latent cells) at the layer that tracks best."""
@@ -274,6 +302,8 @@ class EvalTable:
                 "track": {k: (v.round(4).tolist() if isinstance(v, np.ndarray) else v) for k, v in self.track.items()},
                 "files": [{"path": f.path, "prompt": f.prompt,
                            "video": {w: {"pointing_final": float(np.mean(v["pointing"][self.final])),
+                                         "other_final": float(np.mean(v["other"][self.final])),
+                                         "class": v["class"], "objects": v["objects"],
                                          "chance": v["chance"], "found": v["found"]} for w, v in f.video.items()},
                            "audio": {p: {"hit_final": float(np.mean(v["hit"][self.final])), "chance": v["chance"]}
                                      for p, v in f.audio.items()},
@@ -323,14 +353,26 @@ def print_table(table: EvalTable, console=None) -> None:
     for i, s in enumerate(table.steps):
         per_step.add_row(str(s), f"{table.pointing[i].mean():.3f}", f"{table.pointing[i].max():.3f}")
     console.print(per_step)
+    classes = Table(title=f"where the peak falls, per word class (best layer {head['best_layer']}, final steps)")
+    for name in ("word", "objects", "words", "on its object", "on the other", "on background", "layer mean",
+                 "chance"):
+        classes.add_column(name, justify="left" if name == "word" else "right")
+    for r in head["classes"]:
+        classes.add_row(r["class"], str(r["objects"]), str(r["words"]), f"{r['own']:.3f}",
+                        f"{r['other']:.3f}" if r["objects"] > 1 else "-", f"{r['background']:.3f}",
+                        f"{r['own_layer_mean']:.3f}", f"{r['chance']:.3f}")
+    console.print(classes)
     if table.track:
         soft = table.at_final(table.track["soft"])
         console.print("track distance per layer (latent cells, soft-argmax, final steps): "
                       + ", ".join(f"{int(l)}: {d:.2f}" for l, d in zip(table.layers, soft))
                       + f"; a still point: {table.track['still']:.2f} (target <= 1)", highlight=False)
+    audio = f", text->audio {head['audio_best_layer']:.3f} (chance {head['audio_chance']:.3f}, target 0.95)" \
+        if head["audio_best_layer"] is not None else ""
     console.print(f"best layer {head['best_layer']}: pointing {head['pointing_best_layer']:.3f} "
-                  f"(chance {head['chance']:.3f}, target 0.9), IoU {head['iou_best_layer']:.3f}; "
-                  f"objects found in {head['objects_found']:.0%} of frames", highlight=False)
+                  f"(chance {head['chance']:.3f}, target 0.9), mean over layers {head['pointing_layer_mean']:.3f} "
+                  f"(target 0.8), IoU {head['iou_best_layer']:.3f}{audio}; objects found in "
+                  f"{head['objects_found']:.1%} of (object, frame) pairs (target 95%)", highlight=False)
 
 
 # ----------------------------------------------------------------------------- running it
@@ -351,9 +393,9 @@ def grid_queries(frame: int) -> list:
     whatever the model draws where, a query sits on each object's centre in that frame."""
     from ovi_attn_capture.pipeline.queries import QuerySpec
     from ovi_attn_capture.model import registry
+    from ovi_attn_render.contract.geometry import latent_size
 
-    size = registry.get("toy").native_size
-    h, w = size[0] // 16, size[1] // 16  # 16 pixels per latent cell (the codec's compression)
+    h, w = latent_size(registry.get("toy").native_size)  # the toy's video patch is 1: a token per latent cell
     return [QuerySpec(f"cell_{y}_{x}", "video", frame=frame, x=(x + 0.5) / w, y=(y + 0.5) / h)
             for y in range(h) for x in range(w)]
 

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ovi_attn_capture.model import registry
 from ovi_attn_render.contract.geometry import FPS, audio_token_of_time, pixel_frame_count
 
-LATENT_FRAMES = 5
+LATENT_FRAMES = registry.get("toy").video_latent_frames  # 5
 FRAMES = pixel_frame_count(LATENT_FRAMES)  # 17 pixel frames
-AUDIO_LATENTS = 22  # 22 * 512 samples at 16 kHz = 0.704 s
+AUDIO_LATENTS = registry.get("toy").audio_latents  # 22 * 512 samples at 16 kHz = 0.704 s
 
 COLOURS = {  # name -> RGB; far apart so a decoded pixel's colour names its object
     "red": (230, 40, 40),
