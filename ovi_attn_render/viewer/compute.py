@@ -190,17 +190,30 @@ def video_queries(src: Source) -> list[dict]:
             for q in src.cap.tower_queries("video")]
 
 
+def audio_queries(src: Source) -> list[dict]:
+    """The file's audio query points, for the page's selector (which audio token, when)."""
+    return [{"label": q.label, "audio_token": q.audio_token,
+             "time": round(float(q.time), 6) if np.isfinite(q.time) else None}  # JSON has no NaN
+            for q in src.cap.tower_queries("audio")]
+
+
+def _query_label(src: Source, s: ViewState, tower: str) -> str:
+    """The state's query label, checked against the file's queries of one tower."""
+    if not s.query:
+        raise UserError(f"parameter query is missing; give a captured {tower} query label.")
+    if s.branch == "diff":
+        raise UserError("a query point's map is drawn for one branch; pick cond or uncond.")
+    cap = src.cap
+    return cap.tower_queries(tower)[cap.query_index(s.query, tower)].label
+
+
 def query_clip(src: Source, s: ViewState):
     """The state's video query at the state's step over the whole clip, as `render --view
     query --steps <step>` draws it: DataArray (frame, y, x), heads reduced as s.reduce says,
     the selected layers averaged (views.query.query_maps, the one read path)."""
     cap = src.cap
-    if not s.query:
-        raise UserError("parameter query is missing; give a captured video query label.")
-    if s.branch == "diff":
-        raise UserError("a query point's map is drawn for one branch; pick cond or uncond.")
+    label = _query_label(src, s, "video")
     step = int(cap.steps[step_position(src, s)])
-    label = cap.tower_queries("video")[cap.query_index(s.query, "video")].label
     key = ("query", src.index, src.generation, cap.steps_done, label, step, s.layers, s.heads, s.branch, s.reduce)
 
     def make():
@@ -229,6 +242,30 @@ def query_track(src: Source, s: ViewState) -> np.ndarray:
     """[F, 2] float32: the query's track (y, x in token cells, NaN where never computed) per
     latent frame, at the state's step and layers (views.query.track, as --view track finds it)."""
     return np.ascontiguousarray(Q.track(query_clip(src, s), s.track).transpose("frame", "axis").values, np.float32)
+
+
+def audio_query_map(src: Source, s: ViewState) -> tuple[np.ndarray, dict]:
+    """([La] float32, what the page needs to draw it): the state's audio query's attention over
+    audio time at the state's step, heads reduced as s.reduce says, the selected layers
+    averaged (views.query.audio_query_map, the one read path --view query draws), its colour
+    range 0..top and where the query itself is (its audio token and time)."""
+    cap = src.cap
+    label = _query_label(src, s, "audio")
+    step = int(cap.steps[step_position(src, s)])
+    key = ("audio_query", src.index, src.generation, cap.steps_done, label, step, s.layers, s.heads, s.branch,
+           s.reduce)
+
+    def make():
+        o = views.Options(view="query", queries=[label], steps=str(step), layers=s.layers, heads=s.heads,
+                          branch=s.branch, reduce=s.reduce)
+        with src.lock:
+            m, _ = Q.audio_query_map(cap, o, label)  # (layer, audio_time), the one step
+        return m.mean("layer", keep_attrs=True).astype(np.float32)
+
+    m = CACHE.get(key, make)
+    info = {"lo": 0.0, "hi": f"{Q.colour_top(m):.9g}", "query_audio_token": int(m.coords["query_audio_token"]),
+            "query_time": f"{float(m.coords['query_time']):.6g}", "step": step}
+    return np.ascontiguousarray(m.values, np.float32), info
 
 
 # ---------------------------------------------------------------------- a clicked patch
