@@ -265,7 +265,7 @@ def api_audio_query(path, label: str, step: int, layers: str | None = None, **op
     with oa.open_capture(path) as cap:
         want = cap.audio_self(label, steps=str(step), layers=layers, **opts).isel(step=0).mean("layer")
         o = views.Options(view="query", queries=[label], steps=str(step), layers=layers, **opts)
-        drawn, _ = Q.audio_query_map(cap, o, label)  # (layer, audio_time)
+        drawn, _ = Q.audio_query_map(cap.file, o, label)  # (layer, audio_time), on the reader
     np.testing.assert_array_equal(drawn.mean("layer").values, want.values)
     return want
 
@@ -674,7 +674,7 @@ def test_the_page_shows_a_query_point_s_attention_its_point_and_track(browser, q
 
 
 def test_the_page_draws_an_audio_query_s_strip_for_the_second_file_and_a_saved_view_restores_it(
-        browser, query_file, plain_file):
+        browser, query_file, plain_file, tmp_path):
     import base64
 
     import cv2
@@ -684,7 +684,7 @@ def test_the_page_draws_an_audio_query_s_strip_for_the_second_file_and_a_saved_v
         png = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
         return cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
-    with Server([plain_file, query_file]) as s:
+    with Server([plain_file, query_file], "-o", str(tmp_path)) as s:  # saves land in tmp_path
         page = Page(browser, s.url)
         assert page.page.is_visible("#query-box") and page.page.is_visible("#query-file")
         assert page.page.is_disabled("#query")  # the first file has none, and says so
