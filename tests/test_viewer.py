@@ -348,6 +348,27 @@ def test_the_query_routes_serve_the_second_file_s_queries(query_file, plain_file
             assert status == 400 and f"this capture has no {tower} query points" in text and "\n" not in text.strip()
 
 
+def test_save_with_a_query_writes_the_query_panel_s_picture_of_the_command_it_shows(query_file, tmp_path):
+    import imageio.v3 as iio
+
+    saves = tmp_path / "saves"
+    saves.mkdir()
+    with Server([query_file], "-o", str(saves)) as s:
+        for label, ext in (("hand", ".gif"), ("bark", ".png")):
+            d = s.json("/api/save", [("query", label), ("step", "1"), ("layers", "1-2"), ("query_file", "0")],
+                       method="POST")
+            assert "path" not in d  # no token picked: the query panel's picture alone
+            assert os.path.dirname(d["query_path"]) == str(saves) and d["query_path"].endswith(ext)
+            cmd = shlex.split(d["query_command"])
+            assert cmd[:7] == ["ovi-attn", "render", str(query_file), "--view", "query", "--query", label]
+            assert (cmd[cmd.index("--steps") + 1], cmd[cmd.index("--layers") + 1]) == ("1", "1-2")
+            again = tmp_path / f"again{ext}"
+            assert main([*cmd[1:cmd.index("-o")], "-o", str(again)]) == 0
+            np.testing.assert_array_equal(iio.imread(d["query_path"], index=None), iio.imread(again, index=None))
+        status, _, body = s.get("/api/save", [], method="POST")
+        assert status == 400 and "pick at least one token or a query point" in body.decode()
+
+
 def test_the_server_works_where_torch_cannot_be_imported(capture):
     with Server([capture], program=BLOCK_TORCH) as s:
         for path, params in (("/api/files", {}), ("/api/map", {"token": "red"}), ("/api/grid", {"token": "red"}),
@@ -716,6 +737,9 @@ def test_the_page_draws_an_audio_query_s_strip_for_the_second_file_and_a_saved_v
         page.page.click("#save")
         page.page.wait_for_function("window.ovi.lastSave", timeout=60000)
         link = page.page.evaluate("ovi.lastSave.link")
+        saved = page.page.evaluate("ovi.lastSave")
+        assert saved["query_path"].endswith(".png") and os.path.exists(saved["query_path"])
+        assert "--view query --query bark --steps 1" in page.page.text_content("#command")
         assert page.page.get_attribute("#view-link", "href") == link
 
         again = Page(browser, link)  # the saved view: the same query panel

@@ -822,14 +822,18 @@ function savedState(notes) {
   return out;
 }
 
+// writes render's picture of the tokens and, with a query point chosen, the query panel's
+// `--view query` picture; shows their commands and the view's address (reopens it exactly)
 async function saveView() {
+  const s = ovi.state, panel = s.query ? { query: s.query, query_file: s.queryFile } : {};
   try {
-    const r = await fetch(`/api/save?${query({}, 0)}`, { method: "POST" });
+    const r = await fetch(`/api/save?${query(panel, 0)}`, { method: "POST" });
     if (!r.ok) throw new Error(await r.text());
     const d = await r.json();
     const link = new URL(viewAddress(), location.href).href;
-    $("saved").innerHTML = `wrote ${escapeHtml(d.path)}; <a id="view-link" href="${escapeHtml(link)}">this view's address</a>`;
-    $("command").textContent = d.command;
+    const wrote = [d.path, d.query_path].filter((p) => p).map((p) => `wrote ${escapeHtml(p)}; `).join("");
+    $("saved").innerHTML = `${wrote}<a id="view-link" href="${escapeHtml(link)}">this view's address</a>`;
+    $("command").textContent = [d.command, d.query_command].filter((c) => c).join("\n");
     ovi.lastSave = { ...d, link };
   } catch (e) { message(String(e.message || e)); }
 }
