@@ -756,7 +756,8 @@ def test_the_page_draws_an_audio_query_s_strip_for_the_second_file_and_a_saved_v
         video = drawn(page, "query-canvas")
         restored = Page(browser, page.page.url)
         st = restored.state()
-        assert (st["query"], st["queryFile"], st["track"], st["frame"], st["showTrack"]) == ("hand", 1, "argmax", 8, True)
+        want = ("hand", 1, "argmax", 8, True)
+        assert (st["query"], st["queryFile"], st["track"], st["frame"], st["showTrack"]) == want
         track, _ = s.floats("/api/query_track", {"file": 1, "query": "hand", "step": 1, "track": "argmax"})
         q = restored.page.evaluate("ovi.lastQuery")
         assert (q["tower"], q["file"], q["method"]) == ("video", 1, "argmax")

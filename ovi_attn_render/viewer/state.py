@@ -41,7 +41,7 @@ class ViewState:
     alpha: float = 0.5
     y: int | None = None  # a clicked token cell (patch queries)
     x: int | None = None
-    query: str | None = None  # a video query point's label (self-attention maps)
+    query: str | None = None  # a query point's label, video or audio (self-attention maps)
     track: str = "soft"  # how its track is found: soft (soft-argmax) or argmax
     query_file: int | None = None  # whose query point the page's query panel shows (save); None: file
 
