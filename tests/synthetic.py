@@ -141,9 +141,13 @@ def _write_queries(wr, s: Synth, b: int, st: int, li: int) -> None:
                 vs[i, :, f, y, x] += 0.8 / F
         wr.write_map("video_self", b, st, li, vs)
     if audio:
-        a = np.full((len(audio), s.heads, s.audio_tokens), 0.5 / s.audio_tokens, np.float32)
+        La = s.audio_tokens
+        a = np.full((len(audio), s.heads, La), 0.4 / La, np.float32)
         for i, q in enumerate(audio):
             a[i, :, q.audio_token] += 0.5
+            # a smaller bump that moves with the step and layer (never onto the query's own
+            # token), so a reader that mixes up steps or layers reads other numbers
+            a[i, :, (q.audio_token + 1 + (st + 2 * li) % (La - 1)) % La] += 0.1
         wr.write_map("audio_self", b, st, li, a)
 
 

@@ -248,6 +248,28 @@ def query_file(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def plain_file(query_file):
+    """The same synthetic capture without query points, beside query_file (the compare tests)."""
+    path = query_file.parent / "plain.h5"
+    write_synthetic(path, Synth())
+    return path
+
+
+def api_audio_query(path, label: str, step: int, layers: str | None = None, **opts):
+    """An audio query's attention at one step, the selected layers averaged: [La], and the
+    same through views.query's read path (the one --view query draws)."""
+    import ovi_attn_render as oa
+    from ovi_attn_render.views import query as Q
+
+    with oa.open_capture(path) as cap:
+        want = cap.audio_self(label, steps=str(step), layers=layers, **opts).isel(step=0).mean("layer")
+        o = views.Options(view="query", queries=[label], steps=str(step), layers=layers, **opts)
+        drawn, _ = Q.audio_query_map(cap.file, o, label)  # (layer, audio_time), on the reader
+    np.testing.assert_array_equal(drawn.mean("layer").values, want.values)
+    return want
+
+
 def test_the_query_routes_serve_the_maps_and_track_render_draws(query_file):
     import ovi_attn_render as oa
     from ovi_attn_render.views import query as Q
@@ -259,6 +281,7 @@ def test_the_query_routes_serve_the_maps_and_track_render_draws(query_file):
         meta = s.json("/api/files")["files"][0]
         assert [(q["label"], q["pixel_frame"], q["y"], q["x"]) for q in meta["video_queries"]] == \
             [("hand", 4, 2, 1), ("dog", 0, 5, 3)]  # the audio query is not drawn over frames
+        assert meta["audio_queries"] == [{"label": "bark", "audio_token": 4, "time": 0.128}]
         for frame in (0, 4, 8):
             got, h = s.floats("/api/query_map", {"query": "hand", "frame": frame, "step": 2, "layers": "1-2"})
             latent = int(h["X-Latent"])
@@ -273,6 +296,77 @@ def test_the_query_routes_serve_the_maps_and_track_render_draws(query_file):
                                  ({"query": "hand", "branch": "diff"}, "one branch")):
             status, _, body = s.get("/api/query_track" if "track" in params else "/api/query_map", params)
             assert status == 400 and fragment in body.decode() and "\n" not in body.decode().strip(), body
+
+
+def test_the_audio_query_route_serves_what_the_api_and_view_query_read(query_file):
+    from ovi_attn_render.views import query as Q
+
+    with Server([query_file]) as s:
+        seen = []
+        for step, layers in ((2, "1-2"), (0, "0"), (3, None), (1, "2")):
+            want = api_audio_query(query_file, "bark", step, layers)
+            params = {"query": "bark", "step": step, **({"layers": layers} if layers else {})}
+            got, h = s.floats("/api/audio_query_map", params)
+            assert got.shape == (12,)
+            np.testing.assert_allclose(got, want.values, rtol=1e-6)
+            assert float(h["X-Lo"]) == 0.0 and float(h["X-Hi"]) == pytest.approx(Q.colour_top(want), rel=1e-6)
+            assert (int(h["X-Query-Audio-Token"]), float(h["X-Query-Time"]), int(h["X-Step"])) == (4, 0.128, step)
+            assert int(got.argmax()) == 4  # most of the mass on the query's own token
+            seen.append(got)
+        assert not any(np.array_equal(a, b) for a, b in zip(seen, seen[1:]))  # each selection its own numbers
+        for params, fragment in (({"query": "barc"}, "audio query 'barc' was not captured (did you mean 'bark'?)"),
+                                 ({"query": "hand"}, "audio query 'hand' was not captured; captured: bark."),
+                                 ({}, "parameter query is missing; give a captured audio query label."),
+                                 ({"query": "bark", "branch": "diff"}, "one branch"),
+                                 ({"query": "bark", "step": "9"}, "not readable"),
+                                 ({"query": "bark", "heads": "1"}, "mean over heads")):
+            status, _, body = s.get("/api/audio_query_map", params)
+            text = body.decode()
+            assert status == 400 and fragment in text and "\n" not in text.strip() and "Traceback" not in text, text
+
+
+def test_the_query_routes_serve_the_second_file_s_queries(query_file, plain_file):
+    import ovi_attn_render as oa
+
+    with oa.open_capture(query_file) as cap:
+        video = cap.video_self("dog", steps="1").isel(step=0).mean("layer")  # (frame, y, x)
+        track = cap.track("hand", method="soft", steps="1")
+    audio = api_audio_query(query_file, "bark", 1)
+    with Server([plain_file, query_file]) as s:
+        files = s.json("/api/files")["files"]
+        assert (files[0]["video_queries"], files[0]["audio_queries"]) == ([], [])
+        assert [q["label"] for q in files[1]["video_queries"] + files[1]["audio_queries"]] == ["hand", "dog", "bark"]
+        got, h = s.floats("/api/query_map", {"file": 1, "query": "dog", "step": 1, "frame": 0})
+        np.testing.assert_allclose(got, video.isel(frame=int(h["X-Latent"])).values, rtol=1e-6)
+        got, _ = s.floats("/api/query_track", {"file": 1, "query": "hand", "step": 1})
+        np.testing.assert_allclose(got, track.values, rtol=1e-6)
+        got, _ = s.floats("/api/audio_query_map", {"file": 1, "query": "bark", "step": 1})
+        np.testing.assert_allclose(got, audio.values, rtol=1e-6)
+        for path, tower in (("/api/query_map", "video"), ("/api/audio_query_map", "audio")):
+            status, _, body = s.get(path, {"file": 0, "query": "bark" if tower == "audio" else "dog"})
+            text = body.decode()
+            assert status == 400 and f"this capture has no {tower} query points" in text and "\n" not in text.strip()
+
+
+def test_save_with_a_query_writes_the_query_panel_s_picture_of_the_command_it_shows(query_file, tmp_path):
+    import imageio.v3 as iio
+
+    saves = tmp_path / "saves"
+    saves.mkdir()
+    with Server([query_file], "-o", str(saves)) as s:
+        for label, ext in (("hand", ".gif"), ("bark", ".png")):
+            d = s.json("/api/save", [("query", label), ("step", "1"), ("layers", "1-2"), ("query_file", "0")],
+                       method="POST")
+            assert "path" not in d  # no token picked: the query panel's picture alone
+            assert os.path.dirname(d["query_path"]) == str(saves) and d["query_path"].endswith(ext)
+            cmd = shlex.split(d["query_command"])
+            assert cmd[:7] == ["ovi-attn", "render", str(query_file), "--view", "query", "--query", label]
+            assert (cmd[cmd.index("--steps") + 1], cmd[cmd.index("--layers") + 1]) == ("1", "1-2")
+            again = tmp_path / f"again{ext}"
+            assert main([*cmd[1:cmd.index("-o")], "-o", str(again)]) == 0
+            np.testing.assert_array_equal(iio.imread(d["query_path"], index=None), iio.imread(again, index=None))
+        status, _, body = s.get("/api/save", [], method="POST")
+        assert status == 400 and "pick at least one token or a query point" in body.decode()
 
 
 def test_the_server_works_where_torch_cannot_be_imported(capture):
@@ -559,7 +653,7 @@ def test_the_page_shows_a_query_point_s_attention_its_point_and_track(browser, q
         page = Page(browser, s.url)
         assert page.page.is_hidden("#query-panel") and not page.page.is_hidden("#query-box")
         labels = page.page.eval_on_selector_all("#query option", "els => els.map(e => e.value)")
-        assert labels == ["", "hand", "dog"]
+        assert labels == ["", "hand", "dog", "bark"]
         page.page.uncheck("#show-track")
         page.slide("frame", 4)  # the query's own frame: the ring is filled
         page.slide("query", "hand")
@@ -598,3 +692,80 @@ def test_the_page_shows_a_query_point_s_attention_its_point_and_track(browser, q
         assert "query hand" in page.page.text_content("#query-caption")
         assert page.errors == [] and page.message() == ""
         page.page.close()
+
+
+def test_the_page_draws_an_audio_query_s_strip_for_the_second_file_and_a_saved_view_restores_it(
+        browser, query_file, plain_file, tmp_path):
+    import base64
+
+    import cv2
+
+    def drawn(page, canvas: str) -> np.ndarray:
+        url = page.page.evaluate(f"document.getElementById('{canvas}').toDataURL('image/png')")
+        png = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
+        return cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+    with Server([plain_file, query_file], "-o", str(tmp_path)) as s:  # saves land in tmp_path
+        page = Page(browser, s.url)
+        assert page.page.is_visible("#query-box") and page.page.is_visible("#query-file")
+        assert page.page.is_disabled("#query")  # the first file has none, and says so
+        assert "plain.h5 has no query points" in page.page.text_content("#query-none")
+        page.slide("query-file", 1)
+        assert page.page.is_hidden("#query-none")
+        options = page.page.eval_on_selector_all("#query option", "els => els.map(e => [e.value, e.textContent])")
+        assert [v for v, _ in options] == ["", "hand", "dog", "bark"] and "audio, 0.128 s" in options[3][1]
+        page.slide("step", 1)
+        page.slide("query", "bark")
+        assert page.page.is_visible("#query-audio") and page.page.is_hidden("#query-canvas")
+        assert page.page.is_hidden("#track-row")  # an audio query has no track
+        m, h = s.floats("/api/audio_query_map", {"file": 1, "query": "bark", "step": 1})
+        last = page.page.evaluate("ovi.lastQuery")
+        assert (last["tower"], last["file"], last["step"], last["token"]) == ("audio", 1, 1, 4)
+        np.testing.assert_array_equal(np.float32(last["values"]), m)
+        got = drawn(page, "query-audio")
+        W, La = got.shape[1], len(m)
+        row = last["strip"]["top"] + last["strip"]["height"] // 2
+        colours = draw.apply_lut(draw.normalise(m, 0.0, float(h["X-Hi"])), draw.colormap_lut("inferno"))  # [La, 3]
+        for l in range(La):
+            x = int((l + 0.5) * W / La)
+            if l == 4:
+                assert tuple(got[row, x]) == (255, 255, 255)  # the query's own token: the white line
+            else:
+                assert np.abs(got[row, x].astype(int) - colours[l].astype(int)).max() <= 2, l
+        assert len({tuple(colours[l]) for l in range(La)}) > 2  # the strip is not one colour
+        assert "audio query bark (0.128 s, audio token 4)" in page.page.text_content("#query-caption")
+        page.page.click("#save")
+        page.page.wait_for_function("window.ovi.lastSave", timeout=60000)
+        link = page.page.evaluate("ovi.lastSave.link")
+        saved = page.page.evaluate("ovi.lastSave")
+        assert saved["query_path"].endswith(".png") and os.path.exists(saved["query_path"])
+        assert "--view query --query bark --steps 1" in page.page.text_content("#command")
+        assert page.page.get_attribute("#view-link", "href") == link
+
+        again = Page(browser, link)  # the saved view: the same query panel
+        st = again.state()
+        assert (st["query"], st["queryFile"], st["step"]) == ("bark", 1, 1)
+        assert again.page.evaluate("document.getElementById('query-file').value") == "1"
+        assert again.page.evaluate("document.getElementById('query').value") == "bark"
+        np.testing.assert_array_equal(drawn(again, "query-audio"), got)
+
+        page.slide("query", "hand")  # a video query, its track by argmax: the live address names it
+        page.slide("track", "argmax")
+        page.slide("frame", 8)
+        assert page.page.is_visible("#query-canvas") and page.page.is_hidden("#query-audio")
+        video = drawn(page, "query-canvas")
+        restored = Page(browser, page.page.url)
+        st = restored.state()
+        want = ("hand", 1, "argmax", 8, True)
+        assert (st["query"], st["queryFile"], st["track"], st["frame"], st["showTrack"]) == want
+        track, _ = s.floats("/api/query_track", {"file": 1, "query": "hand", "step": 1, "track": "argmax"})
+        q = restored.page.evaluate("ovi.lastQuery")
+        assert (q["tower"], q["file"], q["method"]) == ("video", 1, "argmax")
+        np.testing.assert_allclose(q["track"], track.ravel(), rtol=1e-6)
+        np.testing.assert_array_equal(drawn(restored, "query-canvas"), video)
+
+        gone = Page(browser, page.page.url.replace("query_file=1", "query_file=0"))  # not a query of that file
+        assert gone.state()["query"] == "" and "not a query point of plain.h5" in gone.page.text_content("#saved")
+        for p in (page, again, restored, gone):
+            assert p.errors == [] and p.message() == "", p.errors
+            p.page.close()

@@ -190,22 +190,48 @@ def video_queries(src: Source) -> list[dict]:
             for q in src.cap.tower_queries("video")]
 
 
+def audio_queries(src: Source) -> list[dict]:
+    """The file's audio query points, for the page's selector (which audio token, when)."""
+    return [{"label": q.label, "audio_token": q.audio_token,
+             "time": round(float(q.time), 6) if np.isfinite(q.time) else None}  # JSON has no NaN
+            for q in src.cap.tower_queries("audio")]
+
+
+def _query_label(src: Source, s: ViewState, tower: str) -> str:
+    """The state's query label, checked against the file's queries of one tower."""
+    if not s.query:
+        raise UserError(f"parameter query is missing; give a captured {tower} query label.")
+    if s.branch == "diff":
+        raise UserError("a query point's map is drawn for one branch; pick cond or uncond.")
+    cap = src.cap
+    return cap.tower_queries(tower)[cap.query_index(s.query, tower)].label
+
+
+def query_options(src: Source, s: ViewState, tower: str) -> views.Options:
+    """The `render --view query --steps <step>` Options of the state's query point: what the
+    query panel shows (a video query over the clip, an audio query over audio time)."""
+    label = _query_label(src, s, tower)
+    step = int(src.cap.steps[step_position(src, s)])
+    return views.Options(view="query", queries=[label], steps=str(step), layers=s.layers, heads=s.heads,
+                         branch=s.branch, reduce=s.reduce, cmap=None if s.cmap == "inferno" else s.cmap,
+                         alpha=s.alpha)
+
+
+def query_tower(src: Source, label: str) -> str:
+    """Which tower a label is a query point of ("video" when it is neither: its sentence says so)."""
+    return "audio" if label in [q.label for q in src.cap.tower_queries("audio")] else "video"
+
+
 def query_clip(src: Source, s: ViewState):
     """The state's video query at the state's step over the whole clip, as `render --view
     query --steps <step>` draws it: DataArray (frame, y, x), heads reduced as s.reduce says,
     the selected layers averaged (views.query.query_maps, the one read path)."""
     cap = src.cap
-    if not s.query:
-        raise UserError("parameter query is missing; give a captured video query label.")
-    if s.branch == "diff":
-        raise UserError("a query point's map is drawn for one branch; pick cond or uncond.")
-    step = int(cap.steps[step_position(src, s)])
-    label = cap.tower_queries("video")[cap.query_index(s.query, "video")].label
+    o = query_options(src, s, "video")
+    label, step = o.queries[0], int(o.steps)
     key = ("query", src.index, src.generation, cap.steps_done, label, step, s.layers, s.heads, s.branch, s.reduce)
 
     def make():
-        o = views.Options(view="query", queries=[label], steps=str(step), layers=s.layers, heads=s.heads,
-                          branch=s.branch, reduce=s.reduce)
         with src.lock:
             (m,), _ = Q.query_maps(cap, o, [label])  # (layer, frame, y, x), the one step
         return m.mean("layer", keep_attrs=True).astype(np.float32)  # the cache counts its nbytes
@@ -229,6 +255,28 @@ def query_track(src: Source, s: ViewState) -> np.ndarray:
     """[F, 2] float32: the query's track (y, x in token cells, NaN where never computed) per
     latent frame, at the state's step and layers (views.query.track, as --view track finds it)."""
     return np.ascontiguousarray(Q.track(query_clip(src, s), s.track).transpose("frame", "axis").values, np.float32)
+
+
+def audio_query_map(src: Source, s: ViewState) -> tuple[np.ndarray, dict]:
+    """([La] float32, what the page needs to draw it): the state's audio query's attention over
+    audio time at the state's step, heads reduced as s.reduce says, the selected layers
+    averaged (views.query.audio_query_map, the one read path --view query draws), its colour
+    range 0..top and where the query itself is (its audio token and time)."""
+    cap = src.cap
+    o = query_options(src, s, "audio")
+    label, step = o.queries[0], int(o.steps)
+    key = ("audio_query", src.index, src.generation, cap.steps_done, label, step, s.layers, s.heads, s.branch,
+           s.reduce)
+
+    def make():
+        with src.lock:
+            m, _ = Q.audio_query_map(cap, o, label)  # (layer, audio_time), the one step
+        return m.mean("layer", keep_attrs=True).astype(np.float32)
+
+    m = CACHE.get(key, make)
+    info = {"lo": 0.0, "hi": f"{Q.colour_top(m):.9g}", "query_audio_token": int(m.coords["query_audio_token"]),
+            "query_time": f"{float(m.coords['query_time']):.6g}", "step": step}
+    return np.ascontiguousarray(m.values, np.float32), info
 
 
 # ---------------------------------------------------------------------- a clicked patch
@@ -405,7 +453,13 @@ def render_command(sources: list[Source], s: ViewState, out: str | None = None) 
     for t in o.tokens:
         cmd += ["--token", t]
     cmd += ["--frame", str(pixel_frame(sources[0], s))]
-    for flag, value, default in (("--layers", o.layers, None), ("--heads", o.heads, None),
+    return cmd + _selection_flags(o, out)
+
+
+def _selection_flags(o: views.Options, out: str | None) -> list[str]:
+    """The flags of the options that differ from render's defaults, then -o."""
+    cmd: list[str] = []
+    for flag, value, default in (("--steps", o.steps, None), ("--layers", o.layers, None), ("--heads", o.heads, None),
                                  ("--branch", o.branch, "cond"), ("--reduce", o.reduce, "mean"),
                                  ("--norm", o.norm, "global"), ("--cmap", o.cmap, None)):
         if value is not None and value != default:
@@ -419,22 +473,46 @@ def render_command(sources: list[Source], s: ViewState, out: str | None = None) 
     return cmd
 
 
-def save_view(sources: list[Source], s: ViewState, folder: str) -> dict:
-    """Write the CLI's picture of this state (the steps view over every readable step, whose
-    frame for the current step is what the page shows) into `folder`, never over a file."""
-    from ovi_attn_render.views import video as views
-    from ovi_attn_render.commands import output_name, run_render
+def query_command(src: Source, o: views.Options, out: str | None = None) -> list[str]:
+    """The `ovi-attn render --view query` command line of the query panel (one file)."""
+    return ["ovi-attn", "render", src.given, "--view", "query", "--query", o.queries[0], *_selection_flags(o, out)]
 
-    if not s.tokens:
-        raise UserError("pick at least one token before saving the view.")
-    o = options(s)
-    with sources[0].lock:  # the CLI's own name for this picture (canonical selection)
-        stem = output_name([Path(src.path).stem for src in sources], views.canonical(sources[0].cap, o, "gif"))
-    target = os.path.join(folder, stem + ".gif")
+
+def _free_path(folder: str, stem: str, ext: str) -> str:
+    """folder/stem.ext, or stem-2, stem-3, ... when that exists: a save never overwrites."""
+    target = os.path.join(folder, f"{stem}.{ext}")
     k = 2
     while os.path.exists(target):
-        target = os.path.join(folder, f"{stem}-{k}.gif")
+        target = os.path.join(folder, f"{stem}-{k}.{ext}")
         k += 1
-    paths = run_render([Path(src.path) for src in sources], o, Path(target), None, False)
-    command = render_command(sources, s, target)
-    return {"path": paths[0], "command": " ".join(shlex.quote(c) for c in command)}
+    return target
+
+
+def save_view(sources: list[Source], s: ViewState, folder: str) -> dict:
+    """Write the CLI's pictures of this state into `folder`, never over a file: the steps view
+    over every readable step (whose frame for the current step is what the page shows) when
+    tokens are picked, and the query panel's `--view query` picture when a query point is
+    chosen (a video query's GIF over the clip, an audio query's strips as PNG)."""
+    from ovi_attn_render.commands import output_name, run_render
+
+    if not s.tokens and not s.query:
+        raise UserError("pick at least one token or a query point before saving the view.")
+    saved: dict = {}
+    if s.tokens:
+        o = options(s)
+        with sources[0].lock:  # the CLI's own name for this picture (canonical selection)
+            stem = output_name([Path(src.path).stem for src in sources], views.canonical(sources[0].cap, o, "gif"))
+        target = _free_path(folder, stem, "gif")
+        paths = run_render([Path(src.path) for src in sources], o, Path(target), None, False)
+        saved.update(path=paths[0], command=" ".join(shlex.quote(c) for c in render_command(sources, s, target)))
+    if s.query:
+        src = sources[s.file if s.query_file is None else s.query_file]
+        with src.lock:
+            tower = query_tower(src, s.query)
+            o = query_options(src, s, tower)
+            ext = "png" if tower == "audio" else "gif"
+            stem = output_name([Path(src.path).stem], views.canonical(src.cap, o, ext))
+        target = _free_path(folder, stem, ext)
+        paths = run_render([Path(src.path)], o, Path(target), None, False)
+        saved.update(query_path=paths[0], query_command=" ".join(shlex.quote(c) for c in query_command(src, o, target)))
+    return saved

@@ -59,6 +59,7 @@ def file_meta(src: Source) -> dict:
         "audio_tokens": cap.audio_tokens, "sample_rate": cap.sample_rate, "samples_per_token": cap.samples_per_token,
         "variables": cap.variables(), "has_audio": bool(cap.has_audio),
         "clip_written": cap.clip_written, "status": src.status(), "video_queries": compute.video_queries(src),
+        "audio_queries": compute.audio_queries(src),
     }
 
 
@@ -114,6 +115,11 @@ def create_app(sources: list[Source], save_folder: str, access_key: str | None =
         m, info = compute.query_map(src, s)
         return binary(m, **info)
 
+    def audio_query_map(request: Request) -> Response:
+        s, src = state_of(request)
+        m, info = compute.audio_query_map(src, s)
+        return binary(m, **info)
+
     def query_track(request: Request) -> Response:
         s, src = state_of(request)
         return binary(compute.query_track(src, s))
@@ -166,6 +172,7 @@ def create_app(sources: list[Source], save_folder: str, access_key: str | None =
               Route("/api/status", status), Route("/api/frame", frame), Route("/api/map", map_),
               Route("/api/grid", grid), Route("/api/patch", patch), Route("/api/audio_strips", audio_strips),
               Route("/api/query_map", query_map), Route("/api/query_track", query_track),
+              Route("/api/audio_query_map", audio_query_map),
               Route("/api/sync", sync), Route("/api/waveform", waveform),
               Route("/api/spectrogram", spectrogram), Route("/api/audio", audio),
               Route("/api/lut", lut), Route("/api/command", command), Route("/api/save", save, methods=["POST"])]

@@ -41,8 +41,9 @@ class ViewState:
     alpha: float = 0.5
     y: int | None = None  # a clicked token cell (patch queries)
     x: int | None = None
-    query: str | None = None  # a video query point's label (self-attention maps)
+    query: str | None = None  # a query point's label, video or audio (self-attention maps)
     track: str = "soft"  # how its track is found: soft (soft-argmax) or argmax
+    query_file: int | None = None  # whose query point the page's query panel shows (save); None: file
 
 
 def _one(q: Mapping, name: str) -> str | None:
@@ -118,4 +119,5 @@ def parse_state(q: Mapping, files: int, tokens: Sequence[str] = ()) -> ViewState
     if s.query is not None and len(s.query) > 200:
         raise BadParameter("parameter query is too long; give a captured query label.")
     s.track = _choice(q, "track", TRACK_METHODS, "soft")
+    s.query_file = int_param(q, "query_file", 0, files - 1)
     return s

@@ -262,6 +262,18 @@ def query_maps(cap, o, labels: list[str], keep_steps: bool = False) -> tuple[lis
     return (maps if keep_steps else [m.mean("step", keep_attrs=True) for m in maps]), text
 
 
+def audio_query_map(cap, o, label: str) -> tuple[xr.DataArray, str]:
+    """One audio query's attention over the audio as (layer, audio_time), the mean over the
+    selected steps with heads reduced as --reduce says (its own token and time as coordinates
+    query_audio_token, query_time); and the selection in words. The audio query's one read
+    path: --view query draws it, the viewer serves it."""
+    from ovi_attn_render.api import Capture as Api
+
+    m = Api(cap).audio_self(label, steps=_steps(cap, o), layers=o.layers, heads=o.heads, branch=o.branch,
+                            reduce=o.reduce)
+    return m.mean("step", keep_attrs=True), _selection_text(m, cap, o)
+
+
 def _steps(cap, o) -> str | None:
     """--steps, or the view's default: the last readable step (--over steps: every one)."""
     from ovi_attn_render.views.video import default_steps
@@ -371,7 +383,6 @@ def audio_query_strips(m: xr.DataArray, token: int, *, cmap: str = draw.DEFAULT_
 
 def render_audio_query(cap, o, out: str):
     """--view query of an audio query: its attention over the audio, one strip per layer (PNG)."""
-    from ovi_attn_render.api import Capture as Api
     from ovi_attn_render.views.video import Drawn
 
     label = o.queries[0]
@@ -379,10 +390,7 @@ def render_audio_query(cap, o, out: str):
         raise UserError(f"the audio query '{label}' is drawn as a PNG (a strip per layer over audio time); pass "
                         f"--format png or -o a .png file.")
     q = cap.tower_queries("audio")[cap.query_index(label, "audio")]
-    m = Api(cap).audio_self(label, steps=_steps(cap, o), layers=o.layers, heads=o.heads, branch=o.branch,
-                            reduce=o.reduce)
-    text = _selection_text(m, cap, o)
+    m, text = audio_query_map(cap, o, label)
     caption = [f"audio query {q.label}: {q.time:g} s (audio token {q.audio_token}, white line)", text]
-    draw.write_png(out, audio_query_strips(m.mean("step", keep_attrs=True), q.audio_token, cmap=o.cmap or
-                                           draw.DEFAULT_CMAP, caption=caption))
+    draw.write_png(out, audio_query_strips(m, q.audio_token, cmap=o.cmap or draw.DEFAULT_CMAP, caption=caption))
     return Drawn([out], f"{q.label}: {m.sizes['layer']} layers over {m.sizes['audio_time']} audio tokens, {text}", [])

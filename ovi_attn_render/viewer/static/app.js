@@ -153,7 +153,9 @@ function syncControls() {
   $("layer-mode").value = s.layerMode; $("reduce").value = s.reduce; $("head").value = s.head;
   $("branch").value = s.branch; $("norm").value = s.norm; $("cmap").value = s.cmap;
   $("alpha").value = s.alpha; $("renorm").checked = s.renorm; $("background").value = s.background;
-  $("query").value = s.query; $("show-track").checked = s.showTrack;
+  if ($("query").dataset.file !== String(s.queryFile)) fillQueries(s.queryFile);
+  $("query-file").value = s.queryFile; $("query").value = s.query; $("show-track").checked = s.showTrack;
+  $("track").value = s.track; $("track-row").hidden = queryTower(s.query, s.queryFile) === "audio";
   document.querySelectorAll("#groups .chip").forEach((el) => {
     const k = s.tokens.indexOf(el.dataset.group);
     el.classList.toggle("picked", k >= 0);
@@ -184,12 +186,9 @@ function buildControls() {
   if (m.branches.includes("cond") && m.branches.includes("uncond")) branches.push("diff");
   $("branch").innerHTML = branches.map((b) => `<option value="${b}">${b === "diff" ? "cond - uncond" : b}</option>`).join("");
   $("layer-lo").value = m.layers[0]; $("layer-hi").value = m.layers[m.layers.length - 1];
-  $("query-box").hidden = !m.video_queries.length;  // the first file's query points
-  for (const q of m.video_queries) {
-    const el = document.createElement("option");
-    el.value = q.label; el.textContent = q.y >= 0 ? `${q.label} (frame ${q.pixel_frame}, cell ${q.y},${q.x})` : `${q.label} (adaptive)`;
-    $("query").appendChild(el);
-  }
+  $("query-box").hidden = !anyQueries();
+  $("query-file-row").hidden = ovi.files.length < 2;  // compare mode: whose query points
+  $("query-file").innerHTML = ovi.files.map((f, i) => `<option value="${i}">${escapeHtml(f.name)}</option>`).join("");
   const on = (id, ev, fn) => $(id).addEventListener(ev, fn);
   on("frame", "input", (e) => set({ frame: +e.target.value }));
   on("step", "input", (e) => set({ step: commonSteps()[+e.target.value] }));
@@ -201,10 +200,43 @@ function buildControls() {
   on("alpha", "input", (e) => set({ alpha: +e.target.value }));
   on("renorm", "change", (e) => set({ renorm: e.target.checked }));
   on("query", "change", (e) => set({ query: e.target.value }));
+  on("query-file", "change", (e) => {  // the query stays chosen only where the other file has it too
+    const i = +e.target.value;
+    set({ queryFile: i, query: queryTower(ovi.state.query, i) ? ovi.state.query : "" });
+  });
+  on("track", "change", (e) => set({ track: e.target.value }));
   on("show-track", "change", (e) => set({ showTrack: e.target.checked }));
   on("play-steps", "click", () => play("steps"));
   on("play-frames", "click", () => play("frames"));
   on("save", "click", saveView);
+}
+
+// ------------------------------------------------------------------ query points
+function anyQueries() { return ovi.files.some((f) => f.video_queries.length || f.audio_queries.length); }
+
+// which tower a label is a query of in file i ("video", "audio"), or null (labels are unique in a file)
+function queryTower(label, i) {
+  const m = ovi.files[i];
+  if (!label || !m) return null;
+  if (m.video_queries.some((q) => q.label === label)) return "video";
+  return m.audio_queries.some((q) => q.label === label) ? "audio" : null;
+}
+
+// the selector lists file i's query points: video ones where they are, audio ones when
+function fillQueries(i) {
+  const m = ovi.files[i], sel = $("query");
+  sel.innerHTML = `<option value="">none</option>`;
+  const add = (label, text) => {
+    const el = document.createElement("option");
+    el.value = label; el.textContent = text; sel.appendChild(el);
+  };
+  for (const q of m.video_queries) add(q.label, q.y >= 0 ? `${q.label} (frame ${q.pixel_frame}, cell ${q.y},${q.x})` : `${q.label} (adaptive)`);
+  for (const q of m.audio_queries) add(q.label, `${q.label} (audio, ${q.time === null ? "?" : q.time.toFixed(3)} s, token ${q.audio_token})`);
+  const none = !m.video_queries.length && !m.audio_queries.length;
+  sel.disabled = none;
+  $("query-none").hidden = !none;
+  $("query-none").textContent = none ? `${m.name} has no query points; capture it with queries: in the prompt file (docs/PROMPT.md).` : "";
+  sel.dataset.file = String(i);
 }
 
 function buildPrompts() {
@@ -265,12 +297,14 @@ function buildPanels() {
       <audio id="audio-${i}" preload="auto"></audio>`;
     box.appendChild(div);
     const canvas = div.querySelector("canvas.main");
-    if (i === 0 && m.video_queries.length) {  // the selected query point's self-attention, beside file 0
+    if (i === 0 && anyQueries()) {  // the selected query point's self-attention, beside file 0
       const q = document.createElement("div");
       q.className = "panel"; q.id = "query-panel"; q.hidden = true;
       q.innerHTML = `<h2>query point</h2><div class="caption" id="query-caption"></div>
-        <div class="pic"><canvas class="main" id="query-canvas" width="${W}" height="${H}"></canvas>
-        <canvas id="query-bar" width="64" height="${H}"></canvas></div>`;
+        <div class="pic" id="query-video"><canvas class="main" id="query-canvas" width="${W}" height="${H}"></canvas>
+        <canvas id="query-bar" width="64" height="${H}"></canvas></div>
+        <div class="pic" id="query-audio-box" hidden><canvas class="strip" id="query-audio" width="${W + 68}" height="${AUDIO_QUERY.height}"></canvas>
+        <canvas id="query-audio-bar" width="64" height="${AUDIO_QUERY.height}"></canvas></div>`;
       box.appendChild(q);
     }
     canvas.addEventListener("click", (e) => {
@@ -290,6 +324,7 @@ function set(patch) {
   if (ovi.state.branch === "diff" && ovi.state.tokens.length > 1) ovi.state.tokens = ovi.state.tokens.slice(-1);
   syncControls();
   showCommand();
+  history.replaceState(null, "", viewAddress());
   return redraw();
 }
 ovi.set = set;
@@ -409,27 +444,41 @@ function drawLegend(i) {
     `<span><i style="background:rgb(${TOKEN_COLOURS[k].join(",")})"></i>${escapeHtml(t)}</span>`).join("") : "";
 }
 
-// the selected query point (file 0): its self-attention at this frame, step and layers over
-// the frame, as `render --view query --steps <step>` draws it (one scale 0..top over the
-// clip), the point as a ring (filled on its own frame) and its track up to this frame
+// the selected query point of the query file: a video query's self-attention at this frame,
+// step and layers over the frame, as `render --view query --steps <step>` draws it (one scale
+// 0..top over the clip), the point as a ring (filled on its own frame) and its track up to
+// this frame; an audio query's attention over audio time (drawAudioQuery)
 async function drawQuery(ticket) {
   const s = ovi.state, panel = $("query-panel");
   if (!panel) return;
-  panel.hidden = !s.query;
-  if (!s.query) return;
-  const m = ovi.files[0], [F, h, w] = m.grid;
+  const i = s.queryFile, tower = queryTower(s.query, i);
+  panel.hidden = !tower;
+  if (!tower) return;
+  $("query-video").hidden = tower !== "video"; $("query-audio-box").hidden = tower !== "audio";
+  return tower === "audio" ? drawAudioQuery(ticket, i) : drawVideoQuery(ticket, i);
+}
+
+function queryFailed(ticket, e) {
+  if (ticket === drawTicket) $("query-caption").textContent = String(e.message || e).split("\n")[0];
+}
+
+function queryFileName(i) { return ovi.files.length > 1 ? `${ovi.files[i].name}: ` : ""; }
+
+async function drawVideoQuery(ticket, i) {
+  const s = ovi.state, m = ovi.files[i], [F, h, w] = m.grid;
   let frame, map, track, table;
   try {
-    [frame, map, track, table] = await Promise.all([frameImage(0), getFloats("/api/query_map", { query: s.query }, 0),
-      s.showTrack ? getFloats("/api/query_track", { query: s.query }, 0) : null, lut()]);
-  } catch (e) {
-    if (ticket === drawTicket) $("query-caption").textContent = String(e.message || e).split("\n")[0];
-    return;
-  }
+    [frame, map, track, table] = await Promise.all([frameImage(i), getFloats("/api/query_map", { query: s.query }, i),
+      s.showTrack ? getFloats("/api/query_track", { query: s.query, track: s.track }, i) : null, lut()]);
+  } catch (e) { queryFailed(ticket, e); return; }
   if (ticket !== drawTicket) return;
   const H = map.headers, range = [+H.get("X-Lo"), +H.get("X-Hi")], latent = +H.get("X-Latent");
   const qy = +H.get("X-Query-Y"), qx = +H.get("X-Query-X"), qframe = +H.get("X-Query-Frame");
-  const c = $("query-canvas"), g = c.getContext("2d");
+  const c = $("query-canvas"), bar = $("query-bar");
+  if (c.width !== frame.width || c.height !== frame.height) {  // the query file's own display size
+    c.width = frame.width; c.height = frame.height; bar.height = frame.height;
+  }
+  const g = c.getContext("2d");
   g.putImageData(composite(frame, [normalised(map.data, range[0], range[1])], h, w, table, s.alpha), 0, 0);
   const px = (y, x) => [x * c.width / w, y * c.height / h];  // token cells (centres at +0.5) -> canvas pixels
   if (track) {
@@ -452,13 +501,54 @@ async function drawQuery(ticket) {
     g.strokeStyle = "#fff"; g.lineWidth = 1; g.beginPath();
     g.moveTo(X - r / 2, Y); g.lineTo(X + r / 2, Y); g.moveTo(X, Y - r / 2); g.lineTo(X, Y + r / 2); g.stroke();
   }
-  const bar = $("query-bar");
   bar.getContext("2d").clearRect(0, 0, bar.width, bar.height);
   paintBar(bar, table, range);
   const where = qy >= 0 ? `at frame ${qframe}, cell ${qy},${qx}` : "adaptive, not found yet";
-  $("query-caption").textContent = `query ${s.query} (${where})  step ${H.get("X-Step")}  frame ${s.frame} (latent ${latent})  ` +
-    `${s.branch}  layers ${layersSpec()} (mean)  scale 0..top of the clip`;
-  ovi.lastQuery = { query: s.query, latent, range, qy, qx, track: track ? Array.from(track.data) : null };
+  $("query-caption").textContent = `${queryFileName(i)}query ${s.query} (${where})  step ${H.get("X-Step")}  frame ${s.frame} (latent ${latent})  ` +
+    `${s.branch}  layers ${layersSpec()} (mean)  scale 0..top of the clip` + (track ? `  track ${s.track}` : "");
+  ovi.lastQuery = { tower: "video", file: i, query: s.query, latent, range, qy, qx, track: track ? Array.from(track.data) : null,
+    method: track ? s.track : null };
+}
+
+// an audio query: the file's waveform on top, under it its attention over audio time at this
+// step and layers (layers averaged; scale 0..top) with its own audio token marked by a white
+// line, as views.query.audio_query_strips marks it
+const AUDIO_QUERY = { height: 96, waveTop: 14, waveHalf: 16, stripTop: 60, stripHeight: 30 };
+async function drawAudioQuery(ticket, i) {
+  const s = ovi.state, m = ovi.files[i], c = $("query-audio"), W = c.width;
+  let map, wave, table;
+  try {
+    [map, wave, table] = await Promise.all([getFloats("/api/audio_query_map", { query: s.query }, i), envelope(i, W), lut()]);
+  } catch (e) { queryFailed(ticket, e); return; }
+  if (ticket !== drawTicket) return;
+  const H = map.headers, range = [+H.get("X-Lo"), +H.get("X-Hi")];
+  const token = +H.get("X-Query-Audio-Token"), time = +H.get("X-Query-Time"), La = map.data.length;
+  const g = c.getContext("2d"), A = AUDIO_QUERY, mid = A.waveTop + A.waveHalf;
+  g.fillStyle = "#0d0e11"; g.fillRect(0, 0, W, c.height);
+  g.strokeStyle = "#789";
+  for (let x = 0; x < W; x++) {
+    g.beginPath(); g.moveTo(x + 0.5, mid - wave.data[x] * A.waveHalf); g.lineTo(x + 0.5, mid - wave.data[W + x] * A.waveHalf); g.stroke();
+  }
+  const dur = m.audio_tokens * m.samples_per_token / m.sample_rate, t = s.frame / m.fps;
+  g.strokeStyle = "#0ff"; g.beginPath(); g.moveTo(t / dur * W, A.waveTop); g.lineTo(t / dur * W, mid + A.waveHalf); g.stroke();
+  const v = normalised(map.data, range[0], range[1]);
+  for (let l = 0; l < La; l++) {  // one block per audio token, as drawAudio draws the text-to-audio strip
+    const k = lutIndex(v[l]) * 3;
+    g.fillStyle = `rgb(${table[k]},${table[k + 1]},${table[k + 2]})`;
+    g.fillRect(Math.floor(l * W / La), A.stripTop, Math.ceil(W / La), A.stripHeight);
+  }
+  const x = Math.floor((token + 0.5) * W / La) + 0.5;
+  g.strokeStyle = "#fff"; g.lineWidth = 1; g.beginPath(); g.moveTo(x, A.stripTop - 4); g.lineTo(x, A.stripTop + A.stripHeight); g.stroke();
+  g.fillStyle = "#aaa"; g.font = "10px sans-serif";
+  g.fillText(`waveform${m.clip_written ? "" : " (not written yet)"}`, 2, 10);
+  g.fillText(`'${s.query}' -> audio, step ${H.get("X-Step")} (white: the query at ${time.toFixed(3)} s)`, 2, A.stripTop - 6);
+  const bar = $("query-audio-bar");
+  bar.getContext("2d").clearRect(0, 0, bar.width, bar.height);
+  paintBar(bar, table, range);
+  $("query-caption").textContent = `${queryFileName(i)}audio query ${s.query} (${time.toFixed(3)} s, audio token ${token})  ` +
+    `step ${H.get("X-Step")}  ${s.branch}  layers ${layersSpec()} (mean)  scale 0..top`;
+  ovi.lastQuery = { tower: "audio", file: i, query: s.query, range, token, time, step: +H.get("X-Step"),
+    values: Array.from(map.data), strip: { top: A.stripTop, height: A.stripHeight } };
 }
 
 // the layers x steps mini-grid of the first token, current cell outlined
@@ -531,12 +621,16 @@ function lines(c, xs, ys, groups, colour, mark) {
 
 // text-to-audio strip over the waveform, and the sync map; a cursor at the playback time
 const waveCache = new Map();
+async function envelope(i, columns) {  // the decoded waveform's min and max per column [2, columns]
+  const key = `${i}:${ovi.files[i].clip_written}:${columns}`;
+  if (!waveCache.has(key)) waveCache.set(key, await getFloats("/api/waveform", { columns }, i));
+  return waveCache.get(key);
+}
 async function drawAudio(i, ticket) {
   const s = ovi.state, m = ovi.files[i], c = $(`strip-${i}`), g = c.getContext("2d");
   const W = c.width, dur = m.audio_tokens * m.samples_per_token / m.sample_rate;
   const key = `${i}:${m.clip_written}`;
-  if (!waveCache.has(key)) waveCache.set(key, await getFloats("/api/waveform", { columns: W }, i));
-  const wave = waveCache.get(key);
+  const wave = await envelope(i, W);
   if (s.background === "spectrogram" && !waveCache.has(`spec:${key}`)) waveCache.set(`spec:${key}`, await getFloats("/api/spectrogram", {}, i));
   const spec = s.background === "spectrogram" ? waveCache.get(`spec:${key}`) : null;
   const table = await lut();
@@ -678,14 +772,69 @@ async function pollStatus() {
 }
 
 // ------------------------------------------------------------------ save this view
+// The page's address always names its view (set() keeps it current): the requests'
+// parameters, plus what only the page holds (the query panel's query, its file and track
+// method, the clicked patch, the audio background). Opening the address restores the view.
+function viewAddress() {
+  const s = ovi.state, p = new URLSearchParams(query({}, 0));
+  p.delete("file");  // every request names its own file; the view names the query's
+  p.set("view", "1");  // an address that names a view, even one without tokens
+  p.set("background", s.background);
+  if (s.query) { p.set("query", s.query); p.set("query_file", s.queryFile); }
+  p.set("track", s.track); p.set("show_track", s.showTrack ? "1" : "0");
+  if (s.patch) p.set("patch", `${s.patch.file},${s.patch.y},${s.patch.x}`);
+  return `${location.pathname}?${p}`;
+}
+
+// the state an address names (see viewAddress), checked against the files; what does not fit
+// them any more keeps its default and is said in `notes`
+function savedState(notes) {
+  const p = new URLSearchParams(location.search), m = ovi.files[0], out = {};
+  if (p.get("view") !== "1") return out;
+  const int = (k) => (/^-?\d+$/.test(p.get(k) ?? "") ? +p.get(k) : null);
+  const choice = (k, id = k) => {  // a value one of the page's selects offers
+    const v = p.get(k);
+    if (v !== null && [...$(id).options].some((o) => o.value === v)) out[id] = v;
+  };
+  out.tokens = p.getAll("token").filter((t) => m.groups.includes(t)).slice(0, 8);
+  const frame = int("frame");
+  if (frame !== null && frame >= 0 && frame <= +$("frame").max) out.frame = frame;
+  const step = int("step");
+  if (step !== null) { if (commonSteps().includes(step)) out.step = step; else notes.push(`step ${step} is not readable here.`); }
+  const layers = p.get("layers") || "all", one = /^(\d+)$/.exec(layers), range = /^(\d+)-(\d+)$/.exec(layers);
+  if (one && m.layers.includes(+one[1])) Object.assign(out, { layerMode: "one", layer: m.layers.indexOf(+one[1]) });
+  else if (range) Object.assign(out, { layerMode: "range", layerLo: +range[1], layerHi: +range[2] });
+  choice("heads", "head");
+  for (const k of ["branch", "reduce", "norm", "cmap", "background", "track"]) choice(k);
+  if (out.branch === "diff") out.tokens = out.tokens.slice(-1);  // as set() keeps it
+  const alpha = parseFloat(p.get("alpha"));
+  if (alpha >= 0 && alpha <= 1) out.alpha = alpha;
+  out.renorm = p.get("renorm") === "1";
+  out.showTrack = p.get("show_track") !== "0";
+  const qf = int("query_file") ?? 0, label = p.get("query") || "";
+  if (qf >= 0 && qf < ovi.files.length) out.queryFile = qf;
+  if (label) {
+    if (queryTower(label, out.queryFile ?? 0)) out.query = label;
+    else notes.push(`the saved query '${label}' is not a query point of ${ovi.files[out.queryFile ?? 0].name}.`);
+  }
+  const patch = /^(\d+),(\d+),(\d+)$/.exec(p.get("patch") || "");
+  if (patch && +patch[1] < ovi.files.length) out.patch = { file: +patch[1], y: +patch[2], x: +patch[3] };
+  return out;
+}
+
+// writes render's picture of the tokens and, with a query point chosen, the query panel's
+// `--view query` picture; shows their commands and the view's address (reopens it exactly)
 async function saveView() {
+  const s = ovi.state, panel = s.query ? { query: s.query, query_file: s.queryFile } : {};
   try {
-    const r = await fetch(`/api/save?${query({}, 0)}`, { method: "POST" });
+    const r = await fetch(`/api/save?${query(panel, 0)}`, { method: "POST" });
     if (!r.ok) throw new Error(await r.text());
     const d = await r.json();
-    $("saved").textContent = `wrote ${d.path}`;
-    $("command").textContent = d.command;
-    ovi.lastSave = d;
+    const link = new URL(viewAddress(), location.href).href;
+    const wrote = [d.path, d.query_path].filter((p) => p).map((p) => `wrote ${escapeHtml(p)}; `).join("");
+    $("saved").innerHTML = `${wrote}<a id="view-link" href="${escapeHtml(link)}">this view's address</a>`;
+    $("command").textContent = [d.command, d.query_command].filter((c) => c).join("\n");
+    ovi.lastSave = { ...d, link };
   } catch (e) { message(String(e.message || e)); }
 }
 
@@ -707,9 +856,14 @@ async function start() {
     step: steps.length ? steps[steps.length - 1] : null, layerMode: "all", layer: 0,
     layerLo: m.layers[0], layerHi: m.layers[m.layers.length - 1], reduce: "mean", head: "all",
     branch: m.branches[0], norm: "global", cmap: "inferno", alpha: 0.5, renorm: false, patch: null,
-    background: "waveform", query: "", showTrack: true,
+    background: "waveform", query: "", queryFile: 0, track: "soft", showTrack: true,
   };
   buildControls(); buildPrompts(); buildPanels();
+  $("frame").max = Math.min(...ovi.files.map((f) => f.num_pixel_frames)) - 1;
+  const notes = [];
+  Object.assign(ovi.state, savedState(notes));  // an address that names a view: that view
+  $("saved").textContent = notes.join(" ");
+  history.replaceState(null, "", viewAddress());
   $("grid").addEventListener("click", (e) => {
     if (!ovi.gridCells) return;
     const r = $("grid").getBoundingClientRect(), { S, L, cw, ch } = ovi.gridCells;
