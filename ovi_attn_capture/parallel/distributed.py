@@ -71,13 +71,6 @@ def check_sp_size(sp_size: int, size: int, heads: int | None, model: str) -> Non
                         f"(each rank takes whole heads); use a divisor of {heads}.")
 
 
-def model_heads(model: str) -> int:
-    """Attention heads per tower, known without loading the weights."""
-    from ovi_attn_capture.model import registry
-
-    return registry.num_heads(model)
-
-
 class Stopped(BaseException):
     """SIGTERM (torchrun stops every rank when one fails). A BaseException, like KeyboardInterrupt,
     so that the per-job error handling does not swallow it."""

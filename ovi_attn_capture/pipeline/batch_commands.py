@@ -10,8 +10,10 @@ from pathlib import Path
 
 from ovi_attn_render.common.errors import UserError
 
+from ovi_attn_capture.model import registry
+
 from ovi_attn_capture.pipeline.batch import INDEX_NAME, Job, expand, print_summary, run_local
-from ovi_attn_capture.parallel.distributed import check_sp_size, launched, model_heads, run_distributed, shutdown, start, world_size
+from ovi_attn_capture.parallel.distributed import check_sp_size, launched, run_distributed, shutdown, start, world_size
 
 
 def _batch_sp_size(jobs: list[Job]) -> int:
@@ -26,7 +28,7 @@ def _check_layout(jobs: list[Job], sp_size: int) -> int | None:
     """sp_size against the launch and every model of the batch; returns the heads per tower."""
     heads = None
     for model in sorted({j.run.model for j in jobs if j.run is not None}):
-        heads = model_heads(model) if sp_size > 1 else None
+        heads = registry.num_heads(model) if sp_size > 1 else None
         check_sp_size(sp_size, world_size(), heads, model)
     return heads
 

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import yaml
 
 from ovi_attn_render.contract import selection
+from ovi_attn_render.contract.selection import is_whole_number
 from ovi_attn_render.contract.format import MAP_ENCODINGS
 from ovi_attn_render.contract.kinds import CAPTURE_KINDS
 from ovi_attn_render.contract.token_groups import TEXT_LEN, check_selection, clean_prompt_text
@@ -148,15 +149,12 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
 
 def _integer(lo: int | None = None, hi: int | None = None) -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        if not _is_int(value):
+        if not is_whole_number(value):
             raise _Bad(f"must be a whole number, got {_show(value)}")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
@@ -216,7 +214,7 @@ def _comma_list(value: Any) -> list:
     """A YAML list stays as it is; a string is split at commas (as CLI flags are)."""
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
-    if _is_int(value):
+    if is_whole_number(value):
         return [value]
     if isinstance(value, list):
         return value

@@ -21,6 +21,7 @@ from typing import Any
 from ovi_attn_render.common.errors import UserError
 from ovi_attn_render.contract.geometry import PIXEL_FRAME_STRIDE, latent_frame_of
 from ovi_attn_render.contract.queries import PlacedQuery
+from ovi_attn_render.contract.selection import is_whole_number
 
 VIDEO_KEYS = ("frame", "x", "y", "label")
 ADAPTIVE_KEYS = ("token", "frame", "step", "label")
@@ -51,12 +52,9 @@ class QuerySpec:
         return self.token is not None
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
 
 def _is_number(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+    return (is_whole_number(v) or isinstance(v, float)) and math.isfinite(v)
 
 
 def _name(i: int, item: dict) -> str:
@@ -70,7 +68,7 @@ def _coordinate(name: str, value: Any, who: str) -> float | int:
     if isinstance(value, float) and not 0.0 <= value <= 1.0:
         raise QueryProblem(f"{who} has {name} {value}, a number with a decimal point outside [0, 1]; write a "
                            f"fraction in [0, 1], or pixels as a whole number")
-    if _is_int(value) and value < 0:
+    if is_whole_number(value) and value < 0:
         raise QueryProblem(f"{who} has {name} {value}; pixels count from 0 at the top left")
     return value
 
@@ -78,7 +76,7 @@ def _coordinate(name: str, value: Any, who: str) -> float | int:
 def _whole(name: str, value: Any, who: str) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if not _is_int(value) or value < 0:
+    if not is_whole_number(value) or value < 0:
         raise QueryProblem(f"{who} has {name} {value!r}; write a whole number of at least 0")
     return value
 
@@ -186,7 +184,7 @@ def resolve_queries(queries: list[QuerySpec], *, pixel_frames: int, pixel_size: 
             out.append(PlacedQuery(q.label, "video", q.frame, latent, token=q.token, step=q.step))
             continue
         for name, value, size in (("x", q.x, W), ("y", q.y, H)):
-            if _is_int(value) and value >= size:
+            if is_whole_number(value) and value >= size:
                 raise UserError(f"{who} has {name} {value} pixels, but the clip is {W}x{H}; write a pixel below "
                                 f"{size} or a fraction in [0, 1].")
         py, cy = _cell(q.y, H, h)

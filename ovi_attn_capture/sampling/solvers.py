@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ovi_attn_render.common.errors import UserError
-from ovi_attn_capture.model.registry import SOLVERS  # noqa: F401  (the one list of solver names)
+from ovi_attn_capture.model.registry import SOLVERS  # the one list of solver names
 NUM_TRAIN_TIMESTEPS = 1000
 
 

@@ -45,7 +45,8 @@ class Part:
     single: bool = False  # an explicit value: it must exist
 
 
-def _is_int(value: Any) -> bool:
+def is_whole_number(value: Any) -> bool:
+    """An int (numpy's too) that is not a bool: what a YAML or JSON whole number parses to."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
@@ -82,7 +83,7 @@ def parse(value: Any) -> list[Part] | None:
     if value is None:
         return None
     if isinstance(value, dict):  # YAML `{every: 5}`
-        if set(value) != {"every"} or not _is_int(value["every"]):
+        if set(value) != {"every"} or not is_whole_number(value["every"]):
             raise SelectionError(f"as a mapping must be {{every: N}} with a whole number N; write {GRAMMAR_HINT}.")
         value = f"every {value['every']}"
     items = value if isinstance(value, (list, tuple)) else [value]
@@ -90,7 +91,7 @@ def parse(value: Any) -> list[Part] | None:
         raise SelectionError(f"is an empty list; write {GRAMMAR_HINT}.")
     parts: list[Part] = []
     for item in items:
-        if _is_int(item):
+        if is_whole_number(item):
             item = str(int(item))
         if not isinstance(item, str):
             raise SelectionError(f"holds {item!r}, which is not a selection; write {GRAMMAR_HINT}.")
