@@ -125,17 +125,17 @@ def test_unknown_selections_and_the_budget_are_refused_before_the_weights_load(t
 
 def _long_prompt(tmp_path, tokens: str, name="long.yaml") -> Path:
     p = tmp_path / name
-    words = " ".join(["red circle"] * 300) + " blue square"  # 602 words and EOS: past the 512 keys
+    words = " ".join(["red circle"] * 300) + " blue bar"  # 602 words and EOS: past the 512 keys
     p.write_text(f'prompt: "{words}"\nvideo_negative_prompt: ""\naudio_negative_prompt: ""\nmodel: toy\n'
                  f"steps: 2\ncapture:\n  tokens: {tokens}\n  kinds: [text_video]\n")
     return p
 
 
 def test_a_selection_in_the_cut_part_of_a_long_prompt_is_an_error_before_loading(tmp_path, capsys, no_weights):
-    prompt = _long_prompt(tmp_path, "[square]")
+    prompt = _long_prompt(tmp_path, "[bar]")
     assert main(["capture", str(prompt), "-o", str(tmp_path / "x.h5"), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "512-token limit" in err and "square" in err and "Traceback" not in err
+    assert "512-token limit" in err and "bar" in err and "Traceback" not in err
 
 
 def test_a_long_prompt_says_how_many_tokens_were_cut_records_it_and_hints_are_shell_quoted(tmp_path, capsys):

@@ -40,7 +40,7 @@ def error_of(text: str, **kw) -> str:
 
 def test_example_file_loads_and_fits_the_brief():
     spec = load_prompt_file(PROMPTS / "example.yaml")
-    assert spec.model == "toy" and spec.steps == 30 and spec.seed == 42 and spec.mode == "t2v"
+    assert spec.model == "toy" and spec.steps == 30 and spec.seed == 4 and spec.mode == "t2v"
     assert spec.capture.layers == "all" and spec.capture.steps == "all"
     assert spec.capture.kinds == ["text_video", "text_audio", "video_audio", "audio_video"]
     assert spec.output == PROMPTS / "example.h5"  # relative to the file, not the working dir
