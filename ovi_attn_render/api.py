@@ -146,19 +146,21 @@ class Capture:
         return self._maps("audio_video_spatial", None, frame, steps, layers, heads, branch, reduce)
 
     def _maps(self, var: str, token: str | None, frame: int | None, steps, layers, heads, branch: str,
-              reduce: str | None, renorm: bool = False) -> xr.DataArray:
+              reduce: str | None, renorm: bool = False, query: int | None = None) -> xr.DataArray:
         """One kind's maps: selections (values) -> positions -> the reader's DataArray, renormalised,
-        in the API's dim order, reduced over heads; `frame` picks a decoded frame's latent frame."""
+        in the API's dim order, reduced over heads; `frame` picks a decoded frame's latent frame;
+        `query` the query point's position (video_self, audio_self)."""
         group = None if token is None else self.file.token_index(token)
         latents = None if frame is None else [self.latent_frame_of(frame)]
         pos = self._positions(steps, layers, heads, branch)
         f = self.file
 
         def read(g):
-            return f.to_dataarray(f.maps(var, g, pos["step"], pos["layer"], pos["branch"], pos["head"], latents))
+            return f.to_dataarray(f.maps(var, g, pos["step"], pos["layer"], pos["branch"], pos["head"], latents,
+                                         query=query))
 
         x = read(None) if group is None else self._renormalised(read, group, renorm)
-        da = self._array(x, pos, token, var, reduce)
+        da = self._array(x, pos, group, var, reduce)
         if frame is not None:
             da = da.isel(frame=0).assign_coords(pixel_frame=int(frame))
         return da
@@ -180,28 +182,16 @@ class Capture:
         query_x, query_pixel_y, query_pixel_x). frame: a decoded frame, as for text_video."""
         qi = self.file.query_index(query, "video")
         q = self.file.tower_queries("video")[qi]
-        latents = None if frame is None else [self.latent_frame_of(frame)]
-        pos = self._positions(steps, layers, heads, branch)
-        f = self.file
-        x = f.to_dataarray(f.maps("video_self", None, pos["step"], pos["layer"], pos["branch"], pos["head"], latents,
-                                  query=qi))
-        da = self._query_coords(self._array(x, pos, None, "video_self", reduce), q)
-        da = da.assign_coords(query_frame=q.pixel_frame, query_latent_frame=q.latent_frame, query_y=q.y,
-                              query_x=q.x, query_pixel_y=q.pixel_y, query_pixel_x=q.pixel_x)
-        if frame is not None:
-            da = da.isel(frame=0).assign_coords(pixel_frame=int(frame))
-        return da
+        da = self._query_coords(self._maps("video_self", None, frame, steps, layers, heads, branch, reduce, query=qi), q)
+        return da.assign_coords(query_frame=q.pixel_frame, query_latent_frame=q.latent_frame, query_y=q.y,
+                                query_x=q.x, query_pixel_y=q.pixel_y, query_pixel_x=q.pixel_x)
 
     def audio_self(self, query: str, steps=None, layers=None, heads=None, branch: str = "cond",
                    reduce: str | None = "mean") -> xr.DataArray:
         """Where one audio query looks in the audio: (step, layer[, head], audio_time)."""
         qi = self.file.query_index(query, "audio")
         q = self.file.tower_queries("audio")[qi]
-        pos = self._positions(steps, layers, heads, branch)
-        f = self.file
-        x = f.to_dataarray(f.maps("audio_self", None, pos["step"], pos["layer"], pos["branch"], pos["head"],
-                                  query=qi))
-        da = self._query_coords(self._array(x, pos, None, "audio_self", reduce), q)
+        da = self._query_coords(self._maps("audio_self", None, None, steps, layers, heads, branch, reduce, query=qi), q)
         return da.assign_coords(query_audio_token=q.audio_token, query_time=q.time)
 
     @staticmethod
@@ -260,7 +250,7 @@ class Capture:
 
         return renormalised(x, read(kinds.index("eos")), read(kinds.index("pad")))
 
-    def _array(self, da: xr.DataArray, pos: dict, token: str | None, kind: str, reduce: str | None) -> xr.DataArray:
+    def _array(self, da: xr.DataArray, pos: dict, group: int | None, kind: str, reduce: str | None) -> xr.DataArray:
         """The reader's DataArray (dims and coordinates from the file) as the API hands it out:
         the audio start times as `time`, the file's labels dropped, reduced over heads."""
         f = self.file
@@ -270,8 +260,8 @@ class Capture:
         da = da.transpose("step", "layer", "head", ...)  # the file's order of the rest (frame, y, x...)
         attrs = {"kind": kind, "branch": f.branches[pos["branch"]], "units": "1",
                  "long_name": MAP_KINDS[kind].description if kind in MAP_KINDS else kind}
-        if token is not None:
-            attrs["token"] = f.groups[f.token_index(token)]
+        if group is not None:
+            attrs["token"] = f.groups[group]
         da = da.rename(kind)
         da.attrs = attrs
         if reduce not in REDUCTIONS:
