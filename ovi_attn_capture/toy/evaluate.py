@@ -115,7 +115,8 @@ class FileScores:
 
     path: str
     prompt: str
-    video: dict = field(default_factory=dict)  # word -> {"pointing": [S, L], "iou": [S, L], "chance": float, "found": float}
+    # word -> {"pointing", "other", "iou": [S, L], "chance", "found": float, "class": str, "objects": int}
+    video: dict = field(default_factory=dict)
     audio: dict = field(default_factory=dict)  # phrase -> {"hit": [S, L], "chance": float}
     track: dict = field(default_factory=dict)  # moving object's shape -> {"soft", "argmax": [S, L], "still": float}
 
@@ -141,9 +142,9 @@ def score_file(path: str | Path, misalignment: Misalignment = Misalignment()) ->
                 scored = _score_video(cap, maps, all_masks[i], (h, w), misalignment, others)
                 out.video[word] = {**scored, "class": word_class, "objects": len(objects)}
         if "video_self" in cap.variables():
-            for obj in objects:
+            for obj, masks in zip(objects, all_masks):
                 if obj.motion != "still":
-                    scored = _score_track(cap, colour_masks(frames, obj.colour))
+                    scored = _score_track(cap, masks)
                     if scored is not None:
                         out.track[obj.shape] = scored
         if "text_audio" in cap.variables():

@@ -1,9 +1,9 @@
 """The toy world: coloured shapes that move, bounce and beep, with the truth about every clip.
 
 A scene is one or two objects of distinct colours and shapes (a disc, a flat bar, a cross:
-silhouettes that differ in most of their pixels, so drawing an object needs its shape word). Each has a motion (left,
-right, up, down, still, bounce) and maybe a beep (its shape's own tone over an interval);
-a bouncing object clicks whenever it touches its floor. A clip is 17 frames at 24 fps
+silhouettes that differ in most of their pixels, so drawing an object needs its shape word).
+Each has a motion (left, right, up, down, still, bounce) and maybe a beep (its shape's own
+tone over an interval); a bouncing object clicks whenever it touches its floor. A clip is 17 frames at 24 fps
 (0.71 s) and 22 audio latents of 32 ms; positions live in the unit square (y down, x
 right) so one scene renders at any pixel size. The caption follows Ovi's convention:
 
@@ -112,11 +112,11 @@ def _latent_of_time(seconds: float) -> int:
     return min(AUDIO_LATENTS - 1, audio_token_of_time(seconds))
 
 
-def _path(rng: np.random.Generator, motion: str, half: tuple[float, float]) -> tuple[np.ndarray, list[int]]:
+def _path(rng: np.random.Generator, motion: str, half: np.ndarray) -> tuple[np.ndarray, list[int]]:
     """Centre path [FRAMES, 2] keeping an object of half extents `half` (y, x) inside the frame for
     one motion, and bounce-contact audio latents."""
     n = np.arange(FRAMES) / (FRAMES - 1)  # 0..1 over the clip
-    lo = np.array([half[0] + 0.02, half[1] + 0.02])
+    lo = half + 0.02
     hi = 1 - lo
     clicks: list[int] = []
     if motion == "still":
@@ -143,14 +143,14 @@ def _path(rng: np.random.Generator, motion: str, half: tuple[float, float]) -> t
     return path, clicks
 
 
-def half_extent(o: WorldObject) -> np.ndarray:
-    """(y, x) half sizes of the object's bounding box, unit-square units."""
-    return np.asarray(EXTENT[o.shape]) * o.radius
+def half_extent(shape: str, radius: float) -> np.ndarray:
+    """(y, x) half sizes of a shape's bounding box at this radius, unit-square units."""
+    return np.asarray(EXTENT[shape]) * radius
 
 
 def _apart(a: WorldObject, b: WorldObject, margin: float = 0.06) -> bool:
     """Bounding boxes at least `margin` apart (along y or x) in every frame."""
-    gap = np.abs(a.path - b.path) - half_extent(a) - half_extent(b)  # [FRAMES, 2]
+    gap = np.abs(a.path - b.path) - half_extent(a.shape, a.radius) - half_extent(b.shape, b.radius)  # [FRAMES, 2]
     return bool((gap.max(axis=1) >= margin).all())
 
 
@@ -166,7 +166,7 @@ def sample_scene(rng: np.random.Generator, n_objects: int | None = None, exclude
             motion = str(rng.choice(list(MOTIONS)))
             for _ in range(20):  # place it away from the objects already there
                 r = float(rng.uniform(0.13, 0.16))
-                path, clicks = _path(rng, motion, tuple(np.asarray(EXTENT[str(shape)]) * r))
+                path, clicks = _path(rng, motion, half_extent(str(shape), r))
                 obj = WorldObject(str(colour), str(shape), motion, r, path, None, clicks)
                 if all(_apart(obj, o) for o in objects):
                     break
