@@ -93,10 +93,6 @@ def variables_of(kind: str) -> tuple[str, ...]:
     return tuple(k.name for k in MAP_KINDS.values() if k.kind == kind)
 
 
-def map_kind(var: str) -> MapKind:
-    return MAP_KINDS[var]
-
-
 def capture_kind_of(var: str) -> str:
     """The capture kind that writes `var` (the kind to ask for when a file lacks it)."""
     return MAP_KINDS[var].kind if var in MAP_KINDS else var

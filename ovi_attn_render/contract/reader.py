@@ -118,7 +118,7 @@ class Maps:
     """Maps read from the file with their dims named as the file names them: what the views
     select and reduce by name (`m.reduce("head", "mean")`, `m.order("step", "y", "x")`)
     without xarray's import on the CLI's path. `Capture.to_dataarray` turns them into an
-    xarray DataArray with the file's coordinates (the reader's text_video & co. and the API)."""
+    xarray DataArray with the file's coordinates (the reader's text_video, text_audio and video_self, and the API)."""
 
     values: np.ndarray  # float32, NaN where never computed
     dims: tuple[str, ...]
@@ -533,25 +533,9 @@ class Capture:
         """One video query's self-attention over the clip: (step, layer, head, frame, y, x); positions."""
         return self.to_dataarray(self.maps("video_self", None, steps, layers, branch, heads, frames, query=query))
 
-    def audio_self(self, query: int, steps=None, layers=None, branch=0, heads=None) -> "xr.DataArray":
-        """One audio query's self-attention over the audio: (step, layer, head, audio_time); positions."""
-        return self.to_dataarray(self.maps("audio_self", None, steps, layers, branch, heads, query=query))
-
     def text_audio(self, token: int, steps=None, layers=None, branch=0, heads=None) -> "xr.DataArray":
         """One token group's audio maps: (step, layer, head, audio_time)."""
         return self.to_dataarray(self.maps("text_audio", token, steps, layers, branch, heads))
-
-    def video_audio(self, steps=None, layers=None, branch=0, heads=None) -> "xr.DataArray":
-        """Each latent frame's attention over audio tokens: (step, layer, head, frame, audio_time)."""
-        return self.to_dataarray(self.maps("video_audio", None, steps, layers, branch, heads))
-
-    def audio_video(self, steps=None, layers=None, branch=0, heads=None) -> "xr.DataArray":
-        """Each audio token's mass per latent frame: (step, layer, head, audio_time, frame)."""
-        return self.to_dataarray(self.maps("audio_video", None, steps, layers, branch, heads))
-
-    def audio_video_spatial(self, steps=None, layers=None, branch=0, heads=None, frames=None) -> "xr.DataArray":
-        """Where the audio looks in the video: (frame, step, layer, head, y, x)."""
-        return self.to_dataarray(self.maps("audio_video_spatial", None, steps, layers, branch, heads, frames))
 
 
 def _read_queries(f: h5py.File) -> list[PlacedQuery]:
