@@ -83,8 +83,10 @@ class Size:
 
     @property
     def grid(self) -> tuple[int, int, int]:
+        from ovi_attn_render.contract.geometry import PATCH
+
         _, F, H, W = self.video_latent
-        return F, H // 2, W // 2
+        return F, H // PATCH[1], W // PATCH[2]
 
     def describe(self) -> str:
         v, _ = self.configs()
@@ -93,11 +95,21 @@ class Size:
                 f"ffn {v['ffn_dim']}, grid {F}x{h}x{w} = {F * h * w} video tokens, {self.audio_latent[0]} audio tokens")
 
 
+def released_size(model: str) -> "Size":
+    """A released model at its native size, its shapes from the model registry and the frame geometry."""
+    from ovi_attn_capture.model import registry
+    from ovi_attn_render.contract.geometry import latent_size
+
+    m = registry.get(model)
+    return Size("real", (48, m.video_latent_frames, *latent_size(m.native_size)), (m.audio_latents, 20),
+                slg_layer=m.default_slg_layer)
+
+
 SIZES = {
     "tiny": Size("tiny", (48, 5, 16, 16), (22, 20), slg_layer=1, tiny=True),
     "medium": Size("medium", (48, 8, 32, 32), (50, 20), slg_layer=2,
                    width={"dim": 1024, "ffn_dim": 4096, "num_heads": 8, "num_layers": 4}),
-    "real": Size("real", (48, 31, 60, 60), (157, 20), slg_layer=11),
+    "real": released_size("960x960_5s"),
 }
 
 
