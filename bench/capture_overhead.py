@@ -55,6 +55,9 @@ from pathlib import Path
 
 import _common as C
 
+from ovi_attn_capture.model import registry
+from ovi_attn_render.contract.geometry import PATCH, latent_size
+
 MODES = ("plain", "ours", "ours+fusion", "naive", "queries")
 TEXT_KINDS = ["text_video", "text_audio"]
 ALL_KINDS = ["text_video", "text_audio", "video_audio", "audio_video"]
@@ -83,8 +86,6 @@ class Size:
 
     @property
     def grid(self) -> tuple[int, int, int]:
-        from ovi_attn_render.contract.geometry import PATCH
-
         _, F, H, W = self.video_latent
         return F, H // PATCH[1], W // PATCH[2]
 
@@ -97,9 +98,6 @@ class Size:
 
 def released_size(model: str) -> "Size":
     """A released model at its native size, its shapes from the model registry and the frame geometry."""
-    from ovi_attn_capture.model import registry
-    from ovi_attn_render.contract.geometry import latent_size
-
     m = registry.get(model)
     return Size("real", (48, m.video_latent_frames, *latent_size(m.native_size)), (m.audio_latents, 20),
                 slg_layer=m.default_slg_layer)

@@ -14,13 +14,14 @@ import math
 
 from _common import ROOT
 
+from ovi_attn_capture.model import registry
+from ovi_attn_render.contract.geometry import token_grid
+
 BF16 = 2  # bytes
 
 
 def tower_size() -> tuple[int, int, int, int]:
     """(width, FFN width, heads, layers) of one tower of the released model, from its config."""
-    from ovi_attn_capture.model import registry
-
     video, _ = registry.tower_configs("720x720_5s")  # every released model has the same towers
     return video["dim"], video["ffn_dim"], video["num_heads"], video["num_layers"]
 
@@ -31,14 +32,8 @@ DIM, FFN, HEADS, LAYERS = tower_size()
 def released_shapes() -> dict[str, tuple[int, int, int, int]]:
     """Released model -> (latent frames F, token grid h x w at its native size, audio tokens La),
     from the model registry and the frame geometry (the one home of both)."""
-    from ovi_attn_capture.model import registry
-    from ovi_attn_render.contract.geometry import token_grid
-
-    out = {}
-    for name, m in registry.MODELS.items():
-        if m.released:
-            out[name] = (*token_grid(m.video_latent_frames, m.native_size), m.audio_latents)
-    return out
+    return {name: (*token_grid(m.video_latent_frames, m.native_size), m.audio_latents)
+            for name, m in registry.MODELS.items() if m.released}
 
 
 MODELS = released_shapes()
