@@ -61,6 +61,14 @@ def test_eval_prompts_zero_is_refused(capsys, tmp_path, eval_file):
     assert not (tmp_path / "ev").exists()
 
 
+def test_eval_names_a_model_that_is_no_toy_and_missing_weights_before_creating_its_folder(capsys, tmp_path, eval_file):
+    msg = fails(capsys, "eval", eval_file, "-o", tmp_path / "ev", "--model", "720x720_5s")
+    assert "--model 720x720_5s is not a toy model" in msg and "toy_tracking" in msg
+    msg = fails(capsys, "eval", eval_file, "-o", tmp_path / "ev", "--weights", tmp_path / "nowhere")
+    assert "nowhere/toy.safetensors is missing" in msg and "data/toy/README.md" in msg
+    assert not (tmp_path / "ev").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_eval_on_a_missing_device_fails_before_creating_its_folder(capsys, tmp_path, eval_file):
     msg = fails(capsys, "eval", eval_file, "-o", tmp_path / "ev", "--device", "cuda")

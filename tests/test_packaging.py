@@ -23,7 +23,8 @@ def test_wheel_ships_the_toy_model_and_configs(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("ovi_attn-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name in ("toy.safetensors", "text_encoder.safetensors", "tokenizer.json", "eval.yaml", "README.md"):
+    for name in ("toy.safetensors", "toy_tracking.safetensors", "text_encoder.safetensors", "tokenizer.json",
+                 "eval.yaml", "README.md"):
         assert f"ovi_attn_capture/toy/bundled/{name}" in names
     assert "ovi_attn_capture/model/configs/video_released.json" in names
     assert "ovi_attn_render/cli.py" in names

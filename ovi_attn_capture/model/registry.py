@@ -1,6 +1,7 @@
-"""The five models ovi-attn runs, and every fact the tool needs about them, in one place.
+"""The six models ovi-attn runs, and every fact the tool needs about them, in one place.
 
     toy          bundled weights trained on the shapes world (data/toy/), runs anywhere: the default
+    toy_tracking the same world and size with 4 heads of 32: its self-attention follows objects
     tiny         every component of the real kind at toy width, seeded random weights (tests, demo)
     720x720_5s   released Ovi checkpoint, 5 s clips; the only one with an fp8 build
     960x960_5s   released, 960 x 960
@@ -38,7 +39,7 @@ class Model:
     audio_latents: int  # La, 512 samples at 16 kHz each
     default_slg_layer: int  # block the negative pass skips (-1: none)
     caption: str  # one of CAPTIONS
-    fusion_file: str | None = None  # released: the file under <ckpt_dir>/Ovi/
+    fusion_file: str | None = None  # released: the file under <ckpt_dir>/Ovi/; toy: the file in data/toy/
     fp8_file: str | None = None  # released: a float8_e4m3fn build of the same keys, if one exists
 
     @property
@@ -64,7 +65,10 @@ class Model:
 
 
 MODELS: dict[str, Model] = {m.name: m for m in (
-    Model("toy", "toy", (128, 128), 5, 22, -1, "as_written"),  # trained without layer skipping
+    # The toys were trained without layer skipping. One head of 128 (Ovi's head width) points
+    # words at their objects; four of 32 track objects in self-attention (data/toy/README.md).
+    Model("toy", "toy", (128, 128), 5, 22, -1, "as_written", "toy.safetensors"),
+    Model("toy_tracking", "toy", (128, 128), 5, 22, -1, "as_written", "toy_tracking.safetensors"),
     Model("tiny", "tiny", (256, 256), 5, 22, 1, "as_written"),
     Model("720x720_5s", "released", (720, 720), 31, 157, 11, "audcap", "model.safetensors",
           "model_fp8_e4m3fn.safetensors"),
@@ -80,6 +84,10 @@ def get(name: str) -> Model:
     return MODELS[name]
 
 
+def toy_models() -> tuple[str, ...]:
+    return tuple(n for n, m in MODELS.items() if m.source == "toy")
+
+
 def fp8_models() -> tuple[str, ...]:
     return tuple(n for n, m in MODELS.items() if m.has_fp8)
 
@@ -93,10 +101,11 @@ def load_config(name: str) -> dict:
     return json.loads(text)
 
 
-def toy_weights_file() -> Path:
-    from ovi_attn_capture.toy import WEIGHTS_FILE
+def toy_weights_file(name: str = DEFAULT_MODEL) -> Path:
+    """Where a toy model's weights are: its file in data/toy/ (or the wheel's bundled copy)."""
+    from ovi_attn_capture.toy import TOY_DIR
 
-    return WEIGHTS_FILE
+    return TOY_DIR / get(name).fusion_file
 
 
 def configs_in_file(path: Path) -> tuple[dict, dict]:
@@ -119,7 +128,7 @@ def tower_configs(name: str) -> tuple[dict, dict]:
     """(video, audio) tower configs of a model, without reading any weights."""
     source = get(name).source
     if source == "toy":
-        return configs_in_file(toy_weights_file())
+        return configs_in_file(toy_weights_file(name))
     return load_config(f"video_{source}"), load_config(f"audio_{source}")
 
 

@@ -10,6 +10,7 @@ import typer
 from ovi_attn_render.common.errors import UserError
 from ovi_attn_render.common.options import whole_number
 
+from ovi_attn_capture.model import registry
 from ovi_attn_capture.toy import TOY_DIR
 
 
@@ -21,7 +22,11 @@ def eval_command(
                                             help="Sampler steps [default: the file's steps]."),
     prompts: Optional[int] = typer.Option(None, "--prompts", metavar="<int>", parser=whole_number("--prompts", "4"),
                                           help="Only the first N prompts [default: all]."),
-    weights: Path = typer.Option(TOY_DIR, "--weights", help="Folder with toy.safetensors, text_encoder.safetensors, tokenizer.json."),
+    model: str = typer.Option("toy", "--model", metavar="<name>",
+                              help=f"The bundled toy to score: {', '.join(registry.toy_models())}."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Other weights: a toy .safetensors file, or a folder "
+                                           "with toy.safetensors (as training writes), text_encoder.safetensors and "
+                                           "tokenizer.json beside it [default: the --model's file in data/toy/]."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
     force: bool = typer.Option(False, "--force", help="Replace an earlier evaluation in the output folder."),
 ) -> None:
@@ -31,6 +36,8 @@ def eval_command(
 
     from ovi_attn_capture.toy.evaluate import evaluate, load_eval_file
 
+    if model not in registry.toy_models():
+        raise UserError(f"--model {model} is not a toy model; `ovi-attn eval` scores {' or '.join(registry.toy_models())}.")
     settings = load_eval_file(eval_file)
     if num_steps is not None:
         if num_steps < 1:
@@ -42,7 +49,8 @@ def eval_command(
     chosen = settings.prompts[:prompts] if prompts is not None else settings.prompts
     console = Console()
     console.print(f"evaluating {len(chosen)} prompts at {settings.steps} steps -> {output}/", highlight=False)
-    evaluate(chosen, weights, settings.steps, "all", output, settings, device=device, console=console, force=force)
+    evaluate(chosen, weights, settings.steps, "all", output, settings, device=device, console=console, force=force,
+             model=model)
     console.print(f"scores: {output / 'eval.json'}; each run's scores are in its `toy_eval` attribute", highlight=False)
 
 

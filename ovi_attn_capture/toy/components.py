@@ -1,11 +1,14 @@
-"""The bundled toy world model as `Components` (run.model == "toy"), and its files in data/toy/.
+"""The bundled toy world models as `Components` (run.model "toy" or "toy_tracking"), and their files.
 
 data/toy/ holds:
-    toy.safetensors           FusionModel weights (float16); metadata: both tower configs as JSON
-    text_encoder.safetensors  the frozen umT5 encoder (Wan key names, float32)
+    toy.safetensors           FusionModel weights, 1 head (float8_e4m3fn matrices, float16 vectors);
+                              metadata: both tower configs and the training facts as JSON
+    toy_tracking.safetensors  the same with 4 heads of 32
+    text_encoder.safetensors  the frozen umT5 encoder both were trained with (Wan key names, float32)
     tokenizer.json            the word-level tokenizer
-The codecs are fixed (codec.py), so they have no weights. The model runs in float32
-(it is small; float32 is faster than bfloat16 on CPUs), whatever `dtype:` says.
+A toy's text encoder and tokenizer are the ones beside its weights file. The codecs are fixed
+(codec.py), so they have no weights. The model runs in float32 (it is small; float32 is faster
+than bfloat16 on CPUs), whatever `dtype:` says.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import torch
 from ovi_attn_render.common.errors import UserError
 
 from ovi_attn_capture.model import registry
-from ovi_attn_capture.toy import TOY_DIR
 from ovi_attn_capture.toy.codec import AudioCodec, VideoCodec
 
 FACTS = registry.get("toy")  # sizes, skip layer: the registry's (native 128 x 128: a token grid 8 x 8, video patch 1)
@@ -25,8 +27,14 @@ VIDEO_NEGATIVE_PROMPT = ""  # what text dropout trained as "no caption" (the ups
 AUDIO_NEGATIVE_PROMPT = ""
 
 
-def toy_files(folder: Path = TOY_DIR) -> dict[str, Path]:
-    return {"fusion": folder / "toy.safetensors", "text_encoder": folder / "text_encoder.safetensors",
+def toy_files(weights: Path | None = None) -> dict[str, Path]:
+    """A toy's files: its weights (default: the bundled `toy`), and the text encoder and tokenizer
+    beside them. `weights` may name a folder (its toy.safetensors, what training writes) or a file."""
+    weights = registry.toy_weights_file() if weights is None else Path(weights)
+    if weights.is_dir() or not weights.suffix:
+        weights = weights / "toy.safetensors"
+    folder = weights.parent
+    return {"fusion": weights, "text_encoder": folder / "text_encoder.safetensors",
             "tokenizer": folder / "tokenizer.json"}
 
 
@@ -38,36 +46,38 @@ def load_toy_model(path: Path, device="cpu", compute_dtype=torch.float32):
     return load_checkpoint(path, video_config, audio_config, device=device, compute_dtype=compute_dtype)
 
 
-def load_toy_text_encoder(folder: Path = TOY_DIR, device="cpu"):
+def load_toy_text_encoder(weights: Path | None = None, device="cpu"):
     from safetensors.torch import load_file
 
     from ovi_attn_capture.toy.text import load_text_encoder
 
-    files = toy_files(folder)
+    files = toy_files(weights)
     return load_text_encoder(files["tokenizer"], load_file(str(files["text_encoder"])), device)
 
 
-def toy_tokenizer_only(folder: Path = TOY_DIR):
+def toy_tokenizer_only():
     """Just the toy tokenizer as a TextEncoder (for `ovi-attn tokens`): tokenize works, encode does not."""
     from tokenizers import Tokenizer
 
     from ovi_attn_capture.components.text_encoder import TextEncoder
 
-    return TextEncoder(Tokenizer.from_file(str(toy_files(folder)["tokenizer"])), None)
+    return TextEncoder(Tokenizer.from_file(str(toy_files()["tokenizer"])), None)
 
 
-def load_toy_components(run, device: torch.device, say=print, folder: Path = TOY_DIR):
-    """The toy model, its text encoder and fixed codecs as the capture pipeline's Components."""
+def load_toy_components(run, device: torch.device, say=print, weights: Path | None = None):
+    """A toy model (run.model's file in data/toy/, or `weights`), its text encoder and fixed
+    codecs as the capture pipeline's Components."""
     from ovi_attn_capture.components.loading import Components, _pixel_size, _slg, _use_first_frame
     from ovi_attn_capture.components.text_encoder import clean_text
 
-    files = toy_files(folder)
+    files = toy_files(registry.toy_weights_file(run.model) if weights is None else weights)
     missing = [p for p in files.values() if not p.is_file()]
     if missing:
         raise UserError(f"the toy model's file {missing[0]} is missing; train it with "
-                        f"`python -m ovi_attn_capture.toy.train` or restore data/toy/ from the repository.")
+                        f"`python -m ovi_attn_capture.toy.train` (data/toy/README.md gives the command) "
+                        f"or restore data/toy/ from the repository.")
     model = load_toy_model(files["fusion"], device)
-    text = load_toy_text_encoder(folder, device)
+    text = load_toy_text_encoder(files["fusion"], device)
     video, audio = VideoCodec(device), AudioCodec(device)
     H, W = _pixel_size(run, FACTS.area)
     comp = Components(model, text, video, audio, device, clean_text(run.prompt), (H, W), FACTS.video_latent_frames,
@@ -75,5 +85,7 @@ def load_toy_components(run, device: torch.device, say=print, folder: Path = TOY
                       files={k: p.name for k, p in files.items()})
     if run.mode == "i2v":
         _use_first_frame(comp, run, FACTS.area)
-    say(f"model: toy ({model.num_layers} layers, trained on the shapes world, data/toy/) on {device}")
+    heads = model.video_model.num_heads
+    say(f"model: {run.model} ({model.num_layers} layers, {heads} head{'s' if heads > 1 else ''}, trained on the "
+        f"shapes world, {files['fusion']}) on {device}")
     return comp

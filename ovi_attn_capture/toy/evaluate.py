@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ovi_attn_capture.toy import TOY_DIR
 from ovi_attn_capture.toy.world import BEEP_AMPLITUDE, COLOURS, TONE_CHANNEL, parse_caption
 
 HIT_COVERAGE = 0.1  # a cell "is on" an object when the object covers at least this share of it
@@ -401,8 +400,9 @@ def grid_queries(frame: int) -> list:
             for y in range(h) for x in range(w)]
 
 
-def run_spec(prompt: str, seed: int, steps: int, layers, settings: EvalSettings, device: str = "cpu"):
-    """A validated-by-construction RunSpec for the toy model (the prompt file's keys, no file)."""
+def run_spec(prompt: str, seed: int, steps: int, layers, settings: EvalSettings, device: str = "cpu",
+             model: str = "toy"):
+    """A validated-by-construction RunSpec for a toy model (the prompt file's keys, no file)."""
     from ovi_attn_capture.pipeline.prompt_file import CaptureSpec, RunSpec
 
     from ovi_attn_capture.toy.components import AUDIO_NEGATIVE_PROMPT, VIDEO_NEGATIVE_PROMPT
@@ -410,7 +410,7 @@ def run_spec(prompt: str, seed: int, steps: int, layers, settings: EvalSettings,
     capture = CaptureSpec(tokens=capture_tokens(prompt), layers=layers, steps="all",
                           kinds=["text_video", "text_audio"], branch="cond", heads="mean", dtype="float32")
     return RunSpec(queries=grid_queries(TRACK_QUERY_FRAME), prompt=prompt, video_negative_prompt=VIDEO_NEGATIVE_PROMPT,
-                   audio_negative_prompt=AUDIO_NEGATIVE_PROMPT, seed=seed, model="toy", steps=steps,
+                   audio_negative_prompt=AUDIO_NEGATIVE_PROMPT, seed=seed, model=model, steps=steps,
                    video_guidance_scale=settings.video_guidance_scale,
                    audio_guidance_scale=settings.audio_guidance_scale, dtype="float32", device=device,
                    capture=capture)
@@ -423,11 +423,15 @@ def earlier_evaluation(out: Path) -> list[Path]:
     return sorted(p for p in out.iterdir() if p.name == "eval.json" or re.fullmatch(r"prompt_\d+\.h5", p.name))
 
 
-def evaluate(prompts: list[str], weights: str | Path = TOY_DIR, steps: int = 30, layers="all",
+def evaluate(prompts: list[str], weights: str | Path | None = None, steps: int = 30, layers="all",
              out_dir: str | Path = "toy_eval", settings: EvalSettings | None = None, device: str = "cpu",
-             console=None, misalignment: Misalignment = Misalignment(), force: bool = True) -> EvalTable:
-    """Capture every prompt with the toy model into out_dir/prompt_NN.h5, score, print, and store
+             console=None, misalignment: Misalignment = Misalignment(), force: bool = True,
+             model: str = "toy") -> EvalTable:
+    """Capture every prompt with a toy model into out_dir/prompt_NN.h5, score, print, and store
     the scores (out_dir/eval.json, and a `toy_eval` JSON attribute on each file).
+
+    `model` is a toy of the registry (toy, toy_tracking), whose bundled file is used unless
+    `weights` names another (a weights file, or a folder holding toy.safetensors).
 
     An earlier evaluation in out_dir is replaced only with force (its runs all removed, so
     none is left stale beside the new ones). Progress goes to stderr (see progress.py)."""
@@ -453,15 +457,15 @@ def evaluate(prompts: list[str], weights: str | Path = TOY_DIR, steps: int = 30,
                         f"--force to replace it, or -o another folder.")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; give -o a folder for the evaluation.")
+    first = run_spec(prompts[0], settings.seed, steps, layers, settings, device, model)
+    comp = load_toy_components(first, dev, say=lambda *a, **k: None, weights=weights)  # missing weights: no folder made
     out.mkdir(parents=True, exist_ok=True)
-    first = run_spec(prompts[0], settings.seed, steps, layers, settings, device)
-    comp = load_toy_components(first, dev, say=lambda *a, **k: None, folder=Path(weights))
     for stale in earlier:  # force: no run of the earlier evaluation survives beside the new ones
         stale.unlink()
     files = []
     with Progress("evaluating", len(prompts), "prompts", enabled=console is not False) as progress:
         for i, prompt in enumerate(prompts):
-            run = run_spec(prompt, settings.seed + i, steps, layers, settings, device)
+            run = run_spec(prompt, settings.seed + i, steps, layers, settings, device, model)
             path = out / f"prompt_{i:02d}.h5"
             run_capture(run, path, force=True, console=None, progress=False, mp4=False,
                         comp=replace(comp, prompt_text=clean_text(prompt)))
