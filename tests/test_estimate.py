@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _example_layout(path: Path, ckpt_dir: Path):
+    from ovi_attn_capture.model import registry
     from ovi_attn_capture.pipeline.capture import build_plan
     from ovi_attn_capture.components.loading import model_facts
     from ovi_attn_capture.pipeline.preflight import preflight_shapes
@@ -23,12 +24,12 @@ def _example_layout(path: Path, ckpt_dir: Path):
 
     import yaml
 
-    released = yaml.safe_load(path.read_text()).get("model") not in ("tiny", "toy")
+    released = registry.get(yaml.safe_load(path.read_text()).get("model") or registry.DEFAULT_MODEL).released
     run = load_prompt_file(path, {"--ckpt-dir": str(ckpt_dir)} if released else {})
     run = resolve_model_defaults(run, **model_facts(run.model))
     # The released models' umT5 tokenizer lives in the checkpoint folder; the tiny one stands
     # in (it changes only how many pieces the prompt has, not how the file is laid out).
-    text = TextEncoder(build_tiny_tokenizer(), None) if run.model not in ("tiny", "toy") else None
+    text = TextEncoder(build_tiny_tokenizer(), None) if released else None
     layout = build_plan(run, preflight_shapes(run, text=text), torch.device("cpu"))[1]
     layout.attrs = {"prompt": run.prompt, "settings": run.settings(), "model": run.model, "seed": run.seed,
                     "started_at": "2026-01-01T00:00:00+00:00"}

@@ -105,6 +105,8 @@ def toy_weights_file(name: str = DEFAULT_MODEL) -> Path:
     """Where a toy model's weights are: its file in data/toy/ (or the wheel's bundled copy)."""
     from ovi_attn_capture.toy import TOY_DIR
 
+    if get(name).source != "toy":
+        raise UserError(f"{name} is not a toy model; the bundled toys are {', '.join(toy_models())}.")
     return TOY_DIR / get(name).fusion_file
 
 

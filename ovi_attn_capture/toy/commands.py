@@ -25,8 +25,8 @@ def eval_command(
     model: str = typer.Option("toy", "--model", metavar="<name>",
                               help=f"The bundled toy to score: {', '.join(registry.toy_models())}."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Other weights: a toy .safetensors file, or a folder "
-                                           "with toy.safetensors (as training writes), text_encoder.safetensors and "
-                                           "tokenizer.json beside it [default: the --model's file in data/toy/]."),
+                                           "with the --model's file (as training writes it), text_encoder.safetensors "
+                                           "and tokenizer.json beside it [default: the --model's file in data/toy/]."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
     force: bool = typer.Option(False, "--force", help="Replace an earlier evaluation in the output folder."),
 ) -> None:

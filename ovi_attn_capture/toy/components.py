@@ -27,12 +27,13 @@ VIDEO_NEGATIVE_PROMPT = ""  # what text dropout trained as "no caption" (the ups
 AUDIO_NEGATIVE_PROMPT = ""
 
 
-def toy_files(weights: Path | None = None) -> dict[str, Path]:
-    """A toy's files: its weights (default: the bundled `toy`), and the text encoder and tokenizer
-    beside them. `weights` may name a folder (its toy.safetensors, what training writes) or a file."""
-    weights = registry.toy_weights_file() if weights is None else Path(weights)
+def toy_files(weights: Path | None = None, model: str = registry.DEFAULT_MODEL) -> dict[str, Path]:
+    """A toy's files: its weights, and the text encoder and tokenizer beside them. `weights` may
+    name a file, or a folder holding the model's file (toy.safetensors, toy_tracking.safetensors:
+    what training writes); None is the bundled one."""
+    weights = registry.toy_weights_file(model) if weights is None else Path(weights)
     if weights.is_dir() or not weights.suffix:
-        weights = weights / "toy.safetensors"
+        weights = weights / registry.get(model).fusion_file
     folder = weights.parent
     return {"fusion": weights, "text_encoder": folder / "text_encoder.safetensors",
             "tokenizer": folder / "tokenizer.json"}
@@ -70,11 +71,11 @@ def load_toy_components(run, device: torch.device, say=print, weights: Path | No
     from ovi_attn_capture.components.loading import Components, _pixel_size, _slg, _use_first_frame
     from ovi_attn_capture.components.text_encoder import clean_text
 
-    files = toy_files(registry.toy_weights_file(run.model) if weights is None else weights)
+    files = toy_files(weights, run.model)
     missing = [p for p in files.values() if not p.is_file()]
     if missing:
         raise UserError(f"the toy model's file {missing[0]} is missing; train it with "
-                        f"`python -m ovi_attn_capture.toy.train` (data/toy/README.md gives the command) "
+                        f"`python -m ovi_attn_capture.toy.train --model {run.model}` (data/toy/README.md) "
                         f"or restore data/toy/ from the repository.")
     model = load_toy_model(files["fusion"], device)
     text = load_toy_text_encoder(files["fusion"], device)

@@ -431,7 +431,7 @@ def evaluate(prompts: list[str], weights: str | Path | None = None, steps: int =
     the scores (out_dir/eval.json, and a `toy_eval` JSON attribute on each file).
 
     `model` is a toy of the registry (toy, toy_tracking), whose bundled file is used unless
-    `weights` names another (a weights file, or a folder holding toy.safetensors).
+    `weights` names another (a weights file, or a folder holding the model's file).
 
     An earlier evaluation in out_dir is replaced only with force (its runs all removed, so
     none is left stale beside the new ones). Progress goes to stderr (see progress.py)."""
@@ -441,7 +441,7 @@ def evaluate(prompts: list[str], weights: str | Path | None = None, steps: int =
     from ovi_attn_render.contract.selection import resolve
     from ovi_attn_capture.components.text_encoder import clean_text
 
-    from ovi_attn_capture.toy.components import load_toy_components
+    from ovi_attn_capture.toy.components import load_toy_components, toy_files
 
     from ovi_attn_render.common.errors import UserError
     from ovi_attn_render.common.progress import Progress
@@ -474,7 +474,7 @@ def evaluate(prompts: list[str], weights: str | Path | None = None, steps: int =
     table = build_table(files, list(range(steps)), resolve(layers, range(comp.model.num_layers), "layers",
                                                           what="toy layers", option="capture.layers"),
                         settings.final_steps)
-    summary = table.to_json()
+    summary = {"model": model, "weights": str(toy_files(weights, model)["fusion"]), **table.to_json()}
     (out / "eval.json").write_text(json.dumps(summary, indent=1) + "\n")
     for f, entry in zip(files, summary["files"]):
         with h5py.File(f.path, "a", locking=False) as h5:

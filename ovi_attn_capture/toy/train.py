@@ -182,14 +182,18 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def build_model(cfg: TrainConfig) -> FusionModel:
+def build_model(cfg: TrainConfig, weights_file: str = "toy.safetensors") -> FusionModel:
     model = build_random(*tower_configs(cfg), seed=cfg.seed, compute_dtype=torch.float32)
     if cfg.init:  # a second stage: the weights a first run saved (its optimizer state is not kept)
         from safetensors.torch import load_file
 
-        path = Path(cfg.init) if Path(cfg.init).suffix == ".safetensors" else Path(cfg.init) / "toy.safetensors"
+        path = Path(cfg.init) if Path(cfg.init).suffix == ".safetensors" else Path(cfg.init) / weights_file
         if not path.is_file():
             raise SystemExit(f"--init {cfg.init}: no {path.name} there; point it at the weights a first run wrote.")
+        # 1 head of 128 and 4 of 32 have tensors of the same shapes: compare the configs, not the shapes
+        if registry.configs_in_file(path) != tower_configs(cfg):
+            raise SystemExit(f"--init {path} was trained with other tower settings (its metadata's configs differ "
+                             f"from these flags', e.g. --num-heads); continue it with the flags it was trained with.")
         state = load_file(str(path))
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     else:
@@ -209,7 +213,7 @@ def train(cfg: TrainConfig, out_dir: Path, log=functools.partial(print, flush=Tr
     exclude = held_out_captions(cfg.held_out)
     encoder = fresh_text_encoder(context=cfg.text_context, window=cfg.text_window)
     texts = TextCache(encoder)
-    model = build_model(cfg)
+    model = build_model(cfg, weights_file)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -268,7 +272,7 @@ def stored(state: dict) -> dict:
 
     The loader runs float8 weights as it runs Ovi's fp8 checkpoint (kept float8, cast per
     layer). It halves the file, so two toys fit the repository's 10 MB; the bundled one-head
-    toy scored the same within 0.006 in float8 as in float16 (data/toy/README.md)."""
+    toy pointed the same within 0.006 in float8 as in float16 (data/toy/README.md)."""
     def kept(v: torch.Tensor) -> torch.Tensor:
         big_matrix = v.ndim >= 2 and v.numel() >= 4096
         return v.float().to(torch.float8_e4m3fn if big_matrix else torch.float16).contiguous()
