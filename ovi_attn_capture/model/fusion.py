@@ -641,11 +641,12 @@ def configs_from_shapes(shapes: dict[str, tuple[int, ...]]) -> tuple[dict | None
 
 
 def load_checkpoint(path, video_config=None, audio_config=None, device="cpu",
-                    compute_dtype=torch.bfloat16) -> FusionModel:
+                    compute_dtype=torch.bfloat16, keep_float8: bool = True) -> FusionModel:
     """Build on meta and load a .safetensors checkpoint (bf16, fp32 or float8_e4m3fn).
 
     Configs default to what the file's shapes imply. Float checkpoints are cast to the
-    compute dtype; float8 weights stay float8 and are upcast per layer at run time.
+    compute dtype; float8 weights stay float8 and are upcast per layer at run time (keep_float8;
+    False casts them once here, for small models whose memory does not matter).
     Tensors are assigned into the meta-built model, never copied twice."""
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -662,7 +663,7 @@ def load_checkpoint(path, video_config=None, audio_config=None, device="cpu",
                         f"the file is damaged or incomplete: download it again") from e
     model = build_on_meta(video_config, audio_config, compute_dtype)
     for k, v in state.items():
-        if v.dtype != torch.float8_e4m3fn and v.dtype != compute_dtype:
+        if v.dtype != compute_dtype and (v.dtype != torch.float8_e4m3fn or not keep_float8):
             state[k] = v.to(compute_dtype)
     load_state_dict_into(model, state, source=str(path))
     return model.eval().requires_grad_(False)

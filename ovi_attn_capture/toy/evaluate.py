@@ -458,6 +458,7 @@ def evaluate(prompts: list[str], weights: str | Path | None = None, steps: int =
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; give -o a folder for the evaluation.")
     first = run_spec(prompts[0], settings.seed, steps, layers, settings, device, model)
+    weights = toy_files(weights, model)["fusion"]  # the file scored, named in eval.json
     comp = load_toy_components(first, dev, say=lambda *a, **k: None, weights=weights)  # missing weights: no folder made
     out.mkdir(parents=True, exist_ok=True)
     for stale in earlier:  # force: no run of the earlier evaluation survives beside the new ones
@@ -474,7 +475,7 @@ def evaluate(prompts: list[str], weights: str | Path | None = None, steps: int =
     table = build_table(files, list(range(steps)), resolve(layers, range(comp.model.num_layers), "layers",
                                                           what="toy layers", option="capture.layers"),
                         settings.final_steps)
-    summary = {"model": model, "weights": str(toy_files(weights, model)["fusion"]), **table.to_json()}
+    summary = {"model": model, "weights": str(weights), **table.to_json()}
     (out / "eval.json").write_text(json.dumps(summary, indent=1) + "\n")
     for f, entry in zip(files, summary["files"]):
         with h5py.File(f.path, "a", locking=False) as h5:

@@ -182,7 +182,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def build_model(cfg: TrainConfig, weights_file: str = "toy.safetensors") -> FusionModel:
+DEFAULT_WEIGHTS_FILE = registry.get(registry.DEFAULT_MODEL).fusion_file  # toy.safetensors
+
+
+def build_model(cfg: TrainConfig, weights_file: str = DEFAULT_WEIGHTS_FILE) -> FusionModel:
     model = build_random(*tower_configs(cfg), seed=cfg.seed, compute_dtype=torch.float32)
     if cfg.init:  # a second stage: the weights a first run saved (its optimizer state is not kept)
         from safetensors.torch import load_file
@@ -202,7 +205,8 @@ def build_model(cfg: TrainConfig, weights_file: str = "toy.safetensors") -> Fusi
     return model.train().requires_grad_(True)
 
 
-def train(cfg: TrainConfig, out_dir: Path, log=functools.partial(print, flush=True), weights_file="toy.safetensors") -> dict:
+def train(cfg: TrainConfig, out_dir: Path, log=functools.partial(print, flush=True),
+          weights_file: str = DEFAULT_WEIGHTS_FILE) -> dict:
     """Train, saving the EMA weights to out_dir/weights_file every `save_every` steps and at the end; returns the facts."""
     from ovi_attn_capture.toy.text import build_tokenizer, fresh_text_encoder
 
